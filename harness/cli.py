@@ -1,0 +1,83 @@
+"""``python -m harness``: generate, list (and, from the harness, sweep and bench)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .load import SpecError, display_path
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from .generate import generate
+
+    result = generate(args.specs, args.out, check=args.check)
+    if args.check:
+        if result.changed:
+            print(
+                f"{len(result.changed)} generated file(s) differ from what the specs produce:",
+                file=sys.stderr,
+            )
+            for path in result.written:
+                print(f"  would write  {display_path(path)}", file=sys.stderr)
+            for path in result.removed:
+                print(f"  would remove {display_path(path)}", file=sys.stderr)
+            print(
+                "Run `tox -e generate` (python -m harness generate) and commit the result.",
+                file=sys.stderr,
+            )
+            return 1
+        print(f"generated/ is up to date ({result.unchanged} files)")
+        return 0
+    for path in result.written:
+        print(f"wrote   {display_path(path)}")
+    for path in result.removed:
+        print(f"removed {display_path(path)}")
+    print(
+        f"{len(result.written)} written, {len(result.removed)} removed, {result.unchanged} unchanged"
+    )
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    from .load import load_specs
+
+    variants = [v for v in load_specs(args.specs) if args.kind is None or v.spec.kind == args.kind]
+    width = max((len(v.name) for v in variants), default=0)
+    for v in variants:
+        print(f"{v.name:<{width}}  {v.spec.kind:<7}  {Path(args.specs).name}/{v.file}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    from .generate import GENERATED_DIR, SPECS_DIR
+
+    p = argparse.ArgumentParser(prog="python -m harness", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    g = sub.add_parser("generate", help="validate the specs and (re)write the generated package")
+    g.add_argument("--specs", type=Path, default=SPECS_DIR, help="spec directory (default: specs/)")
+    g.add_argument(
+        "--out", type=Path, default=GENERATED_DIR, help="output package (default: generated/)"
+    )
+    g.add_argument(
+        "--check",
+        action="store_true",
+        help="write nothing; exit 1 listing every file that would change",
+    )
+    g.set_defaults(func=_generate)
+    ls = sub.add_parser("list", help="list the variants, one a line: name, kind, spec file")
+    ls.add_argument("--specs", type=Path, default=SPECS_DIR)
+    ls.add_argument("--kind", choices=["channel", "spatial", "cbam", "sdpa", "mha"])
+    ls.set_defaults(func=_list)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except SpecError as exc:
+        print(exc, file=sys.stderr)
+        print(f"{len(exc.problems)} problem(s) in the specs; nothing was written.", file=sys.stderr)
+        return 2

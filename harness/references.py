@@ -1,0 +1,166 @@
+"""Independent references: each block written the plain way, apart from the templates.
+
+They share no code with ``templates/`` and take another route where one exists: the channel MLP as
+``F.linear`` on flattened vectors (not 1x1 convs), max pooling through ``torch.max(...).values``,
+hard sigmoid as a clamp, attention as an explicit softmax, multi-head attention as a loop over heads.
+Parameters are read by their contract names (``fc1.weight``, ``conv.weight``, ``q_proj.weight`` ...),
+so a reference also pins the parameter layout users rely on.
+
+Semantics pinned here (``../shared/DESIGN.md``): bool ``attn_mask`` True = allowed; bool
+``key_padding_mask`` True = padding; float masks are added; a query row with no allowed key gives 0.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+Params = Mapping[str, Tensor]
+
+
+def reduced_channels(channels: int, opts: Any) -> int:
+    """The hidden width of a channel MLP: floor(C / r), or timm's make_divisible(C / r, d)."""
+    v = channels / opts.reduction
+    if opts.divisor is None:
+        return max(opts.min_channels, math.floor(v))
+    d = opts.divisor
+    return max(opts.min_channels, d, int(v + d / 2) // d * d)
+
+
+def activation(s: Tensor, name: str) -> Tensor:
+    if name == "relu":
+        return torch.where(s > 0, s, torch.zeros_like(s))
+    if name == "silu":
+        return s / (1 + torch.exp(-s))
+    if name == "gelu":
+        return 0.5 * s * (1 + torch.erf(s / math.sqrt(2.0)))
+    raise ValueError(f"unknown activation {name!r}")
+
+
+def gate(s: Tensor, name: str) -> Tensor:
+    if name == "sigmoid":
+        return 1 / (1 + torch.exp(-s))
+    if name == "hard_sigmoid":
+        return torch.clamp(s / 6 + 0.5, 0.0, 1.0)
+    raise ValueError(f"unknown gate {name!r}")
+
+
+def channel_attention(x: Tensor, params: Params, opts: Any, prefix: str = "") -> Tensor:
+    """``x * gate(MLP(pool(x)))``, the MLP as two ``F.linear`` on (B, C) vectors."""
+    b, c = x.shape[:2]
+    flat = x.reshape(b, c, -1)
+    pooled = {"avg": flat.sum(-1) / flat.shape[-1], "max": torch.max(flat, dim=-1).values}
+    w1 = params[f"{prefix}fc1.weight"].reshape(-1, c)
+    w2 = params[f"{prefix}fc2.weight"].reshape(c, -1)
+    b1, b2 = params.get(f"{prefix}fc1.bias"), params.get(f"{prefix}fc2.bias")
+
+    def mlp(v: Tensor) -> Tensor:
+        return F.linear(activation(F.linear(v, w1, b1), opts.activation), w2, b2)
+
+    if len(opts.pooling) == 2 and opts.pooling_merge == "before_mlp":
+        s = mlp((pooled["avg"] + pooled["max"]) / 2)
+    else:
+        s = sum(mlp(pooled[p]) for p in opts.pooling)
+    return x * gate(s, opts.gate).reshape(b, c, *([1] * (x.ndim - 2)))
+
+
+def spatial_attention(x: Tensor, params: Params, opts: Any, prefix: str = "") -> Tensor:
+    """``x * gate(conv(cat(channel poolings)))`` with 'same' padding."""
+    maps = {
+        "mean": x.sum(1, keepdim=True) / x.shape[1],
+        "max": torch.max(x, dim=1, keepdim=True).values,
+    }
+    s = torch.cat([maps[p] for p in opts.pooling], dim=1)
+    conv = {3: F.conv1d, 4: F.conv2d, 5: F.conv3d}[x.ndim]
+    s = conv(
+        s,
+        params[f"{prefix}conv.weight"],
+        params.get(f"{prefix}conv.bias"),
+        padding=opts.kernel_size // 2,
+    )
+    return x * gate(s, opts.gate)
+
+
+def cbam(x: Tensor, params: Params, spec: Any) -> Tensor:
+    steps = {
+        "channel": lambda t: channel_attention(t, params, spec.channel, "channel."),
+        "spatial": lambda t: spatial_attention(t, params, spec.spatial, "spatial."),
+    }
+    order = ("channel", "spatial") if spec.order == "channel_first" else ("spatial", "channel")
+    for step in order:
+        x = steps[step](x)
+    return x
+
+
+def attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    masks: Sequence[Tensor] = (),
+    *,
+    scale: float | None = None,
+    causal: bool = False,
+) -> Tensor:
+    """``softmax(q k^T * scale + masks) v``; bool masks: True = allowed; rows with no allowed key: 0."""
+    scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
+    scores = torch.matmul(q, k.transpose(-2, -1)) * scale
+    lq, lk = scores.shape[-2:]
+    allowed = torch.ones(scores.shape, dtype=torch.bool, device=q.device)
+    if causal:
+        allowed = allowed & torch.ones(lq, lk, dtype=torch.bool, device=q.device).tril()
+    for mask in masks:
+        if mask.dtype == torch.bool:
+            allowed = allowed & mask
+        else:
+            scores = scores + mask
+    scores = scores.masked_fill(~allowed, float("-inf"))
+    live = (scores != float("-inf")).any(-1, keepdim=True)
+    weights = torch.softmax(scores.masked_fill(~live, 0.0), dim=-1) * live
+    return torch.matmul(weights, v)
+
+
+def multi_head_attention(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    params: Params,
+    spec: Any,
+    key_padding_mask: Tensor | None = None,
+    attn_mask: Tensor | None = None,
+) -> Tensor:
+    """Project, attend head by head in a Python loop, concatenate, project out."""
+    heads = spec.heads
+    q = F.linear(query, params["q_proj.weight"], params.get("q_proj.bias"))
+    k = F.linear(key, params["k_proj.weight"], params.get("k_proj.bias"))
+    v = F.linear(value, params["v_proj.weight"], params.get("v_proj.bias"))
+    hd, vd = q.shape[-1] // heads, v.shape[-1] // heads
+    outputs = []
+    for h in range(heads):
+        masks = []
+        if key_padding_mask is not None:  # (B, Lk), True = padding -> (B, 1, Lk), True = allowed
+            kpm = key_padding_mask[:, None, :]
+            masks.append(~kpm if kpm.dtype == torch.bool else kpm)
+        if attn_mask is not None:  # (Lq, Lk) or (B or 1, heads or 1, Lq, Lk)
+            masks.append(
+                attn_mask
+                if attn_mask.ndim == 2
+                else attn_mask[:, h if attn_mask.shape[1] > 1 else 0]
+            )
+        outputs.append(
+            attention(
+                q[..., h * hd : (h + 1) * hd],
+                k[..., h * hd : (h + 1) * hd],
+                v[..., h * vd : (h + 1) * vd],
+                masks,
+                scale=spec.scale,
+                causal=spec.causal,
+            )
+        )
+    return F.linear(
+        torch.cat(outputs, dim=-1), params["out_proj.weight"], params.get("out_proj.bias")
+    )

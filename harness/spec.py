@@ -1,0 +1,255 @@
+"""Spec models: what a YAML variant may say, validated before any template sees it.
+
+One pydantic model per kind, joined in a union discriminated on ``kind``. Every model is frozen and
+forbids unknown fields; every number has bounds; cross-field rules (odd kernels, unique pooling
+entries) live here, so a spec that validates always renders to a module that works.
+
+The field names are the project's vocabulary (``../shared/DESIGN.md``): one name per idea, shared
+across kinds. Renaming a field is a breaking change for every spec file out there.
+"""
+
+from __future__ import annotations
+
+import keyword
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+
+KINDS = ("channel", "spatial", "cbam", "sdpa", "mha")
+
+Gate = Literal["sigmoid", "hard_sigmoid"]
+Activation = Literal["relu", "silu", "gelu"]
+Dims = Literal[1, 2, 3]
+
+
+def _unique(values: tuple[str, ...]) -> tuple[str, ...]:
+    duplicates = sorted({v for v in values if values.count(v) > 1})
+    if duplicates:
+        raise ValueError(f"pooling entries must be unique, {', '.join(duplicates)} repeated")
+    return values
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=False)
+
+
+class ChannelOptions(_Model):
+    """Channel attention (SE, CBAM's channel half): pool over space, a 1x1-conv MLP, a gate."""
+
+    reduction: int = Field(
+        16,
+        ge=1,
+        le=1024,
+        description="Reduction ratio r of the MLP's hidden layer: C -> C/r -> C (rounded, see divisor).",
+    )
+    divisor: int | None = Field(
+        None,
+        ge=1,
+        le=256,
+        description=(
+            "Rounding of the hidden width. null: floor(C / r), as in the SE and CBAM papers. "
+            "An integer d: timm's make_divisible(C / r, d), the nearest multiple of d, at least d."
+        ),
+    )
+    min_channels: int = Field(
+        1, ge=1, le=4096, description="Lower bound on the hidden width (never 0 channels)."
+    )
+    pooling: tuple[Literal["avg", "max"], ...] = Field(
+        ("avg",),
+        min_length=1,
+        max_length=2,
+        description="Global poolings over the spatial dims: avg, max, or both.",
+    )
+    pooling_merge: Literal["after_mlp", "before_mlp"] = Field(
+        "after_mlp",
+        description=(
+            "With two poolings: after_mlp runs each pooled vector through the shared MLP and sums "
+            "the outputs (CBAM); before_mlp averages the pooled vectors, then one MLP "
+            "(timm's SE add_maxpool)."
+        ),
+    )
+    activation: Activation = Field("relu", description="Activation between fc1 and fc2.")
+    gate: Gate = Field("sigmoid", description="Gate applied to the MLP output before x * gate.")
+    bias: bool = Field(True, description="Biases on fc1 and fc2.")
+
+    _pooling_unique = field_validator("pooling")(_unique)
+
+
+class SpatialOptions(_Model):
+    """Spatial attention (CBAM's spatial half): pool over channels, a k x k conv, a gate."""
+
+    kernel_size: int = Field(
+        7, ge=1, le=31, description="Side of the conv kernel; odd, so the output keeps its size."
+    )
+    pooling: tuple[Literal["mean", "max"], ...] = Field(
+        ("mean", "max"),
+        min_length=1,
+        max_length=2,
+        description=(
+            "Poolings over the channel dim, in concatenation order: [mean, max] as in the CBAM "
+            "paper and timm, [max, mean] as in the original CBAM code."
+        ),
+    )
+    gate: Gate = Field("sigmoid", description="Gate applied to the conv output before x * gate.")
+    bias: bool = Field(False, description="Bias on the conv.")
+
+    _pooling_unique = field_validator("pooling")(_unique)
+
+    @field_validator("kernel_size")
+    @classmethod
+    def _odd(cls, value: int) -> int:
+        if value % 2 == 0:
+            raise ValueError(
+                f"kernel_size must be odd (even sizes change the output size), got {value}"
+            )
+        return value
+
+
+class _Variant(_Model):
+    name: str = Field(
+        min_length=1,
+        max_length=64,
+        pattern=r"^[a-z][a-z0-9_]*$",
+        description="Lowercase Python identifier, unique across all spec files; the module's name.",
+    )
+    description: str = Field(
+        "",
+        max_length=4000,
+        description="Free text for the class docstring. Kept literally; never executed or templated.",
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _not_keyword(cls, value: str) -> str:
+        if keyword.iskeyword(value) or keyword.issoftkeyword(value):
+            raise ValueError(f"name must not be a Python keyword, got {value!r}")
+        return value
+
+    @field_validator("description")
+    @classmethod
+    def _normalise_description(cls, value: str) -> str:
+        # The formatter strips trailing blanks in docstrings; strip them here so the docstring
+        # holds exactly the validated text.
+        return "\n".join(line.rstrip() for line in value.strip().splitlines())
+
+
+class _Spatial(_Model):
+    dims: Dims = Field(
+        2, description="Spatial dims of the input: 1 (B, C, L), 2 (B, C, H, W), 3 (B, C, D, H, W)."
+    )
+
+
+class ChannelSpec(_Variant, _Spatial, ChannelOptions):
+    kind: Literal["channel"] = Field(description="Channel attention: SE, CBAM's channel half.")
+
+
+class SpatialSpec(_Variant, _Spatial, SpatialOptions):
+    kind: Literal["spatial"] = Field(description="Spatial attention: CBAM's spatial half.")
+
+
+class CbamSpec(_Variant, _Spatial):
+    kind: Literal["cbam"] = Field(
+        description="CBAM: channel attention and spatial attention in sequence."
+    )
+    channel: ChannelOptions = Field(
+        ChannelOptions(reduction=16, pooling=("avg", "max"), bias=False),
+        description="The channel half (defaults: the CBAM paper's r=16, avg+max, no bias).",
+    )
+    spatial: SpatialOptions = Field(SpatialOptions(), description="The spatial half.")
+    order: Literal["channel_first", "spatial_first"] = Field(
+        "channel_first", description="Which half runs first."
+    )
+
+
+class _Attention(_Model):
+    scale: float | None = Field(
+        None, gt=0, le=1e4, description="Multiplier of q k^T; null: 1 / sqrt(head dim of q and k)."
+    )
+    dropout: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="Dropout probability on the attention weights (training only).",
+    )
+    causal: bool = Field(
+        False,
+        description="Query i attends to keys 0..i only (top-left aligned when lengths differ).",
+    )
+
+
+class SdpaSpec(_Variant, _Attention):
+    kind: Literal["sdpa"] = Field(
+        description="Scaled dot-product attention over (..., L, D) tensors."
+    )
+
+
+class MhaSpec(_Variant, _Attention):
+    kind: Literal["mha"] = Field(description="Multi-head attention with q/k/v/out projections.")
+    heads: int = Field(8, ge=1, le=256, description="Number of attention heads.")
+    head_dim: int | None = Field(
+        None, ge=1, le=1024, description="Width of each q/k head; null: embed_dim // heads."
+    )
+    value_head_dim: int | None = Field(
+        None, ge=1, le=1024, description="Width of each value head; null: the q/k head width."
+    )
+    qkv_bias: bool = Field(True, description="Biases on q_proj, k_proj and v_proj.")
+    out_bias: bool = Field(True, description="Bias on out_proj.")
+
+
+Spec = Annotated[
+    ChannelSpec | SpatialSpec | CbamSpec | SdpaSpec | MhaSpec,
+    Field(discriminator="kind"),
+]
+SPEC_ADAPTER: TypeAdapter[Any] = TypeAdapter(Spec)
+MODELS: dict[str, type[_Variant]] = {
+    "channel": ChannelSpec,
+    "spatial": SpatialSpec,
+    "cbam": CbamSpec,
+    "sdpa": SdpaSpec,
+    "mha": MhaSpec,
+}
+
+
+def validate(data: Any) -> ChannelSpec | SpatialSpec | CbamSpec | SdpaSpec | MhaSpec:
+    """Validate one variant mapping; raises ``pydantic.ValidationError``."""
+    return SPEC_ADAPTER.validate_python(data)
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of a spec file, for editors (``specs/schema.json``)."""
+    variant = SPEC_ADAPTER.json_schema()
+    defs = variant.pop("$defs", {})
+    matrix_entry = {
+        "type": "object",
+        "description": (
+            "A base variant expanded over lists of values: every combination of the `matrix` "
+            "lists becomes one variant, named by formatting `name` (e.g. se_r{reduction})."
+        ),
+        "required": ["name", "kind", "matrix"],
+        "properties": {
+            "name": {"type": "string"},
+            "kind": {"enum": list(KINDS)},
+            "matrix": {
+                "type": "object",
+                "additionalProperties": {"type": "array", "minItems": 1},
+            },
+        },
+    }
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "attnforge spec file",
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["variants"],
+        "properties": {
+            "variants": {
+                "type": "array",
+                "items": {
+                    "if": {"required": ["matrix"]},
+                    "then": matrix_entry,
+                    "else": variant,
+                },
+            }
+        },
+        "$defs": defs,
+    }
