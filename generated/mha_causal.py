@@ -154,7 +154,6 @@ class MhaCausal(nn.Module):
                 raise ValueError(
                     f"MhaCausal: key_padding_mask must be bool or floating point, got {key_padding_mask.dtype}"
                 )
-
             if tuple(key_padding_mask.shape) != (b, lk):
                 raise ValueError(
                     f"MhaCausal: expected key_padding_mask of shape {(b, lk)}, got {tuple(key_padding_mask.shape)}"
@@ -166,7 +165,6 @@ class MhaCausal(nn.Module):
                 raise ValueError(
                     f"MhaCausal: attn_mask must be bool or floating point, got {attn_mask.dtype}"
                 )
-
             shape = tuple(attn_mask.shape)
             if shape != (lq, lk) and not (
                 attn_mask.ndim == 4

@@ -146,7 +146,6 @@ class MhaCross(nn.Module):
                 raise ValueError(
                     f"MhaCross: key_padding_mask must be bool or floating point, got {key_padding_mask.dtype}"
                 )
-
             if tuple(key_padding_mask.shape) != (b, lk):
                 raise ValueError(
                     f"MhaCross: expected key_padding_mask of shape {(b, lk)}, got {tuple(key_padding_mask.shape)}"
@@ -158,7 +157,6 @@ class MhaCross(nn.Module):
                 raise ValueError(
                     f"MhaCross: attn_mask must be bool or floating point, got {attn_mask.dtype}"
                 )
-
             shape = tuple(attn_mask.shape)
             if shape != (lq, lk) and not (
                 attn_mask.ndim == 4

@@ -153,7 +153,6 @@ class MhaTorch(nn.Module):
                 raise ValueError(
                     f"MhaTorch: key_padding_mask must be bool or floating point, got {key_padding_mask.dtype}"
                 )
-
             if tuple(key_padding_mask.shape) != (b, lk):
                 raise ValueError(
                     f"MhaTorch: expected key_padding_mask of shape {(b, lk)}, got {tuple(key_padding_mask.shape)}"
@@ -165,7 +164,6 @@ class MhaTorch(nn.Module):
                 raise ValueError(
                     f"MhaTorch: attn_mask must be bool or floating point, got {attn_mask.dtype}"
                 )
-
             shape = tuple(attn_mask.shape)
             if shape != (lq, lk) and not (
                 attn_mask.ndim == 4

@@ -113,7 +113,6 @@ class MhaTutorial(nn.Module):
                 raise ValueError(
                     f"MhaTutorial: key_padding_mask must be bool or floating point, got {key_padding_mask.dtype}"
                 )
-
             if tuple(key_padding_mask.shape) != (b, lk):
                 raise ValueError(
                     f"MhaTutorial: expected key_padding_mask of shape {(b, lk)}, got {tuple(key_padding_mask.shape)}"
@@ -125,7 +124,6 @@ class MhaTutorial(nn.Module):
                 raise ValueError(
                     f"MhaTutorial: attn_mask must be bool or floating point, got {attn_mask.dtype}"
                 )
-
             shape = tuple(attn_mask.shape)
             if shape != (lq, lk) and not (
                 attn_mask.ndim == 4

@@ -40,7 +40,8 @@ class SdpaCausal(nn.Module):
     scores. A query row whose keys are all masked returns zeros, not NaN.
 
     Shape:
-        q: (..., Lq, D), k: (..., Lk, D), v: (..., Lk, Dv); attn_mask: broadcastable to (..., Lq, Lk); returns (..., Lq, Dv).
+        q: (..., Lq, D), k: (..., Lk, D), v: (..., Lk, Dv);
+        attn_mask: broadcastable to (..., Lq, Lk); returns (..., Lq, Dv).
     """
 
     def forward(
@@ -67,7 +68,6 @@ class SdpaCausal(nn.Module):
                 raise ValueError(
                     f"SdpaCausal: attn_mask must be bool or floating point, got {attn_mask.dtype}"
                 )
-
             if (
                 attn_mask.ndim < 2
                 or attn_mask.shape[-2] not in (1, lq)

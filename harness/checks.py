@@ -64,7 +64,7 @@ def tolerance(check: str, dtype: torch.dtype) -> Tol:
 def assert_close(actual: Tensor, expected: Tensor, check: str, what: str) -> None:
     if actual.shape != expected.shape:
         raise CheckFailure(f"{what}: shape {tuple(actual.shape)}, expected {tuple(expected.shape)}")
-    tol = tolerance(check, expected.dtype)
+    tol = tolerance(check, actual.dtype)  # the precision under test decides
     a, e = actual.detach().to(torch.float64).cpu(), expected.detach().to(torch.float64).cpu()
     if a.isnan().any() != e.isnan().any() or not torch.equal(a.isnan(), e.isnan()):
         raise CheckFailure(f"{what}: NaN where the expected value has none (or the reverse)")
@@ -553,14 +553,16 @@ def check_dropout(subject: Subject, case: Case, device: str, seed: int, **_: Any
         raise CheckFailure("training-mode calls do not differ: dropout is not applied")
 
 
-def check_parity(subject: Subject, case: Case, device: str, seed: int, **_: Any) -> None:
+def check_parity(
+    subject: Subject, case: Case, device: str, seed: int, target: str = "cuda", **_: Any
+) -> None:
     """CPU vs CUDA with the same weights and inputs, forward and backward, TF32 off.
 
     ``case`` names a dtype: float32 is held to the CPU float64 reference; float16 and bfloat16 to
     the FlashAttention rule (error vs float64 at most 2x the plain PyTorch formulation's error in the
     same dtype, plus a small atol).
     """
-    if not torch.cuda.is_available():
+    if target == "cuda" and not torch.cuda.is_available():
         raise CheckSkipped(
             "no CUDA device: CPU vs CUDA parity needs one (run with --devices cpu,cuda on a GPU machine)"
         )
@@ -578,10 +580,10 @@ def check_parity(subject: Subject, case: Case, device: str, seed: int, **_: Any)
         ref_x = _float_leaves(inputs)
         ref_out = _call(cpu, ref_x)
         ref_grads = _grads(ref_out, [a for a in ref_x.args if a.requires_grad], upstream)
-        cuda = subject.build(base, device="cuda", dtype=dtype)
+        cuda = subject.build(base, device=target, dtype=dtype)
         cuda.load_state_dict(cpu.state_dict())
         x = _float_leaves(
-            inputs.map(lambda t: t.to("cuda", dtype if t.is_floating_point() else t.dtype))
+            inputs.map(lambda t: t.to(target, dtype if t.is_floating_point() else t.dtype))
         )
         out = _call(cuda, x)
         grads = _grads(out, [a for a in x.args if a.requires_grad], upstream.to(out))
@@ -592,9 +594,9 @@ def check_parity(subject: Subject, case: Case, device: str, seed: int, **_: Any)
             return
         # The plain formulation in the same low precision, on CUDA, as the yardstick.
         plain_x = _float_leaves(
-            inputs.map(lambda t: t.to("cuda", dtype if t.is_floating_point() else t.dtype))
+            inputs.map(lambda t: t.to(target, dtype if t.is_floating_point() else t.dtype))
         )
-        plain_params = {k: v.detach().to("cuda", dtype) for k, v in cpu.named_parameters()}
+        plain_params = {k: v.detach().to(target, dtype) for k, v in cpu.named_parameters()}
         plain = subject.kind.reference(subject.spec, plain_params, plain_x)
         tol = tolerance("parity_lowp", dtype)
         pairs = [("forward", out, plain, ref_out)]

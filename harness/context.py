@@ -257,8 +257,8 @@ def context(variant: Any, spec_path: str) -> dict[str, Any]:
                 )
             ),
             _prose(_mask_doc(with_padding=False)),
-            "Shape:\n    q: (..., Lq, D), k: (..., Lk, D), v: (..., Lk, Dv); "
-            "attn_mask: broadcastable to (..., Lq, Lk); returns (..., Lq, Dv).",
+            "Shape:\n    q: (..., Lq, D), k: (..., Lk, D), v: (..., Lk, Dv);\n"
+            "    attn_mask: broadcastable to (..., Lq, Lk); returns (..., Lq, Dv).",
         )
         return {
             **base,

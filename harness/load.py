@@ -123,14 +123,14 @@ class _Converter:
                 raise _BadNode(node, f"tag {node.tag!r} is not allowed")
             result: dict[str, Any] = {}
             for key_node, value_node in node.value:
+                if isinstance(key_node, yaml.ScalarNode) and key_node.value == "<<":
+                    raise _BadNode(key_node, "merge keys (<<) are not supported")
                 if (
                     not isinstance(key_node, yaml.ScalarNode)
                     or key_node.tag != "tag:yaml.org,2002:str"
                 ):
                     raise _BadNode(key_node, "mapping keys must be plain strings")
                 key = key_node.value
-                if key == "<<":
-                    raise _BadNode(key_node, "merge keys (<<) are not supported")
                 if key in result:
                     first = self.doc.key_marks[(*path, key)]
                     raise _BadNode(key_node, f"duplicate key {key!r} (first at line {first[0]})")
@@ -307,13 +307,13 @@ def _fields_at(kind: str, loc: tuple[str | int, ...]) -> set[str]:
     )
 
 
-def _message(error: dict[str, Any], kind: str) -> str:
+def _message(error: dict[str, Any], kind: str, loc: tuple[str | int, ...]) -> str:
     etype = error["type"]
-    loc = tuple(error["loc"])
     if etype == "union_tag_invalid":
-        return f"unknown kind {error['input']!r}{_close(str(error['input']), specs.KINDS)} (kinds: {', '.join(specs.KINDS)})"
+        tag = str(error.get("ctx", {}).get("tag", ""))
+        return f"unknown kind {tag!r}{_close(tag, specs.KINDS)} (kinds: {', '.join(specs.KINDS)})"
     if etype == "union_tag_not_found":
-        return f"missing required field 'kind' (one of: {', '.join(specs.KINDS)})"
+        return f"missing required field (one of: {', '.join(specs.KINDS)})"
     if etype == "extra_forbidden":
         allowed = _fields_at(kind, loc[:-1])
         return f"unknown field {loc[-1]!r}{_close(str(loc[-1]), allowed)}"
@@ -335,13 +335,19 @@ def _validate_entry(
             loc = tuple(error["loc"])
             if loc and loc[0] == kind:  # the discriminated union puts the tag first
                 loc = loc[1:]
-            fld = ".".join(str(p) for p in loc) or "-"
+            if error["type"].startswith("union_tag"):
+                loc = ("kind",)
+            fld = ".".join(str(p) for p in loc)
             source = next(
                 (sources[k] for k in sources if fld == k or fld.startswith(k + ".")), None
             )
             target = source if source is not None else (*path, *loc)
             doc.problem(
-                target, label, fld, _message(error, kind), key=error["type"] == "extra_forbidden"
+                target,
+                label,
+                fld,
+                _message(error, kind, loc),
+                key=error["type"] == "extra_forbidden",
             )
         return None
 

@@ -30,7 +30,8 @@ def _unique(values: tuple[str, ...]) -> tuple[str, ...]:
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=False)
+    # strict: a YAML "4" is not the integer 4 and "yes" (quoted) is not True; say so instead of coercing.
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
 
 class ChannelOptions(_Model):
@@ -56,6 +57,7 @@ class ChannelOptions(_Model):
     )
     pooling: tuple[Literal["avg", "max"], ...] = Field(
         ("avg",),
+        strict=False,  # YAML gives a list
         min_length=1,
         max_length=2,
         description="Global poolings over the spatial dims: avg, max, or both.",
@@ -83,6 +85,7 @@ class SpatialOptions(_Model):
     )
     pooling: tuple[Literal["mean", "max"], ...] = Field(
         ("mean", "max"),
+        strict=False,  # YAML gives a list
         min_length=1,
         max_length=2,
         description=(

@@ -1,0 +1,103 @@
+"""The spec models: a valid and an invalid value for every field of every kind."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from harness import spec as specs
+
+BASE = {
+    "channel": {"name": "v", "kind": "channel"},
+    "spatial": {"name": "v", "kind": "spatial"},
+    "cbam": {"name": "v", "kind": "cbam"},
+    "sdpa": {"name": "v", "kind": "sdpa"},
+    "mha": {"name": "v", "kind": "mha"},
+}
+
+# (kind, field, a valid value, an invalid value)
+FIELDS = [
+    ("channel", "name", "se_r4", "Se"),
+    ("channel", "name", "se2", "2se"),
+    ("channel", "name", "se", "lambda"),
+    ("channel", "description", "any text", 3),
+    ("channel", "dims", 3, 4),
+    ("channel", "reduction", 1, 0),
+    ("channel", "reduction", 1024, 1025),
+    ("channel", "divisor", 8, 0),
+    ("channel", "divisor", None, "8"),
+    ("channel", "min_channels", 4, 0),
+    ("channel", "pooling", ["avg", "max"], ["avg", "avg"]),
+    ("channel", "pooling", ["max"], []),
+    ("channel", "pooling", ["avg"], ["mean"]),
+    ("channel", "pooling_merge", "before_mlp", "sum"),
+    ("channel", "activation", "silu", "swish"),
+    ("channel", "gate", "hard_sigmoid", "tanh"),
+    ("channel", "bias", False, "false"),
+    ("spatial", "kernel_size", 1, 2),
+    ("spatial", "kernel_size", 31, 33),
+    ("spatial", "pooling", ["max", "mean"], ["max", "max"]),
+    ("spatial", "pooling", ["mean"], ["avg"]),
+    ("spatial", "gate", "sigmoid", "relu"),
+    ("spatial", "bias", True, 1),
+    ("spatial", "dims", 1, 0),
+    ("cbam", "channel", {"reduction": 8}, {"reduction": 0}),
+    ("cbam", "channel", {"pooling": ["avg"]}, {"kernel_size": 3}),
+    ("cbam", "spatial", {"kernel_size": 3}, {"kernel_size": 4}),
+    ("cbam", "order", "spatial_first", "parallel"),
+    ("cbam", "dims", 3, "2"),
+    ("sdpa", "scale", 0.125, 0),
+    ("sdpa", "scale", None, -1.0),
+    ("sdpa", "dropout", 0.5, 1.0),
+    ("sdpa", "dropout", 0.0, -0.1),
+    ("sdpa", "causal", True, "yes"),
+    ("mha", "heads", 16, 0),
+    ("mha", "heads", 256, 257),
+    ("mha", "head_dim", 64, 0),
+    ("mha", "value_head_dim", 32, 2000),
+    ("mha", "qkv_bias", False, None),
+    ("mha", "out_bias", False, "no"),
+    ("mha", "dropout", 0.1, 1),
+    ("mha", "causal", False, 0),
+    ("mha", "scale", 1, "1"),
+]
+
+
+@pytest.mark.parametrize(
+    ("kind", "field", "good", "bad"), FIELDS, ids=[f"{k}-{f}-{b!r}" for k, f, _, b in FIELDS]
+)
+def test_field(kind, field, good, bad):
+    assert specs.validate({**BASE[kind], field: good})
+    with pytest.raises(ValidationError):
+        specs.validate({**BASE[kind], field: bad})
+
+
+def test_every_field_has_a_row():
+    covered = {(k, f) for k, f, _, _ in FIELDS}
+    shared = {"name", "description"}  # common to every kind, covered by the channel rows
+    for kind, model in specs.MODELS.items():
+        fields = set(model.model_fields) - {"kind"} - (shared if kind != "channel" else set())
+        missing = fields - {f for k, f in covered if k == kind}
+        assert not missing, f"{kind}: no valid/invalid row for {sorted(missing)}"
+
+
+def test_unknown_fields_and_kinds_are_rejected():
+    with pytest.raises(ValidationError, match="extra"):
+        specs.validate({**BASE["sdpa"], "heads": 8})
+    with pytest.raises(ValidationError, match="tag"):
+        specs.validate({"name": "v", "kind": "eca"})
+
+
+def test_specs_are_frozen_and_defaults_documented():
+    s = specs.validate(BASE["cbam"])
+    with pytest.raises(ValidationError):
+        s.order = "spatial_first"
+    assert (s.channel.reduction, s.channel.pooling, s.channel.bias) == (16, ("avg", "max"), False)
+    for model in specs.MODELS.values():
+        for name, info in model.model_fields.items():
+            assert info.description, f"{model.__name__}.{name} has no description (editors show it)"
+
+
+def test_description_is_normalised_only_at_line_ends():
+    s = specs.validate({**BASE["sdpa"], "description": "  a  \n   b\t \n\n"})
+    assert s.description == "a\n   b"

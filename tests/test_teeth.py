@@ -1,0 +1,231 @@
+"""Teeth: every check fails on a deliberately broken module, and every seeded bug is caught.
+
+The broken modules are the generated ones with one bug each: the tutorial's own bugs (SE returning
+``x * pooled``, ``torch.max`` misuse), a swapped pooling order, a missing scale, softmax over the wrong
+axis, an inverted mask, heads merged in the wrong order, a gate applied twice, and more. For each we
+assert that the named check fails on the broken module and passes on the real one.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from harness import checks, registry
+
+
+def _base(name: str) -> type:
+    return registry.default.cls(name)
+
+
+# --- channel / spatial --------------------------------------------------------------------------
+
+
+class SeReturnsPooled(_base("se_tutorial")):
+    """The tutorial's SE bug: returns x * y with the pooled y instead of the gate."""
+
+    def forward(self, x):
+        y = x.mean((2, 3), keepdim=True)
+        self.fc2(self.act(self.fc1(y)))
+        return x * y
+
+
+class SeGateTwice(_base("se_resnet")):
+    def forward(self, x):
+        s = torch.sigmoid(self.fc2(self.act(self.fc1(x.mean((2, 3), keepdim=True)))))
+        return x * s * s
+
+
+class SeGateTimesTwo(_base("se_resnet")):
+    def forward(self, x):
+        return x * 2 * torch.sigmoid(self.fc2(self.act(self.fc1(x.mean((2, 3), keepdim=True)))))
+
+
+class SeDetachedGate(_base("se_resnet")):
+    """Forward is right; the gate's gradient is dropped."""
+
+    def forward(self, x):
+        return (
+            x * torch.sigmoid(self.fc2(self.act(self.fc1(x.mean((2, 3), keepdim=True))))).detach()
+        )
+
+
+class SeBatchLeak(_base("se_resnet")):
+    """Pools over the batch too: samples are no longer independent."""
+
+    def forward(self, x):
+        return x * torch.sigmoid(self.fc2(self.act(self.fc1(x.mean((0, 2, 3), keepdim=True)))))
+
+
+class SeIgnoresDtype(_base("se_resnet")):
+    """Drops the factory kwargs: parameters are always float32 on the default device."""
+
+    def __init__(self, channels, *, device=None, dtype=None):
+        super().__init__(channels)
+
+
+class SeWrongDtype(_base("se_resnet")):
+    def forward(self, x):
+        return super().forward(x).float()
+
+
+class SeBfloat16Inside(_base("se_resnet")):
+    """A float32 'fast path' that computes the gate in bfloat16: right in float64, wrong in float32."""
+
+    def forward(self, x):
+        s = self.fc2(self.act(self.fc1(x.mean((2, 3), keepdim=True))))
+        if x.dtype == torch.float32:
+            s = s.bfloat16()
+        return x * torch.sigmoid(s).to(x.dtype)
+
+
+class ChannelMaxIndices(_base("cbam_channel_paper")):
+    """torch.max(...) returns (values, indices); taking [1] pools indices, not values."""
+
+    def forward(self, x):
+        avg = x.mean((2, 3), keepdim=True)
+        mx = torch.max(x.flatten(2), dim=2, keepdim=True)[1].to(x.dtype)[..., None]
+        s = self.fc2(self.act(self.fc1(avg))) + self.fc2(self.act(self.fc1(mx)))
+        return x * torch.sigmoid(s)
+
+
+class SpatialSwappedOrder(_base("cbam_spatial_paper")):
+    """Concatenates [max, mean] where the spec says [mean, max]."""
+
+    def forward(self, x):
+        s = self.conv(torch.cat([x.amax(1, keepdim=True), x.mean(1, keepdim=True)], dim=1))
+        return x * torch.sigmoid(s)
+
+
+# --- attention ----------------------------------------------------------------------------------
+
+
+class SdpaMissingScale(_base("sdpa")):
+    def forward(self, q, k, v, attn_mask=None):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=1.0)
+
+
+def _explicit(q, k, v, attn_mask=None, softmax_dim=-1, causal=False):
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    if causal:
+        scores = scores.masked_fill(
+            ~torch.ones(scores.shape[-2:], dtype=torch.bool).tril(), float("-inf")
+        )
+    if attn_mask is not None:
+        scores = (
+            scores.masked_fill(~attn_mask, float("-inf"))
+            if attn_mask.dtype == torch.bool
+            else scores + attn_mask
+        )
+    return torch.softmax(scores, dim=softmax_dim) @ v
+
+
+class SdpaSoftmaxWrongAxis(_base("sdpa")):
+    def forward(self, q, k, v, attn_mask=None):
+        return _explicit(q, k, v, attn_mask, softmax_dim=-2)
+
+
+class SdpaNaNOnMaskedRows(_base("sdpa")):
+    """Plain softmax over -inf rows: NaN where every key is masked."""
+
+    def forward(self, q, k, v, attn_mask=None):
+        return _explicit(q, k, v, attn_mask)
+
+
+class SdpaPositionalBias(_base("sdpa")):
+    """Adds a bias that depends on the key's position."""
+
+    def forward(self, q, k, v, attn_mask=None):
+        bias = (torch.arange(k.shape[-2], dtype=q.dtype) * 0.3).expand(q.shape[-2], -1)
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=bias if attn_mask is None else attn_mask
+        )
+
+
+class SdpaNotCausal(_base("sdpa_causal")):
+    def forward(self, q, k, v, attn_mask=None):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+
+
+class SdpaInvertedMask(_base("sdpa")):
+    """Reads a bool attn_mask as True = masked (nn.MultiheadAttention's convention)."""
+
+    def forward(self, q, k, v, attn_mask=None):
+        if attn_mask is not None and attn_mask.dtype == torch.bool:
+            attn_mask = ~attn_mask
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+
+
+class SdpaDropoutInEval(_base("sdpa_dropout")):
+    def forward(self, q, k, v, attn_mask=None):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=0.1)
+
+
+class MhaInvertedPadding(_base("mha_torch")):
+    """Treats key_padding_mask True as 'keep' instead of 'padding'."""
+
+    def forward(self, query, key, value, key_padding_mask=None, attn_mask=None):
+        if key_padding_mask is not None and key_padding_mask.dtype == torch.bool:
+            key_padding_mask = ~key_padding_mask
+        return super().forward(query, key, value, key_padding_mask, attn_mask)
+
+
+class MhaHeadsMergedWrong(_base("mha_tutorial")):
+    """Merges (B, H, L, D) heads with a reshape that skips the transpose."""
+
+    def forward(self, query, key, value, key_padding_mask=None, attn_mask=None):
+        b, lq, _ = query.shape
+        lk = key.shape[1]
+        q = self.q_proj(query).view(b, lq, 4, self.head_dim).transpose(1, 2)
+        k = self.k_proj(key).view(b, lk, 4, self.head_dim).transpose(1, 2)
+        v = self.v_proj(value).view(b, lk, 4, self.value_head_dim).transpose(1, 2)
+        mask = self._mask(key_padding_mask, attn_mask, b, lq, lk, q)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.out_proj(out.reshape(b, lq, 4 * self.value_head_dim))
+
+
+# (broken class, the variant whose spec it claims, check, case, options)
+SEEDED = [
+    (SeReturnsPooled, "se_tutorial", "reference", "b2_c16_7x5", {}),
+    (SeGateTwice, "se_resnet", "reference", "b2_c16_7x5", {}),
+    (SeGateTimesTwo, "se_resnet", "gate_bound", "b2_c16_7x5", {}),
+    (SeDetachedGate, "se_resnet", "gradcheck", "tiny", {}),
+    (SeDetachedGate, "se_resnet", "reference", "b2_c16_7x5", {}),
+    (SeBatchLeak, "se_resnet", "layout", "b2_c16_7x5", {}),
+    (SeIgnoresDtype, "se_resnet", "construct", "b2_c16_7x5", {}),
+    (SeWrongDtype, "se_resnet", "shape", "b2_c16_7x5", {}),
+    (SeBfloat16Inside, "se_resnet", "parity", "float32", {"target": "cpu"}),
+    (ChannelMaxIndices, "cbam_channel_paper", "reference", "b2_c16_7x5", {}),
+    (SpatialSwappedOrder, "cbam_spatial_paper", "reference", "b2_c16_7x5", {}),
+    (SdpaMissingScale, "sdpa", "reference", "b2h3_q4_k6", {}),
+    (SdpaMissingScale, "sdpa", "anchor", "b2h3_q4_k6", {}),
+    (SdpaSoftmaxWrongAxis, "sdpa", "reference", "b2h3_q4_k6", {}),
+    (SdpaNaNOnMaskedRows, "sdpa", "masked_row", "b2h3_q4_k6", {}),
+    (SdpaPositionalBias, "sdpa", "permutation", "b2h3_q4_k6", {}),
+    (SdpaNotCausal, "sdpa_causal", "causal", "b2h3_q4_k6", {}),
+    (SdpaInvertedMask, "sdpa", "masked_keys", "b2h3_q4_k6", {}),
+    (SdpaInvertedMask, "sdpa", "reference", "mask_bool", {}),
+    (SdpaDropoutInEval, "sdpa_dropout", "dropout", "b2h3_q4_k6", {}),
+    (MhaInvertedPadding, "mha_torch", "masked_keys", "self_b2_l5", {}),
+    (MhaInvertedPadding, "mha_torch", "anchor", "kpm_bool", {}),
+    (MhaHeadsMergedWrong, "mha_tutorial", "reference", "self_b2_l5", {}),
+]
+
+
+@pytest.mark.parametrize(
+    ("broken", "variant", "check", "case", "options"),
+    SEEDED,
+    ids=[f"{b.__name__}-{c}" for b, _, c, _, _ in SEEDED],
+)
+def test_check_catches_seeded_bug(broken, variant, check, case, options):
+    real = checks.Subject.of(variant)
+    checks.run(check, real, case, **options)  # the real module passes the same check
+    with pytest.raises(checks.CheckFailure):
+        checks.run(check, checks.Subject(real.spec, broken), case, **options)
+
+
+def test_every_check_is_shown_to_fail_on_something():
+    assert {check for _, _, check, _, _ in SEEDED} == set(checks.CHECKS)
