@@ -115,7 +115,10 @@ class MhaTorch(nn.Module):
             or module.add_zero_attn
         ):
             raise ValueError(
-                f"MhaTorch.from_torch: {module!r} has another configuration than mha_torch"
+                "MhaTorch.from_torch: expected num_heads=8, bias=True, dropout=0.0, "
+                "add_bias_kv=False, add_zero_attn=False; got "
+                f"num_heads={module.num_heads}, bias={module.in_proj_bias is not None}, dropout={module.dropout}, "
+                f"add_bias_kv={module.bias_k is not None}, add_zero_attn={module.add_zero_attn}"
             )
         weight = module.out_proj.weight
         new = cls(

@@ -1,4 +1,4 @@
-"""``python -m harness``: generate, list (and, from the harness, sweep and bench)."""
+"""``python -m harness``: generate, list, sweep, bench."""
 
 from __future__ import annotations
 
@@ -50,6 +50,20 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    from .sweep import run
+
+    extra = args.pytest_args[1:] if args.pytest_args[:1] == ["--"] else args.pytest_args
+    return run(
+        args.specs,
+        args.out,
+        workers=args.workers,
+        shard=args.shard,
+        variants=args.variants,
+        pytest_args=extra,
+    )
+
+
 def parser() -> argparse.ArgumentParser:
     from .generate import GENERATED_DIR, SPECS_DIR
 
@@ -70,6 +84,33 @@ def parser() -> argparse.ArgumentParser:
     ls.add_argument("--specs", type=Path, default=SPECS_DIR)
     ls.add_argument("--kind", choices=["channel", "spatial", "cbam", "sdpa", "mha"])
     ls.set_defaults(func=_list)
+    sw = sub.add_parser(
+        "sweep", help="generate specs into a scratch catalogue and run every check on it"
+    )
+    sw.add_argument(
+        "--specs",
+        type=Path,
+        nargs="+",
+        default=[SPECS_DIR / "sweeps"],
+        help="spec directories (default: specs/sweeps)",
+    )
+    sw.add_argument(
+        "--out",
+        type=Path,
+        default=Path("sweep-results"),
+        help="results: JUnit XML, summary.md, the catalogue",
+    )
+    sw.add_argument(
+        "-n", "--workers", default="auto", help="xdist workers (0: no xdist; default: auto)"
+    )
+    sw.add_argument("--shard", help="I/N: run shard I of N")
+    sw.add_argument("--variants", default="*", help="comma-separated globs of variant names")
+    sw.add_argument(
+        "pytest_args",
+        nargs=argparse.REMAINDER,
+        help="after --: more pytest arguments (e.g. --devices cpu,cuda)",
+    )
+    sw.set_defaults(func=_sweep)
     return p
 
 

@@ -67,7 +67,7 @@ def render(
     sources: dict[str, str] = {}
     index = []
     for variant in sorted(variants, key=lambda v: v.name):
-        spec_path = f"{specs_label}/{variant.file}"
+        spec_path = variant.source
         ctx = context(variant, spec_path)
         sources[f"{variant.name}.py"] = env.get_template(f"{variant.spec.kind}.py.j2").render(ctx)
         index.append(

@@ -65,6 +65,7 @@ class Variant:
     spec: Any  # one of harness.spec's models
     file: str  # the spec file's name, relative to its specs directory
     line: int
+    source: str = ""  # "<specs dir name>/<file>": what generated headers name (no absolute paths)
 
     @property
     def name(self) -> str:
@@ -395,7 +396,7 @@ def load_file(path: Path) -> tuple[list[Variant], list[Problem]]:
             model = _validate_entry(doc, where, data, sources)
             if model is not None:
                 line, _ = doc.where(where)
-                variants.append(Variant(model, path.name, line))
+                variants.append(Variant(model, path.name, line, f"{path.parent.name}/{path.name}"))
     return variants, doc.problems
 
 
@@ -404,15 +405,20 @@ def spec_files(specs_dir: Path) -> list[Path]:
     return sorted(p for p in specs_dir.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
 
 
-def load_specs(specs_dir: Path | str) -> list[Variant]:
-    """Validate every spec file in ``specs_dir``; raises ``SpecError`` listing every problem."""
-    specs_dir = Path(specs_dir)
-    if not specs_dir.is_dir():
-        raise SpecError([Problem(display_path(specs_dir), 1, 1, "", "", "no such directory")])
+def load_specs(*specs_dirs: Path | str) -> list[Variant]:
+    """Validate every spec file in the directories; raises ``SpecError`` listing every problem.
+
+    Names must be unique across all of them.
+    """
+    files: list[Path] = []
+    for directory in map(Path, specs_dirs):
+        if not directory.is_dir():
+            raise SpecError([Problem(display_path(directory), 1, 1, "", "", "no such directory")])
+        files.extend(spec_files(directory))
     problems: list[Problem] = []
     seen: dict[str, tuple[str, int]] = {}
     variants: list[Variant] = []
-    for path in spec_files(specs_dir):
+    for path in files:
         found, file_problems = load_file(path)
         problems.extend(file_problems)
         display = display_path(path)
