@@ -182,7 +182,17 @@ def parse_file(path: Path) -> _Document:
     except (OSError, UnicodeDecodeError) as exc:
         doc.problem((), "", "", f"cannot read: {exc}")
         return doc
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = yaml.SafeLoader(text)
+    except yaml.reader.ReaderError as exc:  # a character YAML does not allow, found before parsing
+        before = text[: exc.position]
+        line, col = before.count("\n") + 1, exc.position - (before.rfind("\n") + 1) + 1
+        doc.problems.append(
+            Problem(
+                doc.display, line, col, "", "", f"YAML: character {exc.character!r} is not allowed"
+            )
+        )
+        return doc
     try:
         node = loader.get_single_node()
         if node is None:
@@ -195,7 +205,7 @@ def parse_file(path: Path) -> _Document:
         message = " ".join(str(p) for p in (exc.context, exc.problem) if p)
         doc.problems.append(Problem(doc.display, line, col, "", "", f"YAML syntax: {message}"))
     except yaml.YAMLError as exc:
-        doc.problem((), "", "", f"YAML: {exc}")
+        doc.problem((), "", "", "YAML: " + " ".join(str(exc).split()))
     except _BadNode as exc:
         line, col = _mark(exc.node)
         doc.problems.append(Problem(doc.display, line, col, "", "", exc.message))

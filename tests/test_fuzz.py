@@ -1,0 +1,255 @@
+"""Fuzzing spec documents with hypothesis (derandomized in CI: the same examples every run).
+
+Valid documents generate a module that imports and keeps shapes; invalid ones yield only
+``file:line:col: ...`` problems; nothing raises an internal exception.
+"""
+
+from __future__ import annotations
+
+import importlib
+import itertools
+import re
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+import yaml
+from hypothesis import given
+from hypothesis import strategies as st
+
+from harness.generate import generate
+from harness.load import SpecError, load_specs
+
+names = st.from_regex(r"\A[a-z][a-z0-9_]{0,20}\Z").filter(
+    lambda n: (
+        n
+        not in {
+            "and",
+            "as",
+            "if",
+            "in",
+            "is",
+            "or",
+            "not",
+            "def",
+            "del",
+            "for",
+            "try",
+            "case",
+            "type",
+            "match",
+            "with",
+            "from",
+            "pass",
+            "else",
+            "elif",
+            "class",
+            "while",
+            "break",
+            "async",
+            "await",
+            "raise",
+            "yield",
+            "global",
+            "lambda",
+            "return",
+            "import",
+            "assert",
+            "except",
+            "finally",
+            "continue",
+            "nonlocal",
+            "_",
+        }
+    )
+)
+descriptions = st.text(max_size=80)
+gates = st.sampled_from(["sigmoid", "hard_sigmoid"])
+channel_pools = st.sampled_from([["avg"], ["max"], ["avg", "max"], ["max", "avg"]])
+spatial_pools = st.sampled_from([["mean"], ["max"], ["mean", "max"], ["max", "mean"]])
+
+channel_opts = st.fixed_dictionaries(
+    {},
+    optional={
+        "reduction": st.integers(1, 64),
+        "divisor": st.none() | st.integers(1, 16),
+        "min_channels": st.integers(1, 8),
+        "pooling": channel_pools,
+        "pooling_merge": st.sampled_from(["after_mlp", "before_mlp"]),
+        "activation": st.sampled_from(["relu", "silu", "gelu"]),
+        "gate": gates,
+        "bias": st.booleans(),
+    },
+)
+spatial_opts = st.fixed_dictionaries(
+    {},
+    optional={
+        "kernel_size": st.sampled_from([1, 3, 5, 7, 9]),
+        "pooling": spatial_pools,
+        "gate": gates,
+        "bias": st.booleans(),
+    },
+)
+attention_opts = {
+    "scale": st.none() | st.floats(0.01, 10),
+    "dropout": st.just(0.0) | st.floats(0.0, 0.9),
+    "causal": st.booleans(),
+}
+
+
+def _variant(kind: str, body: st.SearchStrategy) -> st.SearchStrategy:
+    return st.tuples(names, descriptions, body).map(
+        lambda t: {"name": t[0], "kind": kind, "description": t[1], **t[2]}
+    )
+
+
+dims = st.fixed_dictionaries({}, optional={"dims": st.sampled_from([1, 2, 3])})
+variants = st.one_of(
+    _variant("channel", st.tuples(channel_opts, dims).map(lambda t: {**t[0], **t[1]})),
+    _variant("spatial", st.tuples(spatial_opts, dims).map(lambda t: {**t[0], **t[1]})),
+    _variant(
+        "cbam",
+        st.fixed_dictionaries(
+            {},
+            optional={
+                "channel": channel_opts,
+                "spatial": spatial_opts,
+                "order": st.sampled_from(["channel_first", "spatial_first"]),
+                "dims": st.sampled_from([1, 2, 3]),
+            },
+        ),
+    ),
+    _variant("sdpa", st.fixed_dictionaries({}, optional=attention_opts)),
+    _variant(
+        "mha",
+        st.fixed_dictionaries(
+            {},
+            optional={
+                **attention_opts,
+                "heads": st.integers(1, 8),
+                "head_dim": st.none() | st.integers(1, 16),
+                "value_head_dim": st.none() | st.integers(1, 16),
+                "qkv_bias": st.booleans(),
+                "out_bias": st.booleans(),
+            },
+        ),
+    ),
+)
+
+_packages = itertools.count()
+
+
+def _inputs(spec) -> tuple[tuple, tuple]:
+    if spec.kind in ("channel", "spatial", "cbam"):
+        return (6,), (torch.randn(2, 6, *[3] * spec.dims),)
+    if spec.kind == "sdpa":
+        return (), (torch.randn(2, 3, 8), torch.randn(2, 5, 8), torch.randn(2, 5, 4))
+    e = spec.heads * 3 if spec.head_dim is None else 10
+    return (e, 7, 5, 4), (torch.randn(2, 3, e), torch.randn(2, 5, 7), torch.randn(2, 5, 5))
+
+
+@given(variants)
+def test_valid_specs_generate_modules_that_import_and_keep_shapes(variant):
+    with tempfile.TemporaryDirectory() as tmp:
+        specs = Path(tmp, "specs")
+        specs.mkdir()
+        (specs / "fuzz.yaml").write_text(
+            yaml.safe_dump({"variants": [variant]}, allow_unicode=True), encoding="utf-8"
+        )
+        package = f"fuzz_pkg_{next(_packages)}"
+        generate(specs, Path(tmp, package), write_schema=False)
+        sys.path.insert(0, tmp)
+        try:
+            module = importlib.import_module(f"{package}.{variant['name']}")
+        finally:
+            sys.path.remove(tmp)
+        (spec,) = load_specs(specs)
+        cls = next(
+            v
+            for k, v in vars(module).items()
+            if isinstance(v, type) and k.lower() == spec.name.replace("_", "")
+        )
+        assert spec.spec.description in cls.__doc__.replace("\n    ", "\n")
+        ctor, inputs = _inputs(spec.spec)
+        out = cls(*ctor).eval()(*inputs)
+        expected = {"sdpa": (2, 3, 4), "mha": (2, 3, 4)}.get(spec.spec.kind, inputs[0].shape)
+        assert tuple(out.shape) == tuple(expected)
+
+
+junk = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**6), 10**6),
+    st.floats(allow_nan=True),
+    st.text(max_size=10),
+    st.lists(st.integers(), max_size=3),
+    st.dictionaries(st.text(max_size=5), st.integers(), max_size=2),
+)
+FIELDS = [
+    "name",
+    "kind",
+    "reduction",
+    "divisor",
+    "min_channels",
+    "pooling",
+    "pooling_merge",
+    "activation",
+    "gate",
+    "bias",
+    "dims",
+    "kernel_size",
+    "channel",
+    "spatial",
+    "order",
+    "scale",
+    "dropout",
+    "causal",
+    "heads",
+    "head_dim",
+    "value_head_dim",
+    "qkv_bias",
+    "out_bias",
+    "matrix",
+    "description",
+    "reductoin",
+    "Kind",
+]
+PROBLEM = re.compile(r"^\S+\.yaml:\d+:\d+: .+")
+
+
+def _problems_are_well_formed(text: str) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        Path(tmp, "fuzz.yaml").write_text(text, encoding="utf-8")
+        try:
+            load_specs(tmp)
+        except SpecError as exc:
+            assert exc.problems
+            for problem in exc.problems:
+                assert PROBLEM.match(str(problem)), str(problem)
+
+
+@given(variants, st.sampled_from(FIELDS), junk)
+def test_invalid_fields_give_positioned_errors(variant, field, value):
+    _problems_are_well_formed(
+        yaml.safe_dump({"variants": [{**variant, field: value}]}, allow_unicode=True)
+    )
+
+
+@given(st.text(max_size=200))
+def test_arbitrary_text_never_crashes_the_loader(text):
+    _problems_are_well_formed(text)
+
+
+@given(
+    st.recursive(
+        junk,
+        lambda inner: (
+            st.lists(inner, max_size=3)
+            | st.dictionaries(st.sampled_from([*FIELDS, "variants"]), inner, max_size=4)
+        ),
+        max_leaves=12,
+    )
+)
+def test_arbitrary_structures_never_crash_the_loader(document):
+    _problems_are_well_formed(yaml.safe_dump(document, allow_unicode=True))
