@@ -10,6 +10,7 @@ SPEC = {
     "name": "cbam_channel_paper",
     "kind": "channel",
     "description": "CBAM's channel attention as in the paper (r = 16, avg and max through one MLP).",
+    "dims": 2,
     "reduction": 16,
     "divisor": None,
     "min_channels": 1,
@@ -18,7 +19,6 @@ SPEC = {
     "activation": "relu",
     "gate": "sigmoid",
     "bias": False,
-    "dims": 2,
 }
 
 

@@ -10,6 +10,7 @@ SPEC = {
     "name": "cbam_channel_tutorial",
     "kind": "channel",
     "description": "The tutorial's ChannelAttention(channel, rate=4), with its bugs fixed.",
+    "dims": 2,
     "reduction": 4,
     "divisor": None,
     "min_channels": 1,
@@ -18,7 +19,6 @@ SPEC = {
     "activation": "relu",
     "gate": "sigmoid",
     "bias": False,
-    "dims": 2,
 }
 
 

@@ -10,11 +10,11 @@ SPEC = {
     "name": "cbam_spatial_original",
     "kind": "spatial",
     "description": "CBAM's spatial attention as in the original code (7x7 conv on [max, mean]).",
+    "dims": 2,
     "kernel_size": 7,
     "pooling": ["max", "mean"],
     "gate": "sigmoid",
     "bias": False,
-    "dims": 2,
 }
 
 

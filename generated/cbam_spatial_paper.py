@@ -10,11 +10,11 @@ SPEC = {
     "name": "cbam_spatial_paper",
     "kind": "spatial",
     "description": "CBAM's spatial attention as in the paper and timm (7x7 conv on [mean, max]).",
+    "dims": 2,
     "kernel_size": 7,
     "pooling": ["mean", "max"],
     "gate": "sigmoid",
     "bias": False,
-    "dims": 2,
 }
 
 

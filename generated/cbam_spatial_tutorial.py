@@ -10,11 +10,11 @@ SPEC = {
     "name": "cbam_spatial_tutorial",
     "kind": "spatial",
     "description": "The tutorial's SpatialAttention (3x3 conv on [mean, max]), with its bugs fixed.",
+    "dims": 2,
     "kernel_size": 3,
     "pooling": ["mean", "max"],
     "gate": "sigmoid",
     "bias": False,
-    "dims": 2,
 }
 
 

@@ -11,6 +11,7 @@ SPEC = {
     "name": "se_hard_sigmoid",
     "kind": "channel",
     "description": "SE as in MobileNetV3 (r = 4, hard sigmoid gate, hidden width a multiple of 8).",
+    "dims": 2,
     "reduction": 4,
     "divisor": 8,
     "min_channels": 1,
@@ -19,7 +20,6 @@ SPEC = {
     "activation": "relu",
     "gate": "hard_sigmoid",
     "bias": True,
-    "dims": 2,
 }
 
 

@@ -10,6 +10,7 @@ SPEC = {
     "name": "se_resnet",
     "kind": "channel",
     "description": "SENet's SE block (r = 16), as in SE-ResNet.",
+    "dims": 2,
     "reduction": 16,
     "divisor": None,
     "min_channels": 1,
@@ -18,7 +19,6 @@ SPEC = {
     "activation": "relu",
     "gate": "sigmoid",
     "bias": True,
-    "dims": 2,
 }
 
 

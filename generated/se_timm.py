@@ -10,6 +10,7 @@ SPEC = {
     "name": "se_timm",
     "kind": "channel",
     "description": "timm's SEModule defaults (rd_ratio 1/16, rd_divisor 8).",
+    "dims": 2,
     "reduction": 16,
     "divisor": 8,
     "min_channels": 1,
@@ -18,7 +19,6 @@ SPEC = {
     "activation": "relu",
     "gate": "sigmoid",
     "bias": True,
-    "dims": 2,
 }
 
 

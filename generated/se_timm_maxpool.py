@@ -10,6 +10,7 @@ SPEC = {
     "name": "se_timm_maxpool",
     "kind": "channel",
     "description": "timm's SEModule with add_maxpool=True (mean and max averaged before the MLP).",
+    "dims": 2,
     "reduction": 16,
     "divisor": 8,
     "min_channels": 1,
@@ -18,7 +19,6 @@ SPEC = {
     "activation": "relu",
     "gate": "sigmoid",
     "bias": True,
-    "dims": 2,
 }
 
 

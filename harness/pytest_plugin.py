@@ -64,7 +64,9 @@ def _shard(config: pytest.Config) -> tuple[int, int] | None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    _shard(config)  # fail fast on a malformed --shard
+    _shard(config)  # fail fast on a malformed --shard or --devices
+    if config.getoption("--devices") is not None:
+        _devices(config)
     if os.environ.get("PYTEST_XDIST_WORKER"):
         import torch
 

@@ -10,7 +10,9 @@ across kinds. Renaming a field is a breaking change for every spec file out ther
 
 from __future__ import annotations
 
+import json
 import keyword
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
@@ -142,26 +144,37 @@ class _Spatial(_Model):
     )
 
 
-class ChannelSpec(_Variant, _Spatial, ChannelOptions):
+class ChannelSpec(ChannelOptions, _Spatial, _Variant):
     kind: Literal["channel"] = Field(description="Channel attention: SE, CBAM's channel half.")
 
 
-class SpatialSpec(_Variant, _Spatial, SpatialOptions):
+class SpatialSpec(SpatialOptions, _Spatial, _Variant):
     kind: Literal["spatial"] = Field(description="Spatial attention: CBAM's spatial half.")
 
 
-class CbamSpec(_Variant, _Spatial):
+CBAM_CHANNEL_DEFAULTS: dict[str, Any] = {"pooling": ("avg", "max"), "bias": False}
+
+
+class CbamSpec(_Spatial, _Variant):
     kind: Literal["cbam"] = Field(
         description="CBAM: channel attention and spatial attention in sequence."
     )
     channel: ChannelOptions = Field(
-        ChannelOptions(reduction=16, pooling=("avg", "max"), bias=False),
-        description="The channel half (defaults: the CBAM paper's r=16, avg+max, no bias).",
+        ChannelOptions(**CBAM_CHANNEL_DEFAULTS),
+        description=(
+            "The channel half. Fields not given take the cbam.channel defaults, except "
+            "pooling [avg, max] and bias false, as in the CBAM paper."
+        ),
     )
     spatial: SpatialOptions = Field(SpatialOptions(), description="The spatial half.")
     order: Literal["channel_first", "spatial_first"] = Field(
         "channel_first", description="Which half runs first."
     )
+
+    @field_validator("channel", mode="before")
+    @classmethod
+    def _cbam_channel_defaults(cls, value: Any) -> Any:
+        return {**CBAM_CHANNEL_DEFAULTS, **value} if isinstance(value, dict) else value
 
 
 class _Attention(_Model):
@@ -180,13 +193,13 @@ class _Attention(_Model):
     )
 
 
-class SdpaSpec(_Variant, _Attention):
+class SdpaSpec(_Attention, _Variant):
     kind: Literal["sdpa"] = Field(
         description="Scaled dot-product attention over (..., L, D) tensors."
     )
 
 
-class MhaSpec(_Variant, _Attention):
+class MhaSpec(_Attention, _Variant):
     kind: Literal["mha"] = Field(description="Multi-head attention with q/k/v/out projections.")
     heads: int = Field(8, ge=1, le=256, description="Number of attention heads.")
     head_dim: int | None = Field(
@@ -256,3 +269,69 @@ def json_schema() -> dict[str, Any]:
         },
         "$defs": defs,
     }
+
+
+def _type_text(annotation: Any) -> str:
+    text = str(annotation).replace("typing.", "")
+    literals = re.findall(r"Literal\[([^\]]*)\]", text)
+    if literals:
+        options = ", ".join(o.strip().strip("'") for o in literals[0].split(","))
+        return f"list of {options}" if text.startswith("tuple") else f"one of {options}"
+    text = (
+        text.replace("<class '", "")
+        .replace("'>", "")
+        .replace("NoneType", "null")
+        .replace(" | ", " or ")
+    )
+    if text.startswith("harness.spec."):
+        return "mapping"
+    return text
+
+
+def _bounds_text(info: Any) -> str:
+    parts = []
+    for meta in info.metadata:
+        for attr, sign in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
+            if getattr(meta, attr, None) is not None:
+                parts.append(f"{sign} {getattr(meta, attr)}")
+        for attr, word in (("min_length", "min length"), ("max_length", "max length")):
+            if getattr(meta, attr, None) is not None:
+                parts.append(f"{word} {getattr(meta, attr)}")
+        if getattr(meta, "pattern", None):
+            parts.append(f"matches `{meta.pattern}`")
+    return ", ".join(parts)
+
+
+def _default_text(info: Any) -> str:
+    if info.is_required():
+        return "required"
+    value = info.default
+    if isinstance(value, BaseModel):  # a nested mapping: what differs from its own table's defaults
+        changed = value.model_dump(mode="json", exclude_defaults=True)
+        return ("`" + json.dumps(changed) + "`" if changed else "`{}`") + " over the table below"
+    if isinstance(value, tuple):
+        value = list(value)
+    return "`" + json.dumps(value) + "`"
+
+
+def reference_markdown() -> str:
+    """The spec reference: every field of every kind, with type, default, bounds and meaning."""
+    out = []
+    sections: list[tuple[str, type[BaseModel]]] = [(kind, model) for kind, model in MODELS.items()]
+    sections += [("cbam.channel", ChannelOptions), ("cbam.spatial", SpatialOptions)]
+    for title, model in sections:
+        out += [
+            f"#### `{title}`",
+            "",
+            "| field | type | default | bounds | meaning |",
+            "|---|---|---|---|---|",
+        ]
+        for name, info in model.model_fields.items():
+            if name == "kind":
+                continue
+            default = _default_text(info)
+            out.append(
+                f"| `{name}` | {_type_text(info.annotation)} | {default} | {_bounds_text(info)} | {info.description} |"
+            )
+        out.append("")
+    return "\n".join(out)

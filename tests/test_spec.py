@@ -101,3 +101,10 @@ def test_specs_are_frozen_and_defaults_documented():
 def test_description_is_normalised_only_at_line_ends():
     s = specs.validate({**BASE["sdpa"], "description": "  a  \n   b\t \n\n"})
     assert s.description == "a\n   b"
+
+
+def test_a_partial_cbam_channel_mapping_keeps_cbam_defaults():
+    s = specs.validate({**BASE["cbam"], "channel": {"reduction": 4}})
+    assert (s.channel.reduction, s.channel.pooling, s.channel.bias) == (4, ("avg", "max"), False)
+    s = specs.validate({**BASE["cbam"], "channel": {"pooling": ["avg"], "bias": True}})
+    assert (s.channel.pooling, s.channel.bias) == (("avg",), True)
