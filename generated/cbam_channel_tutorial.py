@@ -22,6 +22,16 @@ SPEC = {
 }
 
 
+def _max_pool(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """Max over ``dim``, kept: amax when no gradient flows through ``x`` (values only, the fastest),
+    max(...).values when one does (its backward scatters through indices: several times faster
+    than amax's tie mask; the gradient goes to one index, as with ``max_pool2d``).
+    """
+    if x.requires_grad and torch.is_grad_enabled():
+        return x.max(dim, keepdim=True).values
+    return x.amax(dim, keepdim=True)
+
+
 class CbamChannelTutorial(nn.Module):
     """CBAM channel attention (Woo et al., 2018).
 
@@ -62,7 +72,12 @@ class CbamChannelTutorial(nn.Module):
                 f"CbamChannelTutorial: expected input of shape (B, {self.channels}, H, W), got {tuple(x.shape)}"
             )
         # Both pooled vectors through the shared MLP in one batched call, then summed.
-        pooled = torch.cat([x.mean((2, 3), keepdim=True), x.amax((2, 3), keepdim=True)])
+        pooled = torch.cat(
+            [
+                x.sum((2, 3), keepdim=True) / x.shape[2:].numel(),
+                _max_pool(x.flatten(2), 2)[..., None],
+            ]
+        )
         s_avg, s_max = self.fc2(self.act(self.fc1(pooled))).chunk(2)
         s = s_avg + s_max
         return x * torch.sigmoid(s)

@@ -18,6 +18,16 @@ SPEC = {
 }
 
 
+def _max_pool(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """Max over ``dim``, kept: amax when no gradient flows through ``x`` (values only, the fastest),
+    max(...).values when one does (its backward scatters through indices: several times faster
+    than amax's tie mask; the gradient goes to one index, as with ``max_pool2d``).
+    """
+    if x.requires_grad and torch.is_grad_enabled():
+        return x.max(dim, keepdim=True).values
+    return x.amax(dim, keepdim=True)
+
+
 class CbamSpatialTutorial(nn.Module):
     """CBAM spatial attention (Woo et al., 2018).
 
@@ -52,5 +62,5 @@ class CbamSpatialTutorial(nn.Module):
             raise ValueError(
                 f"CbamSpatialTutorial: expected input of shape (B, {self.channels}, H, W), got {tuple(x.shape)}"
             )
-        s = self.conv(torch.cat([x.mean(1, keepdim=True), x.amax(1, keepdim=True)], dim=1))
+        s = self.conv(torch.cat([x.sum(1, keepdim=True) / self.channels, _max_pool(x, 1)], dim=1))
         return x * torch.sigmoid(s)

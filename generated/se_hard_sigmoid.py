@@ -62,6 +62,6 @@ class SeHardSigmoid(nn.Module):
             raise ValueError(
                 f"SeHardSigmoid: expected input of shape (B, {self.channels}, H, W), got {tuple(x.shape)}"
             )
-        pooled = x.mean((2, 3), keepdim=True)
+        pooled = x.sum((2, 3), keepdim=True) / x.shape[2:].numel()
         s = self.fc2(self.act(self.fc1(pooled)))
         return x * (F.relu6(s + 3) / 6)

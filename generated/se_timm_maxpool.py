@@ -22,6 +22,16 @@ SPEC = {
 }
 
 
+def _max_pool(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """Max over ``dim``, kept: amax when no gradient flows through ``x`` (values only, the fastest),
+    max(...).values when one does (its backward scatters through indices: several times faster
+    than amax's tie mask; the gradient goes to one index, as with ``max_pool2d``).
+    """
+    if x.requires_grad and torch.is_grad_enabled():
+        return x.max(dim, keepdim=True).values
+    return x.amax(dim, keepdim=True)
+
+
 class SeTimmMaxpool(nn.Module):
     """Squeeze-and-excitation with max pooling averaged in (timm's add_maxpool).
 
@@ -61,6 +71,9 @@ class SeTimmMaxpool(nn.Module):
             raise ValueError(
                 f"SeTimmMaxpool: expected input of shape (B, {self.channels}, H, W), got {tuple(x.shape)}"
             )
-        pooled = 0.5 * (x.mean((2, 3), keepdim=True) + x.amax((2, 3), keepdim=True))
+        pooled = 0.5 * (
+            x.sum((2, 3), keepdim=True) / x.shape[2:].numel()
+            + _max_pool(x.flatten(2), 2)[..., None]
+        )
         s = self.fc2(self.act(self.fc1(pooled)))
         return x * torch.sigmoid(s)

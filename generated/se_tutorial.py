@@ -61,6 +61,6 @@ class SeTutorial(nn.Module):
             raise ValueError(
                 f"SeTutorial: expected input of shape (B, {self.channels}, H, W), got {tuple(x.shape)}"
             )
-        pooled = x.mean((2, 3), keepdim=True)
+        pooled = x.sum((2, 3), keepdim=True) / x.shape[2:].numel()
         s = self.fc2(self.act(self.fc1(pooled)))
         return x * torch.sigmoid(s)

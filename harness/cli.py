@@ -64,6 +64,18 @@ def _sweep(args: argparse.Namespace) -> int:
     )
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from .bench import run
+
+    return run(
+        args.out,
+        device=args.device,
+        repeats=args.repeats,
+        scaling=args.scaling,
+        generator=args.generator,
+    )
+
+
 def parser() -> argparse.ArgumentParser:
     from .generate import GENERATED_DIR, SPECS_DIR
 
@@ -111,6 +123,28 @@ def parser() -> argparse.ArgumentParser:
         help="after --: more pytest arguments (e.g. --devices cpu,cuda)",
     )
     sw.set_defaults(func=_sweep)
+    b = sub.add_parser(
+        "bench", help="time generated modules against their anchors, and the generator"
+    )
+    b.add_argument(
+        "--out",
+        type=Path,
+        default=Path("bench-results"),
+        help="where bench.md, bench.json, bench.png go",
+    )
+    b.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    b.add_argument(
+        "--repeats", type=int, default=30, help="timed runs per candidate (medians are reported)"
+    )
+    b.add_argument(
+        "--scaling",
+        action="store_true",
+        help="also time the catalogue's checks with 1 and 2 workers",
+    )
+    b.add_argument(
+        "--no-generator", dest="generator", action="store_false", help="skip the generator timings"
+    )
+    b.set_defaults(func=_bench)
     return p
 
 

@@ -100,6 +100,18 @@ class SpatialSwappedOrder(_base("cbam_spatial_paper")):
         return x * torch.sigmoid(s)
 
 
+class SpatialWrongInferencePath(_base("cbam_spatial_paper")):
+    """Right when autograd records, wrong (min instead of max) on the no-grad fast path."""
+
+    def forward(self, x):
+        pooled = (
+            x.max(1, keepdim=True).values
+            if torch.is_grad_enabled() and x.requires_grad
+            else x.amin(1, keepdim=True)
+        )
+        return x * torch.sigmoid(self.conv(torch.cat([x.mean(1, keepdim=True), pooled], dim=1)))
+
+
 # --- attention ----------------------------------------------------------------------------------
 
 
@@ -200,6 +212,7 @@ SEEDED = [
     (SeBfloat16Inside, "se_resnet", "parity", "float32", {"target": "cpu"}),
     (ChannelMaxIndices, "cbam_channel_paper", "reference", "b2_c16_7x5", {}),
     (SpatialSwappedOrder, "cbam_spatial_paper", "reference", "b2_c16_7x5", {}),
+    (SpatialWrongInferencePath, "cbam_spatial_paper", "reference", "b2_c16_7x5", {}),
     (SdpaMissingScale, "sdpa", "reference", "b2h3_q4_k6", {}),
     (SdpaMissingScale, "sdpa", "anchor", "b2h3_q4_k6", {}),
     (SdpaSoftmaxWrongAxis, "sdpa", "reference", "b2h3_q4_k6", {}),

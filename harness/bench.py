@@ -1,0 +1,393 @@
+"""``python -m harness bench``: generated modules against their anchors, and the generator's speed.
+
+Blocks: for every kind, one generated variant against the plain reference formulation
+(``harness/references.py``), the formulation timm uses (``harness/anchors.py``) for SE/CBAM, and
+``F.scaled_dot_product_attention`` / ``nn.MultiheadAttention(need_weights=False)`` for attention; all
+with the same weights and inputs. Forward (eval, no grad) and forward+backward are timed in one
+process, interleaved (each repeat runs every candidate once, in rotating order), and reported as
+medians and ratios: generated / anchor, below 1.0 is faster.
+
+Generator: 1,000 variants generated from scratch (render + one ruff call + writes), a no-op
+regeneration, and what ``import generated`` plus ``names()`` adds to ``import torch``.
+
+Harness (``--scaling``): the committed catalogue's checks with 1 and with 2 xdist workers.
+
+Writes ``bench.md``, ``bench.json`` and, with matplotlib installed (``pip install .[bench]``),
+``bench.png`` under ``--out`` (default ``bench-results/``).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import anchors, references, registry
+from .generate import ROOT, generate
+
+
+@dataclass
+class Row:
+    kind: str
+    variant: str
+    mode: str  # forward, forward+backward
+    shape: str
+    ms: dict[str, float] = field(default_factory=dict)  # candidate -> median milliseconds
+
+    def ratio(self, anchor: str) -> float:
+        return self.ms["generated"] / self.ms[anchor]
+
+    @property
+    def best_anchor(self) -> str:
+        return min((k for k in self.ms if k != "generated"), key=self.ms.__getitem__)
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _time(
+    candidates: dict[str, Callable[[], Any]], device: str, repeats: int, warmup: int = 3
+) -> dict[str, float]:
+    """Median milliseconds per candidate; every repeat runs each candidate once, order rotating."""
+    names = list(candidates)
+    for _ in range(warmup):
+        for name in names:
+            candidates[name]()
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            _sync(device)
+            start = time.perf_counter()
+            candidates[name]()
+            _sync(device)
+            samples[name].append((time.perf_counter() - start) * 1e3)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def _cases(
+    device: str,
+) -> list[tuple[str, str, str, dict[str, nn.Module | Callable], Callable[[bool], tuple]]]:
+    """(kind, variant, shape, candidates, make_inputs(requires_grad)) for each kind."""
+    out = []
+    image = (32, 256, 28, 28)
+
+    def image_inputs(grad: bool) -> tuple:
+        return (torch.randn(image, device=device, requires_grad=grad),)
+
+    se = registry.build("se_resnet", 256, device=device)
+    spec = registry.spec_of("se_resnet")
+    p_se = dict(se.named_parameters())
+    out.append(
+        (
+            "channel",
+            "se_resnet",
+            str(image),
+            {
+                "generated": se,
+                "reference": lambda x: references.channel_attention(x, p_se, spec),
+                "timm": anchors.TimmSE(se.fc1, se.fc2),
+            },
+            image_inputs,
+        )
+    )
+
+    sa = registry.build("cbam_spatial_paper", 256, device=device)
+    sa_spec = registry.spec_of("cbam_spatial_paper")
+    p_sa = dict(sa.named_parameters())
+    out.append(
+        (
+            "spatial",
+            "cbam_spatial_paper",
+            str(image),
+            {
+                "generated": sa,
+                "reference": lambda x: references.spatial_attention(x, p_sa, sa_spec),
+                "timm": anchors.TimmSpatialAttn(sa.conv),
+            },
+            image_inputs,
+        )
+    )
+
+    cb = registry.build("cbam_paper", 256, device=device)
+    cb_spec = registry.spec_of("cbam_paper")
+    p_cb = dict(cb.named_parameters())
+    out.append(
+        (
+            "cbam",
+            "cbam_paper",
+            str(image),
+            {
+                "generated": cb,
+                "reference": lambda x: references.cbam(x, p_cb, cb_spec),
+                "timm": anchors.TimmCbam(
+                    anchors.TimmChannelAttn(cb.channel.fc1, cb.channel.fc2),
+                    anchors.TimmSpatialAttn(cb.spatial.conv),
+                ),
+            },
+            image_inputs,
+        )
+    )
+
+    heads = (16, 8, 196, 32)
+
+    def qkv_inputs(grad: bool) -> tuple:
+        return tuple(torch.randn(heads, device=device, requires_grad=grad) for _ in range(3))
+
+    sd = registry.build("sdpa").to(device)
+    out.append(
+        (
+            "sdpa",
+            "sdpa",
+            str(heads),
+            {
+                "generated": sd,
+                "reference": lambda q, k, v: references.attention(q, k, v),
+                "F.sdpa": lambda q, k, v: F.scaled_dot_product_attention(q, k, v),
+            },
+            qkv_inputs,
+        )
+    )
+
+    tokens = (16, 196, 256)
+    torch_mha = nn.MultiheadAttention(256, 8, batch_first=True, device=device)
+    mha = registry.default.cls("mha_torch").from_torch(torch_mha)
+    mha_spec = registry.spec_of("mha_torch")
+    p_mha = dict(mha.named_parameters())
+
+    def self_attention(grad: bool) -> tuple:
+        x = torch.randn(tokens, device=device, requires_grad=grad)
+        return (x, x, x)
+
+    out.append(
+        (
+            "mha",
+            "mha_torch",
+            f"{tokens}, 8 heads",
+            {
+                "generated": mha,
+                "reference": lambda q, k, v: references.multi_head_attention(
+                    q, k, v, p_mha, mha_spec
+                ),
+                "nn.MultiheadAttention": lambda q, k, v: torch_mha(q, k, v, need_weights=False)[0],
+            },
+            self_attention,
+        )
+    )
+    return out
+
+
+def bench_blocks(device: str, repeats: int) -> list[Row]:
+    rows = []
+    for kind, variant, shape, candidates, make_inputs in _cases(device):
+        modules = [c for c in candidates.values() if isinstance(c, nn.Module)]
+        # forward: eval mode, no autograd (nn.MultiheadAttention takes its fused fast path here)
+        for m in modules:
+            m.eval()
+        x = make_inputs(False)
+        with torch.no_grad():
+            fwd = _time({k: (lambda c=c, x=x: c(*x)) for k, c in candidates.items()}, device, repeats)
+        rows.append(Row(kind, variant, "forward", shape, fwd))
+        # forward+backward: training mode, gradients for the inputs and every parameter
+        for m in modules:
+            m.train()
+        x = make_inputs(True)
+        grad = torch.randn_like(candidates["generated"](*x))
+
+        def step(c: Callable, x: tuple = x, grad: torch.Tensor = grad) -> None:
+            c(*x).backward(grad)
+            for t in x:
+                t.grad = None
+
+        rows.append(
+            Row(
+                kind,
+                variant,
+                "forward+backward",
+                shape,
+                _time({k: (lambda c=c: step(c)) for k, c in candidates.items()}, device, repeats),
+            )
+        )
+        print(
+            f"bench: {kind:8s} forward {fwd['generated']:.2f} ms; fwd+bwd {rows[-1].ms['generated']:.2f} ms",
+            file=sys.stderr,
+        )
+    return rows
+
+
+def _median_of(fn: Callable[[], float], n: int) -> float:
+    return statistics.median(fn() for _ in range(n))
+
+
+def bench_generator() -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        specs = Path(tmp, "specs")
+        specs.mkdir()
+        (specs / "many.yaml").write_text(  # 25 x 5 x 2 x 2 x 2 = 1,000 variants
+            "variants:\n"
+            "  - name: g_r{reduction}_m{min_channels}_{gate}_b{bias}_{pooling}\n"
+            "    kind: channel\n"
+            "    matrix:\n"
+            f"      reduction: {list(range(1, 26))}\n"
+            "      min_channels: [1, 2, 4, 8, 16]\n"
+            "      gate: [sigmoid, hard_sigmoid]\n"
+            "      bias: [true, false]\n"
+            "      pooling: [[avg], [max]]\n"
+        )
+        out = Path(tmp, "gen_bench")
+        start = time.perf_counter()
+        first = generate(specs, out, write_schema=False)
+        cold = time.perf_counter() - start
+        start = time.perf_counter()
+        again = generate(specs, out, write_schema=False)
+        noop = time.perf_counter() - start
+    code = (
+        "import time; t0 = time.perf_counter(); import torch; t1 = time.perf_counter(); "
+        "import generated; from harness.registry import names; names(); t2 = time.perf_counter(); "
+        "print(t1 - t0, t2 - t1)"
+    )
+
+    def run_import() -> float:
+        out = subprocess.run(
+            [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.split()
+        return float(out[1])
+
+    return {
+        "variants": len(first.written) - 1,
+        "cold_seconds": cold,
+        "noop_seconds": noop,
+        "noop_files_written": len(again.written),
+        "import_generated_and_names_seconds": _median_of(run_import, 5),
+    }
+
+
+def bench_scaling() -> dict[str, Any]:
+    """The committed catalogue's checks with 1 and 2 xdist workers (wall time of pytest)."""
+    result = {}
+    for workers in ("1", "2"):
+        cmd = [
+            sys.executable,
+            "-m",
+            "pytest",
+            "tests/test_catalogue.py",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-n",
+            workers,
+            "--dist",
+            "worksteal",
+        ]
+        start = time.perf_counter()
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
+        result[f"workers_{workers}_seconds"] = time.perf_counter() - start
+        result["summary"] = proc.stdout.strip().splitlines()[-1]
+    result["speedup"] = result["workers_1_seconds"] / result["workers_2_seconds"]
+    return result
+
+
+def markdown(
+    rows: list[Row], generator: dict[str, Any] | None, scaling: dict[str, Any] | None, machine: str
+) -> str:
+    lines = [
+        f"Machine: {machine}",
+        "",
+        "| kind | mode | generated ms | anchors ms | generated / best anchor | CBAM: / reference |",
+        "|---|---|---:|---|---:|---:|",
+    ]
+    for r in rows:
+        others = ", ".join(f"{k} {v:.2f}" for k, v in r.ms.items() if k != "generated")
+        cbam = f"{r.ratio('reference'):.2f}x" if r.kind == "cbam" else ""
+        lines.append(
+            f"| {r.kind} | {r.mode} | {r.ms['generated']:.2f} | {others} | {r.ratio(r.best_anchor):.2f}x ({r.best_anchor}) | {cbam} |"
+        )
+    if generator:
+        lines += [
+            "",
+            f"Generator: {generator['variants']} variants in {generator['cold_seconds']:.2f} s from scratch "
+            f"(render, one ruff call, writes); no-op regeneration {generator['noop_seconds']:.2f} s, "
+            f"{generator['noop_files_written']} files written; `import generated` + `names()` adds "
+            f"{generator['import_generated_and_names_seconds'] * 1e3:.1f} ms to `import torch`.",
+        ]
+    if scaling:
+        lines += [
+            "",
+            f"Harness on the committed catalogue: {scaling['workers_1_seconds']:.1f} s with 1 worker, "
+            f"{scaling['workers_2_seconds']:.1f} s with 2 ({scaling['speedup']:.2f}x); {scaling['summary']}.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def chart(rows: list[Row], path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    labels, ratios, colors = [], [], []
+    for r in rows:
+        for anchor in (k for k in r.ms if k != "generated"):
+            labels.append(f"{r.kind} {('fwd' if r.mode == 'forward' else 'fwd+bwd')} vs {anchor}")
+            ratios.append(r.ratio(anchor))
+            colors.append("tab:green" if ratios[-1] <= 1.0 else "tab:red")
+    fig, ax = plt.subplots(figsize=(8, 0.32 * len(labels) + 1))
+    ax.barh(labels[::-1], ratios[::-1], color=colors[::-1])
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    ax.set_xlabel("generated time / anchor time (below 1.0: generated is faster)")
+    ax.set_title("attnforge: generated modules vs anchors")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return True
+
+
+def run(out: Path, *, device: str, repeats: int, scaling: bool, generator: bool = True) -> int:
+    torch.manual_seed(0)
+    out.mkdir(parents=True, exist_ok=True)
+    if device == "cuda" and not torch.cuda.is_available():
+        print("bench: no CUDA device", file=sys.stderr)
+        return 2
+    machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    if device == "cuda":
+        machine = f"{torch.cuda.get_device_name()}, torch {torch.__version__}"
+    rows = bench_blocks(device, repeats)
+    gen = bench_generator() if generator else None
+    scale = bench_scaling() if scaling else None
+    text = markdown(rows, gen, scale, machine)
+    (out / "bench.md").write_text(text)
+    (out / "bench.json").write_text(
+        json.dumps(
+            {
+                "machine": machine,
+                "device": device,
+                "repeats": repeats,
+                "rows": [asdict(r) for r in rows],
+                "generator": gen,
+                "scaling": scale,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    drew = chart(rows, out / "bench.png")
+    print(text)
+    print(
+        f"bench: wrote {out / 'bench.md'}, {out / 'bench.json'}"
+        + (f", {out / 'bench.png'}" if drew else " (no matplotlib: no chart)")
+    )
+    return 0
