@@ -199,7 +199,9 @@ def bench_blocks(device: str, repeats: int) -> list[Row]:
             m.eval()
         x = make_inputs(False)
         with torch.no_grad():
-            fwd = _time({k: (lambda c=c, x=x: c(*x)) for k, c in candidates.items()}, device, repeats)
+            fwd = _time(
+                {k: (lambda c=c, x=x: c(*x)) for k, c in candidates.items()}, device, repeats
+            )
         rows.append(Row(kind, variant, "forward", shape, fwd))
         # forward+backward: training mode, gradients for the inputs and every parameter
         for m in modules:
