@@ -14,9 +14,13 @@ SPEC = {
     "scale": None,
     "dropout": 0.1,
     "causal": True,
+    "causal_alignment": "top_left",
     "heads": 8,
     "head_dim": None,
     "value_head_dim": None,
+    "kv_heads": None,
+    "qk_norm": "none",
+    "return_weights": "none",
     "qkv_bias": True,
     "out_bias": True,
 }
@@ -41,8 +45,8 @@ class MhaCausal(nn.Module):
     Projects ``query``, ``key`` and ``value`` (input widths may differ: embed_dim, kdim, vdim)
     with ``q_proj``, ``k_proj``, ``v_proj``, splits them into heads of embed_dim // 8 (q, k) and
     the q/k head width (v), attends per head with scale 1 / sqrt(head_dim), merges the heads and
-    projects to out_dim with ``out_proj``. Causal (top-left aligned). Dropout 0.1 on the
-    attention weights, in training only.
+    projects to out_dim with ``out_proj``. Causal: query i attends to keys 0..i (top-left
+    aligned). Dropout 0.1 on the attention weights, in training only.
 
     Masks: a boolean ``attn_mask`` is True where attention is ALLOWED (the
     ``F.scaled_dot_product_attention`` convention); a float ``attn_mask`` is added to the
@@ -82,6 +86,7 @@ class MhaCausal(nn.Module):
                 f"MhaCausal: dims must be >= 1, got embed_dim={embed_dim}, kdim={kdim}, vdim={vdim}, out_dim={out_dim}"
             )
         self.heads = 8
+        self.kv_heads = 8
         if embed_dim % 8:
             raise ValueError(f"MhaCausal: embed_dim must be divisible by 8 heads, got {embed_dim}")
         self.head_dim = embed_dim // 8

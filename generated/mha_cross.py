@@ -14,9 +14,13 @@ SPEC = {
     "scale": None,
     "dropout": 0.0,
     "causal": False,
+    "causal_alignment": "top_left",
     "heads": 4,
     "head_dim": None,
     "value_head_dim": None,
+    "kv_heads": None,
+    "qk_norm": "none",
+    "return_weights": "none",
     "qkv_bias": False,
     "out_bias": False,
 }
@@ -81,6 +85,7 @@ class MhaCross(nn.Module):
                 f"MhaCross: dims must be >= 1, got embed_dim={embed_dim}, kdim={kdim}, vdim={vdim}, out_dim={out_dim}"
             )
         self.heads = 4
+        self.kv_heads = 4
         if embed_dim % 4:
             raise ValueError(f"MhaCross: embed_dim must be divisible by 4 heads, got {embed_dim}")
         self.head_dim = embed_dim // 4

@@ -14,9 +14,13 @@ SPEC = {
     "scale": None,
     "dropout": 0.0,
     "causal": False,
+    "causal_alignment": "top_left",
     "heads": 8,
     "head_dim": None,
     "value_head_dim": None,
+    "kv_heads": None,
+    "qk_norm": "none",
+    "return_weights": "none",
     "qkv_bias": True,
     "out_bias": True,
 }
@@ -81,6 +85,7 @@ class MhaTorch(nn.Module):
                 f"MhaTorch: dims must be >= 1, got embed_dim={embed_dim}, kdim={kdim}, vdim={vdim}, out_dim={out_dim}"
             )
         self.heads = 8
+        self.kv_heads = 8
         if embed_dim % 8:
             raise ValueError(f"MhaTorch: embed_dim must be divisible by 8 heads, got {embed_dim}")
         self.head_dim = embed_dim // 8

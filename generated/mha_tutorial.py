@@ -14,9 +14,13 @@ SPEC = {
     "scale": None,
     "dropout": 0.0,
     "causal": False,
+    "causal_alignment": "top_left",
     "heads": 4,
     "head_dim": 16,
     "value_head_dim": 24,
+    "kv_heads": None,
+    "qk_norm": "none",
+    "return_weights": "none",
     "qkv_bias": True,
     "out_bias": True,
 }
@@ -81,6 +85,7 @@ class MhaTutorial(nn.Module):
                 f"MhaTutorial: dims must be >= 1, got embed_dim={embed_dim}, kdim={kdim}, vdim={vdim}, out_dim={out_dim}"
             )
         self.heads = 4
+        self.kv_heads = 4
         self.head_dim = 16
         self.value_head_dim = 24
         factory = {"device": device, "dtype": dtype}

@@ -14,6 +14,7 @@ SPEC = {
     "scale": None,
     "dropout": 0.0,
     "causal": True,
+    "causal_alignment": "top_left",
 }
 
 

@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .kinds import KINDS, Case, Inputs, Kind
+from .kinds import KINDS, Case, Inputs, Kind, output
+from .references import causal_allowed
 
 
 class CheckFailure(AssertionError):
@@ -134,7 +135,8 @@ def _generator(seed: int) -> torch.Generator:
 
 
 def _call(module: nn.Module, inputs: Inputs) -> Tensor:
-    return module(*inputs.args, **inputs.kwargs)
+    """The module's output (without the weights of modules that also return them)."""
+    return output(module(*inputs.args, **inputs.kwargs))
 
 
 def _float_leaves(inputs: Inputs) -> Inputs:
@@ -157,17 +159,23 @@ def _compare_forward_backward(
     gen: torch.Generator,
     *,
     parameters: bool = True,
+    pick: Callable[[Any], Tensor] = output,
 ) -> None:
-    """Forward, input gradients and (with ``parameters``) parameter gradients against ``expected_fn``."""
+    """Forward, input gradients and (with ``parameters``) parameter gradients against ``expected_fn``.
+
+    ``pick`` selects what is compared from the module's result (the output, or the weights).
+    """
     params = dict(module.named_parameters()) if parameters else {}
     x = _float_leaves(inputs)
-    out = _call(module, x)
+    out = pick(module(*x.args, **x.kwargs))
     ref_params = {k: v.detach().clone().requires_grad_() for k, v in params.items()}
     rx = _float_leaves(inputs)
     expected = expected_fn(ref_params, rx)
     assert_close(out, expected, check, "forward")
     with torch.no_grad():  # modules may take a faster path when nothing needs a gradient
-        assert_close(_call(module, inputs), expected, check, "forward without autograd")
+        assert_close(
+            pick(module(*inputs.args, **inputs.kwargs)), expected, check, "forward without autograd"
+        )
     upstream = torch.randn(out.shape, generator=gen, dtype=torch.float64).to(out)
     leaves = [a for a in x.args if a.requires_grad] + list(params.values())
     ref_leaves = [a for a in rx.args if a.requires_grad] + list(ref_params.values())
@@ -189,8 +197,13 @@ def _compare_forward_backward(
 
 
 def check_construct(subject: Subject, case: Case, device: str, seed: int, **_: Any) -> None:
-    """device/dtype reach every parameter; builds on meta; repr; state_dict round-trips exactly."""
+    """Parameter names and shapes as the spec says; device/dtype reach every parameter; builds on
+    meta; repr; state_dict round-trips exactly."""
     kind = subject.kind
+    shapes = {n: tuple(p.shape) for n, p in subject.factory(*case.ctor).named_parameters()}
+    expected = kind.param_shapes(subject.spec, case)
+    if shapes != expected:
+        raise CheckFailure(f"parameters {shapes}, expected from the spec {expected}")
     if kind.factory_kwargs:
         for dtype in (torch.float64, torch.float32):
             module = subject.factory(*case.ctor, device=device, dtype=dtype)
@@ -249,8 +262,10 @@ def _sdpa_anchor(subject: Subject, inputs: Inputs) -> Tensor:
     spec = subject.spec
     q, k, v = inputs.args
     mask = inputs.kwargs.get("attn_mask")
-    if spec.causal and mask is not None:
-        causal = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
+    if spec.causal and (mask is not None or spec.causal_alignment == "bottom_right"):
+        causal = causal_allowed(q.shape[-2], k.shape[-2], spec.causal_alignment, q.device)
+        if mask is None:
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=causal, scale=spec.scale)
         mask = (
             mask & causal if mask.dtype == torch.bool else mask.masked_fill(~causal, float("-inf"))
         )
@@ -289,7 +304,7 @@ def _torch_mha_call(mha: nn.MultiheadAttention, subject: Subject, inputs: Inputs
     b, lq, lk, h = q.shape[0], q.shape[1], k.shape[1], subject.spec.heads
     mask = inputs.kwargs.get("attn_mask")
     if subject.spec.causal:
-        causal = torch.ones(lq, lk, dtype=torch.bool, device=q.device).tril()
+        causal = causal_allowed(lq, lk, subject.spec.causal_alignment, q.device)
         mask = (
             causal
             if mask is None
@@ -317,10 +332,7 @@ def anchor_applies(subject: Subject, case: Case) -> bool:
     spec = subject.spec
     if spec.kind == "sdpa":
         return True
-    torch_like = (
-        spec.head_dim is None and spec.value_head_dim is None and spec.qkv_bias == spec.out_bias
-    )
-    return torch_like and len(case.ctor) < 4
+    return spec.torch_compatible and len(case.ctor) < 4  # nn.MultiheadAttention has no out_dim
 
 
 def check_anchor(subject: Subject, case: Case, device: str, seed: int, **_: Any) -> None:
@@ -447,19 +459,29 @@ def check_permutation(subject: Subject, case: Case, device: str, seed: int, **_:
 
 
 def check_causal(subject: Subject, case: Case, device: str, seed: int, **_: Any) -> None:
-    """Causal: the output at position i does not depend on positions after i."""
+    """Causal: the output at query i does not depend on later queries, nor on keys it may not see."""
     gen = _generator(seed)
     module = subject.build(case, device=device, gen=gen)
     inputs = subject.kind.inputs(subject.spec, case, torch.float64, device, gen)
     dim = inputs.args[0].ndim - 2 if subject.spec.kind == "sdpa" else 1
-    length = min(a.shape[dim] for a in inputs.args)
-    cut = max(1, length // 2)
+    lq, lk = inputs.args[0].shape[dim], inputs.args[1].shape[dim]
+    cut = max(1, lq // 2)
+    key_cut = cut + (lk - lq if subject.spec.causal_alignment == "bottom_right" else 0)
+    if not 0 < key_cut < lk:
+        raise CheckSkipped(f"case {case.name} leaves no key after query {cut} to change")
     changed = inputs.map(lambda t: t.clone())
-    for a in changed.args:
-        a.narrow(dim, cut, a.shape[dim] - cut).normal_(generator=gen)
+    q, k, v = changed.args
+    q.narrow(dim, cut, lq - cut).normal_(generator=gen)
+    for a in (k, v):
+        a.narrow(dim, key_cut, lk - key_cut).normal_(generator=gen)
     before = _call(module, inputs).narrow(dim, 0, cut)
     after = _call(module, changed).narrow(dim, 0, cut)
-    assert_close(after, before, "causal", f"outputs 0..{cut - 1} when positions >= {cut} change")
+    assert_close(
+        after,
+        before,
+        "causal",
+        f"outputs 0..{cut - 1} when queries >= {cut} and keys >= {key_cut} change",
+    )
 
 
 def _mask_keys(subject: Subject, inputs: Inputs, masked: Tensor, fill: str) -> Inputs:
@@ -538,6 +560,22 @@ def check_masked_row(subject: Subject, case: Case, device: str, seed: int, **_: 
         )
         if any(g is not None and not torch.isfinite(g).all() for g in grads):
             raise CheckFailure(f"fully masked rows ({fill} mask) give non-finite gradients")
+
+
+def check_weights(subject: Subject, case: Case, device: str, seed: int, **_: Any) -> None:
+    """Returned attention weights (the explicit path) equal the reference's, forward and backward."""
+    gen = _generator(seed)
+    module = subject.build(case, device=device, gen=gen)
+    inputs = subject.kind.inputs(subject.spec, case, torch.float64, device, gen)
+    expected = subject.kind.reference_weights  # type: ignore[attr-defined]  # mha only
+    _compare_forward_backward(
+        module,
+        inputs,
+        lambda p, x: expected(subject.spec, p, x),
+        "weights",
+        gen,
+        pick=lambda r: r[1],
+    )
 
 
 def check_dropout(subject: Subject, case: Case, device: str, seed: int, **_: Any) -> None:
@@ -677,6 +715,9 @@ CHECKS: dict[str, Check] = {
         Check("causal", check_causal, lambda s: _attention(s) and s.causal, _unmasked),
         Check("masked_keys", check_masked_keys, _attention, _unmasked),
         Check("masked_row", check_masked_row, _attention, _unmasked),
+        Check(
+            "weights", check_weights, lambda s: s.kind == "mha" and s.return_weights != "none", _all
+        ),
         Check("dropout", check_dropout, lambda s: _attention(s) and s.dropout > 0, _unmasked),
         Check("parity", check_parity, lambda s: True, _dtypes, on_devices=False),
     )

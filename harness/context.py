@@ -52,7 +52,7 @@ def docstring(text: str, indent: str) -> str:
     """``text`` as a triple-quoted literal that evaluates to exactly ``text`` (whatever it holds)."""
     out = []
     for ch in text.replace("\\", "\\\\"):
-        if ch == "\n" or ch == "\t" or ch.isprintable():
+        if ch == "\n" or (ch.isprintable() and ch != "\t"):  # a literal tab would be re-indented
             out.append(ch)
         else:
             out.append(ch.encode("unicode_escape").decode("ascii"))
@@ -208,6 +208,43 @@ def _ordered(data: dict[str, Any]) -> dict[str, Any]:
     return {**head, **{k: v for k, v in data.items() if k not in head}}
 
 
+NORMS = {
+    "layernorm": "nn.LayerNorm(self.head_dim, eps=1e-5, **factory)",
+    "rmsnorm": "nn.RMSNorm(self.head_dim, eps=1e-6, **factory)",
+}
+
+
+def _causal(spec: Any, *, explicit: bool = False) -> dict[str, Any]:
+    """How causality is applied: SDPA's is_causal (top-left, when no mask is built) or a mask."""
+    bottom = spec.causal_alignment == "bottom_right"
+    return {
+        "causal": spec.causal,
+        "causal_fast": spec.causal and not bottom and not explicit,
+        "causal_diagonal": "lk - lq" if bottom else "",
+        "causal_what": (
+            "bottom-right aligned: query i sees keys 0 .. i + Lk - Lq"
+            if bottom
+            else "top-left aligned: query i sees keys 0 .. i"
+        ),
+    }
+
+
+def _causal_doc(spec: Any) -> str:
+    if not spec.causal:
+        return ""
+    if spec.causal_alignment == "bottom_right":
+        return "Causal, bottom-right aligned: query i attends to keys 0..i + Lk - Lq. "
+    return "Causal: query i attends to keys 0..i (top-left aligned). "
+
+
+def _dropout_doc(spec: Any) -> str:
+    return (
+        f"Dropout {spec.dropout!r} on the attention weights, in training only."
+        if spec.dropout
+        else ""
+    )
+
+
 def context(variant: Any, spec_path: str) -> dict[str, Any]:
     """Everything the template of ``variant.spec.kind`` needs, as plain values."""
     spec = variant.spec
@@ -267,17 +304,7 @@ def context(variant: Any, spec_path: str) -> dict[str, Any]:
             "Scaled dot-product attention: ``softmax(q k^T * scale + mask) v``.",
             description,
             _prose(
-                f"Scale: {_scale_text(spec.scale, 'D')}. "
-                + (
-                    "Causal: query i attends to keys 0..i (top-left aligned). "
-                    if spec.causal
-                    else ""
-                )
-                + (
-                    f"Dropout {spec.dropout!r} on the attention weights, in training only."
-                    if spec.dropout
-                    else ""
-                )
+                f"Scale: {_scale_text(spec.scale, 'D')}. " + _causal_doc(spec) + _dropout_doc(spec)
             ),
             _prose(_mask_doc(with_padding=False)),
             "Shape:\n    q: (..., Lq, D), k: (..., Lk, D), v: (..., Lk, Dv);\n"
@@ -288,10 +315,28 @@ def context(variant: Any, spec_path: str) -> dict[str, Any]:
             "doc": docstring(doc, "    "),
             "scale": None if spec.scale is None else repr(spec.scale),
             "dropout": repr(spec.dropout) if spec.dropout else None,
-            "causal": spec.causal,
+            **_causal(spec),
             "functional": True,
         }
     if spec.kind == "mha":
+        kv_heads = spec.kv_heads or spec.heads
+        extras = []
+        if kv_heads != spec.heads:
+            extras.append(
+                f"Grouped-query attention: {kv_heads} key/value head{'s' if kv_heads > 1 else ''}, "
+                f"each shared by {spec.heads // kv_heads} contiguous query heads (SDPA's enable_gqa)."
+            )
+        if spec.qk_norm != "none":
+            extras.append(
+                f"Each head's q and k go through ``q_norm`` and ``k_norm`` ({spec.qk_norm})."
+            )
+        if spec.return_weights != "none":
+            shape = (
+                "(B, Lq, Lk), averaged over heads"
+                if spec.return_weights == "mean"
+                else "(B, heads, Lq, Lk)"
+            )
+            extras.append(f"Returns ``(output, weights)``, the weights {shape}, after dropout.")
         doc = _paragraphs(
             f"Multi-head attention with {spec.heads} head{'s' if spec.heads > 1 else ''}.",
             description,
@@ -301,14 +346,9 @@ def context(variant: Any, spec_path: str) -> dict[str, Any]:
                 f"{'embed_dim // ' + str(spec.heads) if spec.head_dim is None else spec.head_dim} (q, k) and "
                 f"{'the q/k head width' if spec.value_head_dim is None else spec.value_head_dim} (v), attends "
                 f"per head with scale {_scale_text(spec.scale, 'head_dim')}, merges the heads and projects to "
-                "out_dim with ``out_proj``. "
-                + ("Causal (top-left aligned). " if spec.causal else "")
-                + (
-                    f"Dropout {spec.dropout!r} on the attention weights, in training only."
-                    if spec.dropout
-                    else ""
-                )
+                "out_dim with ``out_proj``. " + _causal_doc(spec) + _dropout_doc(spec)
             ),
+            _prose(" ".join(extras)),
             _prose(_mask_doc(with_padding=True)),
             "Args:\n    embed_dim: width of ``query``.\n    kdim, vdim: widths of ``key`` and "
             "``value`` (default: embed_dim).\n    out_dim: width of the output (default: embed_dim).\n"
@@ -317,21 +357,57 @@ def context(variant: Any, spec_path: str) -> dict[str, Any]:
             "    key_padding_mask: (B, Lk); attn_mask: (Lq, Lk) or (B or 1, heads or 1, Lq, Lk);\n"
             "    returns (B, Lq, out_dim).",
         )
-        torch_compatible = (
-            spec.head_dim is None and spec.value_head_dim is None and spec.qkv_bias == spec.out_bias
-        )
         return {
             **base,
             "doc": docstring(doc, "    "),
             "heads": spec.heads,
+            "kv_heads": kv_heads,
             "head_dim": spec.head_dim,
             "value_head_dim": spec.value_head_dim,
             "qkv_bias": spec.qkv_bias,
             "out_bias": spec.out_bias,
+            "norm": NORMS.get(spec.qk_norm),
+            "return_weights": None if spec.return_weights == "none" else spec.return_weights,
+            "returns": "torch.Tensor"
+            if spec.return_weights == "none"
+            else "tuple[torch.Tensor, torch.Tensor]",
             "scale": None if spec.scale is None else repr(spec.scale),
             "dropout": repr(spec.dropout) if spec.dropout else None,
-            "causal": spec.causal,
-            "torch_compatible": torch_compatible,
-            "functional": True,
+            **_causal(spec, explicit=spec.return_weights != "none"),
+            "torch_compatible": spec.torch_compatible,
+            # F serves the fused path (SDPA) and, on the explicit path, dropout.
+            "functional": spec.return_weights == "none" or spec.dropout > 0,
+        }
+    if spec.kind == "eca":
+        adaptive = spec.kernel_size is None
+        size = (
+            f"the paper's adaptive size, t = int(|(log2(C) + {spec.beta!r}) / {spec.gamma!r}|) made odd"
+            if adaptive
+            else f"{spec.kernel_size}, whatever C is"
+        )
+        doc = _paragraphs(
+            "ECA: efficient channel attention (Wang et al., 2020).",
+            description,
+            _prose(
+                "Average-pools ``x`` over its spatial dims, runs a 1D conv ``conv`` (no bias) across the "
+                f"channel axis of the pooled vector, kernel size {size}, and returns ``x * {spec.gate}(s)``."
+            ),
+            "Args:\n    channels: C, the number of input channels.\n"
+            "    device, dtype: factory kwargs for every parameter.",
+            f"Shape:\n    x: {_shape(spec.dims)}; returns the same shape and dtype.",
+        )
+        return {
+            **base,
+            "doc": docstring(doc, "    "),
+            "adaptive": adaptive,
+            "kernel_size": spec.kernel_size,
+            "gamma": repr(spec.gamma),
+            "beta": repr(spec.beta),
+            "pool": CHANNEL_POOLS["avg"][spec.dims],
+            "gate": GATES[spec.gate].format("s"),
+            "ndim": spec.dims + 2,
+            "shape": _shape(spec.dims).replace("C", "{self.channels}"),
+            "functional": _uses_functional(spec.gate),
+            "max_pool": False,
         }
     raise AssertionError(f"unhandled kind {spec.kind!r}")  # the spec union admits no other

@@ -65,6 +65,23 @@ class Kind:
     def reference(self, spec: Any, params: dict[str, Tensor], inputs: Inputs) -> Tensor:
         raise NotImplementedError
 
+    def param_shapes(self, spec: Any, case: Case) -> dict[str, tuple[int, ...]]:
+        """Every parameter's name and shape, from the spec alone (the layout users rely on)."""
+        raise NotImplementedError
+
+
+def _channel_shapes(opts: Any, c: int, dims: int, prefix: str = "") -> dict[str, tuple[int, ...]]:
+    rd, ones = references.reduced_channels(c, opts), (1,) * dims
+    shapes = {f"{prefix}fc1.weight": (rd, c, *ones), f"{prefix}fc2.weight": (c, rd, *ones)}
+    if opts.bias:
+        shapes |= {f"{prefix}fc1.bias": (rd,), f"{prefix}fc2.bias": (c,)}
+    return shapes
+
+
+def _spatial_shapes(opts: Any, dims: int, prefix: str = "") -> dict[str, tuple[int, ...]]:
+    shapes = {f"{prefix}conv.weight": (1, len(opts.pooling), *(opts.kernel_size,) * dims)}
+    return shapes | ({f"{prefix}conv.bias": (1,)} if opts.bias else {})
+
 
 _SIZES = {
     1: [(2, 16, 7), (1, 16, 1), (3, 24, 9), (1, 8, 5)],
@@ -72,6 +89,11 @@ _SIZES = {
     3: [(2, 16, 3, 4, 5), (1, 16, 1, 1, 1), (1, 24, 2, 3, 2), (1, 8, 3, 1, 2)],
 }
 _TINY = {1: (2, 4, 3), 2: (2, 4, 3, 2), 3: (1, 4, 2, 3, 2)}
+
+
+def output(result: Any) -> Tensor:
+    """A module's output tensor: modules that return weights return (output, weights)."""
+    return result[0] if isinstance(result, tuple) else result
 
 
 class _Image(Kind):
@@ -91,12 +113,18 @@ class _Image(Kind):
 class Channel(_Image):
     name = "channel"
 
+    def param_shapes(self, spec: Any, case: Case) -> dict[str, tuple[int, ...]]:
+        return _channel_shapes(spec, case.ctor[0], spec.dims)
+
     def reference(self, spec: Any, params: dict[str, Tensor], inputs: Inputs) -> Tensor:
         return references.channel_attention(inputs.args[0], params, spec)
 
 
 class Spatial(_Image):
     name = "spatial"
+
+    def param_shapes(self, spec: Any, case: Case) -> dict[str, tuple[int, ...]]:
+        return _spatial_shapes(spec, spec.dims)
 
     def reference(self, spec: Any, params: dict[str, Tensor], inputs: Inputs) -> Tensor:
         return references.spatial_attention(inputs.args[0], params, spec)
@@ -105,8 +133,29 @@ class Spatial(_Image):
 class Cbam(_Image):
     name = "cbam"
 
+    def param_shapes(self, spec: Any, case: Case) -> dict[str, tuple[int, ...]]:
+        return _channel_shapes(spec.channel, case.ctor[0], spec.dims, "channel.") | _spatial_shapes(
+            spec.spatial, spec.dims, "spatial."
+        )
+
     def reference(self, spec: Any, params: dict[str, Tensor], inputs: Inputs) -> Tensor:
         return references.cbam(inputs.args[0], params, spec)
+
+
+class Eca(_Image):
+    name = "eca"
+
+    def cases(self, spec: Any) -> list[Case]:
+        # C = 512 makes the adaptive kernel 5 (log2 512 = 9); the smaller channel counts give 3.
+        sizes = [1, 2, 1][: spec.dims]
+        big = Case(f"b2_c512_{'x'.join(map(str, sizes))}", (512,), ((2, 512, *sizes),))
+        return [*super().cases(spec), big]
+
+    def reference(self, spec: Any, params: dict[str, Tensor], inputs: Inputs) -> Tensor:
+        return references.eca(inputs.args[0], params, spec)
+
+    def param_shapes(self, spec: Any, case: Case) -> dict[str, tuple[int, ...]]:
+        return {"conv.weight": (1, 1, references.eca_kernel_size(case.ctor[0], spec))}
 
 
 def _bool_mask(shape: tuple[int, ...], device: str, gen: torch.Generator) -> Tensor:
@@ -120,6 +169,9 @@ class Sdpa(Kind):
     name = "sdpa"
     attention = True
     factory_kwargs = False
+
+    def param_shapes(self, spec: Any, case: Case) -> dict[str, tuple[int, ...]]:
+        return {}
 
     def cases(self, spec: Any) -> list[Case]:
         return [
@@ -156,7 +208,11 @@ class Sdpa(Kind):
     def reference(self, spec: Any, params: dict[str, Tensor], inputs: Inputs) -> Tensor:
         mask = inputs.kwargs.get("attn_mask")
         return references.attention(
-            *inputs.args, [] if mask is None else [mask], scale=spec.scale, causal=spec.causal
+            *inputs.args,
+            [] if mask is None else [mask],
+            scale=spec.scale,
+            causal=spec.causal,
+            alignment=spec.causal_alignment,
         )
 
 
@@ -225,7 +281,36 @@ class Mha(Kind):
         return (b, lq, case.ctor[3] if len(case.ctor) > 3 else e)
 
     def reference(self, spec: Any, params: dict[str, Tensor], inputs: Inputs) -> Tensor:
-        return references.multi_head_attention(*inputs.args, params, spec, **inputs.kwargs)
+        return output(references.multi_head_attention(*inputs.args, params, spec, **inputs.kwargs))
+
+    def param_shapes(self, spec: Any, case: Case) -> dict[str, tuple[int, ...]]:
+        e = case.ctor[0]
+        kdim, vdim, out = (*case.ctor[1:], e, e, e)[:3]
+        hd = spec.head_dim or e // spec.heads
+        vd = spec.value_head_dim or hd
+        kv = spec.kv_heads or spec.heads
+        shapes = {
+            "q_proj.weight": (spec.heads * hd, e),
+            "k_proj.weight": (kv * hd, kdim),
+            "v_proj.weight": (kv * vd, vdim),
+            "out_proj.weight": (out, spec.heads * vd),
+        }
+        if spec.qkv_bias:
+            shapes |= {
+                "q_proj.bias": (spec.heads * hd,),
+                "k_proj.bias": (kv * hd,),
+                "v_proj.bias": (kv * vd,),
+            }
+        if spec.out_bias:
+            shapes["out_proj.bias"] = (out,)
+        if spec.qk_norm != "none":
+            shapes |= {"q_norm.weight": (hd,), "k_norm.weight": (hd,)}
+            if spec.qk_norm == "layernorm":
+                shapes |= {"q_norm.bias": (hd,), "k_norm.bias": (hd,)}
+        return shapes
+
+    def reference_weights(self, spec: Any, params: dict[str, Tensor], inputs: Inputs) -> Tensor:
+        return references.multi_head_attention(*inputs.args, params, spec, **inputs.kwargs)[1]
 
 
-KINDS: dict[str, Kind] = {k.name: k for k in (Channel(), Spatial(), Cbam(), Sdpa(), Mha())}
+KINDS: dict[str, Kind] = {k.name: k for k in (Channel(), Spatial(), Cbam(), Eca(), Sdpa(), Mha())}

@@ -97,6 +97,32 @@ def cbam(x: Tensor, params: Params, spec: Any) -> Tensor:
     return x
 
 
+def eca_kernel_size(channels: int, spec: Any) -> int:
+    """ECA's kernel size: explicit, or the paper's t = int(|(log2 C + b) / gamma|), made odd."""
+    if spec.kernel_size is not None:
+        return spec.kernel_size
+    t = int(abs((math.log(channels, 2) + spec.beta) / spec.gamma))
+    return t if t % 2 else t + 1
+
+
+def eca(x: Tensor, params: Params, spec: Any) -> Tensor:
+    """``x * gate(conv1d across channels of the avg-pooled vector)``, the conv as a sum of shifts."""
+    b, c = x.shape[:2]
+    pooled = x.reshape(b, c, -1).sum(-1) / x[0, 0].numel()
+    w = params["conv.weight"].reshape(-1)
+    half = w.numel() // 2
+    padded = F.pad(pooled, (half, half))
+    s = sum(w[j] * padded[:, j : j + c] for j in range(w.numel()))
+    return x * gate(s, spec.gate).reshape(b, c, *([1] * (x.ndim - 2)))
+
+
+def causal_allowed(lq: int, lk: int, alignment: str, device: Any = None) -> Tensor:
+    """(Lq, Lk), True where query i may see key j: j <= i (top_left) or j <= i + Lk - Lq (bottom_right)."""
+    i = torch.arange(lq, device=device)[:, None]
+    j = torch.arange(lk, device=device)[None, :]
+    return j <= i + (lk - lq if alignment == "bottom_right" else 0)
+
+
 def attention(
     q: Tensor,
     k: Tensor,
@@ -105,14 +131,16 @@ def attention(
     *,
     scale: float | None = None,
     causal: bool = False,
-) -> Tensor:
+    alignment: str = "top_left",
+    return_weights: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
     """``softmax(q k^T * scale + masks) v``; bool masks: True = allowed; rows with no allowed key: 0."""
     scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
     scores = torch.matmul(q, k.transpose(-2, -1)) * scale
     lq, lk = scores.shape[-2:]
     allowed = torch.ones(scores.shape, dtype=torch.bool, device=q.device)
     if causal:
-        allowed = allowed & torch.ones(lq, lk, dtype=torch.bool, device=q.device).tril()
+        allowed = allowed & causal_allowed(lq, lk, alignment, q.device)
     for mask in masks:
         if mask.dtype == torch.bool:
             allowed = allowed & mask
@@ -121,7 +149,19 @@ def attention(
     scores = scores.masked_fill(~allowed, float("-inf"))
     live = (scores != float("-inf")).any(-1, keepdim=True)
     weights = torch.softmax(scores.masked_fill(~live, 0.0), dim=-1) * live
-    return torch.matmul(weights, v)
+    out = torch.matmul(weights, v)
+    return (out, weights) if return_weights else out
+
+
+def _norm(t: Tensor, kind: str, weight: Tensor | None, bias: Tensor | None) -> Tensor:
+    """Layer norm (eps 1e-5) or RMS norm (eps 1e-6) over the last dim, written out."""
+    if kind == "layernorm":
+        centred = t - t.sum(-1, keepdim=True) / t.shape[-1]
+        out = centred / torch.sqrt((centred * centred).sum(-1, keepdim=True) / t.shape[-1] + 1e-5)
+    else:
+        out = t / torch.sqrt((t * t).sum(-1, keepdim=True) / t.shape[-1] + 1e-6)
+    out = out * weight if weight is not None else out
+    return out + bias if bias is not None else out
 
 
 def multi_head_attention(
@@ -132,15 +172,25 @@ def multi_head_attention(
     spec: Any,
     key_padding_mask: Tensor | None = None,
     attn_mask: Tensor | None = None,
-) -> Tensor:
-    """Project, attend head by head in a Python loop, concatenate, project out."""
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Project, attend head by head in a Python loop, concatenate, project out.
+
+    Query head h uses key/value head h // (heads // kv_heads). With ``spec.return_weights`` other
+    than none, returns (output, weights) as the modules do.
+    """
     heads = spec.heads
+    kv_heads = spec.kv_heads or heads
     q = F.linear(query, params["q_proj.weight"], params.get("q_proj.bias"))
     k = F.linear(key, params["k_proj.weight"], params.get("k_proj.bias"))
     v = F.linear(value, params["v_proj.weight"], params.get("v_proj.bias"))
-    hd, vd = q.shape[-1] // heads, v.shape[-1] // heads
-    outputs = []
+    hd, vd = q.shape[-1] // heads, v.shape[-1] // kv_heads
+    outputs, weights = [], []
     for h in range(heads):
+        g = h // (heads // kv_heads)
+        qh, kh = q[..., h * hd : (h + 1) * hd], k[..., g * hd : (g + 1) * hd]
+        if spec.qk_norm != "none":
+            qh = _norm(qh, spec.qk_norm, params.get("q_norm.weight"), params.get("q_norm.bias"))
+            kh = _norm(kh, spec.qk_norm, params.get("k_norm.weight"), params.get("k_norm.bias"))
         masks = []
         if key_padding_mask is not None:  # (B, Lk), True = padding -> (B, 1, Lk), True = allowed
             kpm = key_padding_mask[:, None, :]
@@ -151,16 +201,22 @@ def multi_head_attention(
                 if attn_mask.ndim == 2
                 else attn_mask[:, h if attn_mask.shape[1] > 1 else 0]
             )
-        outputs.append(
-            attention(
-                q[..., h * hd : (h + 1) * hd],
-                k[..., h * hd : (h + 1) * hd],
-                v[..., h * vd : (h + 1) * vd],
-                masks,
-                scale=spec.scale,
-                causal=spec.causal,
-            )
+        out, w = attention(
+            qh,
+            kh,
+            v[..., g * vd : (g + 1) * vd],
+            masks,
+            scale=spec.scale,
+            causal=spec.causal,
+            alignment=spec.causal_alignment,
+            return_weights=True,
         )
-    return F.linear(
+        outputs.append(out)
+        weights.append(w)
+    out = F.linear(
         torch.cat(outputs, dim=-1), params["out_proj.weight"], params.get("out_proj.bias")
     )
+    if spec.return_weights == "none":
+        return out
+    stacked = torch.stack(weights, dim=1)  # (B, heads, Lq, Lk)
+    return out, (stacked.sum(1) / heads if spec.return_weights == "mean" else stacked)

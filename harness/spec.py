@@ -15,9 +15,9 @@ import keyword
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 
-KINDS = ("channel", "spatial", "cbam", "sdpa", "mha")
+KINDS = ("channel", "spatial", "cbam", "eca", "sdpa", "mha")
 
 Gate = Literal["sigmoid", "hard_sigmoid"]
 Activation = Literal["relu", "silu", "gelu"]
@@ -29,6 +29,10 @@ def _unique(values: tuple[str, ...]) -> tuple[str, ...]:
     if duplicates:
         raise ValueError(f"pooling entries must be unique, {', '.join(duplicates)} repeated")
     return values
+
+
+# Names whose generated class would shadow a module-level name of the generated file.
+RESERVED_NAMES = {"f": "its class F would shadow `import torch.nn.functional as F`"}
 
 
 class _Model(BaseModel):
@@ -128,6 +132,8 @@ class _Variant(_Model):
     def _not_keyword(cls, value: str) -> str:
         if keyword.iskeyword(value) or keyword.issoftkeyword(value):
             raise ValueError(f"name must not be a Python keyword, got {value!r}")
+        if value in RESERVED_NAMES:
+            raise ValueError(f"name {value!r} is reserved: {RESERVED_NAMES[value]}")
         return value
 
     @field_validator("description")
@@ -135,7 +141,9 @@ class _Variant(_Model):
     def _normalise_description(cls, value: str) -> str:
         # The formatter strips trailing blanks in docstrings; strip them here so the docstring
         # holds exactly the validated text.
-        return "\n".join(line.rstrip() for line in value.strip().splitlines())
+        # Split on newlines only: str.splitlines() also breaks at \x1c-\x1e, \x85, \u2028 ...
+        text = value.replace("\r\n", "\n").replace("\r", "\n")
+        return "\n".join(line.rstrip(" ") for line in text.split("\n")).strip("\n ")
 
 
 class _Spatial(_Model):
@@ -177,6 +185,43 @@ class CbamSpec(_Spatial, _Variant):
         return {**CBAM_CHANNEL_DEFAULTS, **value} if isinstance(value, dict) else value
 
 
+class EcaSpec(_Spatial, _Variant):
+    kind: Literal["eca"] = Field(description="Efficient channel attention (Wang et al., 2020).")
+    kernel_size: int | None = Field(
+        None,
+        ge=1,
+        le=31,
+        description=(
+            "Odd size of the 1D conv across channels; null: the paper's adaptive size "
+            "t = int(abs((log2(C) + beta) / gamma)), t + 1 if t is even. An explicit size is never overridden."
+        ),
+    )
+    gamma: float = Field(
+        2.0, gt=0, le=16, description="gamma of the adaptive kernel size (kernel_size null only)."
+    )
+    beta: float = Field(
+        1.0, ge=-16, le=16, description="beta of the adaptive kernel size (kernel_size null only)."
+    )
+    gate: Gate = Field("sigmoid", description="Gate applied to the conv output before x * gate.")
+
+    @field_validator("kernel_size")
+    @classmethod
+    def _odd(cls, value: int | None) -> int | None:
+        if value is not None and value % 2 == 0:
+            raise ValueError(
+                f"kernel_size must be odd (even sizes shift the channels), got {value}"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _adaptive_only(self) -> EcaSpec:
+        if self.kernel_size is not None and (self.gamma, self.beta) != (2.0, 1.0):
+            raise ValueError(
+                "gamma and beta set the adaptive size: give them only with kernel_size null"
+            )
+        return self
+
+
 class _Attention(_Model):
     scale: float | None = Field(
         None, gt=0, le=1e4, description="Multiplier of q k^T; null: 1 / sqrt(head dim of q and k)."
@@ -188,9 +233,21 @@ class _Attention(_Model):
         description="Dropout probability on the attention weights (training only).",
     )
     causal: bool = Field(
-        False,
-        description="Query i attends to keys 0..i only (top-left aligned when lengths differ).",
+        False, description="Query i attends to keys 0..i only (aligned as causal_alignment says)."
     )
+    causal_alignment: Literal["top_left", "bottom_right"] = Field(
+        "top_left",
+        description=(
+            "With causal and Lq != Lk: top_left, query i sees keys 0..i (SDPA's is_causal); "
+            "bottom_right, query i sees keys 0..i + Lk - Lq (decoding with a cache)."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _alignment_needs_causal(self) -> _Attention:
+        if self.causal_alignment != "top_left" and not self.causal:
+            raise ValueError("causal_alignment applies only with causal: true")
+        return self
 
 
 class SdpaSpec(_Attention, _Variant):
@@ -208,12 +265,53 @@ class MhaSpec(_Attention, _Variant):
     value_head_dim: int | None = Field(
         None, ge=1, le=1024, description="Width of each value head; null: the q/k head width."
     )
+    kv_heads: int | None = Field(
+        None,
+        ge=1,
+        le=256,
+        description=(
+            "Key/value heads, shared by contiguous groups of query heads (grouped-query attention; "
+            "1: multi-query); must divide heads. null: heads."
+        ),
+    )
+    qk_norm: Literal["none", "layernorm", "rmsnorm"] = Field(
+        "none",
+        description=(
+            "Normalise each head's q and k over head_dim (q_norm, k_norm; eps 1e-5 for layernorm, "
+            "1e-6 for rmsnorm), as timm's Attention does."
+        ),
+    )
+    return_weights: Literal["none", "mean", "per_head"] = Field(
+        "none",
+        description=(
+            "none: forward returns the output. mean / per_head: forward returns (output, weights), "
+            "weights (B, Lq, Lk) averaged over heads or (B, heads, Lq, Lk), after dropout, "
+            "through an explicit softmax path."
+        ),
+    )
     qkv_bias: bool = Field(True, description="Biases on q_proj, k_proj and v_proj.")
     out_bias: bool = Field(True, description="Bias on out_proj.")
 
+    @property
+    def torch_compatible(self) -> bool:
+        """Whether an nn.MultiheadAttention of the same configuration exists (from_torch, anchors)."""
+        return (
+            self.head_dim is None
+            and self.value_head_dim is None
+            and self.qkv_bias == self.out_bias
+            and self.kv_heads in (None, self.heads)
+            and self.qk_norm == "none"
+        )
+
+    @model_validator(mode="after")
+    def _kv_heads_divide(self) -> MhaSpec:
+        if self.kv_heads is not None and self.heads % self.kv_heads:
+            raise ValueError(f"kv_heads must divide heads ({self.heads}), got {self.kv_heads}")
+        return self
+
 
 Spec = Annotated[
-    ChannelSpec | SpatialSpec | CbamSpec | SdpaSpec | MhaSpec,
+    ChannelSpec | SpatialSpec | CbamSpec | EcaSpec | SdpaSpec | MhaSpec,
     Field(discriminator="kind"),
 ]
 SPEC_ADAPTER: TypeAdapter[Any] = TypeAdapter(Spec)
@@ -221,12 +319,13 @@ MODELS: dict[str, type[_Variant]] = {
     "channel": ChannelSpec,
     "spatial": SpatialSpec,
     "cbam": CbamSpec,
+    "eca": EcaSpec,
     "sdpa": SdpaSpec,
     "mha": MhaSpec,
 }
 
 
-def validate(data: Any) -> ChannelSpec | SpatialSpec | CbamSpec | SdpaSpec | MhaSpec:
+def validate(data: Any) -> ChannelSpec | SpatialSpec | CbamSpec | EcaSpec | SdpaSpec | MhaSpec:
     """Validate one variant mapping; raises ``pydantic.ValidationError``."""
     return SPEC_ADAPTER.validate_python(data)
 

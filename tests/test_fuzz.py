@@ -19,49 +19,54 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from harness.generate import generate
+from harness.kinds import output
 from harness.load import SpecError, load_specs
 
-names = st.from_regex(r"\A[a-z][a-z0-9_]{0,20}\Z").filter(
-    lambda n: (
-        n
-        not in {
-            "and",
-            "as",
-            "if",
-            "in",
-            "is",
-            "or",
-            "not",
-            "def",
-            "del",
-            "for",
-            "try",
-            "case",
-            "type",
-            "match",
-            "with",
-            "from",
-            "pass",
-            "else",
-            "elif",
-            "class",
-            "while",
-            "break",
-            "async",
-            "await",
-            "raise",
-            "yield",
-            "global",
-            "lambda",
-            "return",
-            "import",
-            "assert",
-            "except",
-            "finally",
-            "continue",
-            "nonlocal",
-            "_",
-        }
+names = (
+    st.from_regex(r"\A[a-z][a-z0-9_]{0,20}\Z")
+    .filter(lambda n: n != "f")
+    .filter(
+        lambda n: (
+            n
+            not in {
+                "and",
+                "as",
+                "if",
+                "in",
+                "is",
+                "or",
+                "not",
+                "def",
+                "del",
+                "for",
+                "try",
+                "case",
+                "type",
+                "match",
+                "with",
+                "from",
+                "pass",
+                "else",
+                "elif",
+                "class",
+                "while",
+                "break",
+                "async",
+                "await",
+                "raise",
+                "yield",
+                "global",
+                "lambda",
+                "return",
+                "import",
+                "assert",
+                "except",
+                "finally",
+                "continue",
+                "nonlocal",
+                "_",
+            }
+        )
     )
 )
 descriptions = st.text(max_size=80)
@@ -120,6 +125,20 @@ variants = st.one_of(
             },
         ),
     ),
+    _variant(
+        "eca",
+        st.tuples(
+            st.one_of(
+                st.just({}),
+                st.fixed_dictionaries({"kernel_size": st.sampled_from([1, 3, 5])}),
+                st.fixed_dictionaries(
+                    {}, optional={"gamma": st.floats(0.5, 4), "beta": st.floats(-2, 2)}
+                ),
+            ),
+            dims,
+            st.fixed_dictionaries({}, optional={"gate": gates}),
+        ).map(lambda t: {**t[0], **t[1], **t[2]}),
+    ),
     _variant("sdpa", st.fixed_dictionaries({}, optional=attention_opts)),
     _variant(
         "mha",
@@ -132,6 +151,9 @@ variants = st.one_of(
                 "value_head_dim": st.none() | st.integers(1, 16),
                 "qkv_bias": st.booleans(),
                 "out_bias": st.booleans(),
+                "qk_norm": st.sampled_from(["none", "layernorm", "rmsnorm"]),
+                "return_weights": st.sampled_from(["none", "mean", "per_head"]),
+                "kv_heads": st.sampled_from([None, 1]),
             },
         ),
     ),
@@ -141,7 +163,7 @@ _packages = itertools.count()
 
 
 def _inputs(spec) -> tuple[tuple, tuple]:
-    if spec.kind in ("channel", "spatial", "cbam"):
+    if spec.kind in ("channel", "spatial", "cbam", "eca"):
         return (6,), (torch.randn(2, 6, *[3] * spec.dims),)
     if spec.kind == "sdpa":
         return (), (torch.randn(2, 3, 8), torch.randn(2, 5, 8), torch.randn(2, 5, 4))
@@ -172,7 +194,7 @@ def test_valid_specs_generate_modules_that_import_and_keep_shapes(variant):
         )
         assert spec.spec.description in cls.__doc__.replace("\n    ", "\n")
         ctor, inputs = _inputs(spec.spec)
-        out = cls(*ctor).eval()(*inputs)
+        out = output(cls(*ctor).eval()(*inputs))
         expected = {"sdpa": (2, 3, 4), "mha": (2, 3, 4)}.get(spec.spec.kind, inputs[0].shape)
         assert tuple(out.shape) == tuple(expected)
 
@@ -187,6 +209,12 @@ junk = st.one_of(
     st.dictionaries(st.text(max_size=5), st.integers(), max_size=2),
 )
 FIELDS = [
+    "kv_heads",
+    "qk_norm",
+    "return_weights",
+    "causal_alignment",
+    "gamma",
+    "beta",
     "name",
     "kind",
     "reduction",

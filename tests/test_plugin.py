@@ -35,7 +35,7 @@ def test_ids_are_deterministic_and_filtered():
     first = _collect("--variants", "sdpa*,cbam_paper")
     assert first == _collect("--variants", "sdpa*,cbam_paper")
     variants = {line.split("[", 1)[1].split("-", 1)[0] for line in first}
-    assert variants == {"sdpa", "sdpa_causal", "sdpa_dropout", "cbam_paper"}
+    assert variants == {"sdpa", "sdpa_causal", "sdpa_causal_decode", "sdpa_dropout", "cbam_paper"}
     assert "tests/test_catalogue.py::test_catalogue[cbam_paper-reference-b2_c16_7x5]" in first
 
 

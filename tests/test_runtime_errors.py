@@ -8,20 +8,24 @@ import torch
 from harness import registry
 
 IMAGE = [
-    n for n in registry.names() if registry.default.kind_of(n) in ("channel", "spatial", "cbam")
+    n
+    for n in registry.names()
+    if registry.default.kind_of(n) in ("channel", "spatial", "cbam", "eca")
 ]
+SPATIAL_NAMES = {1: "L", 2: "H, W", 3: "D, H, W"}
 
 
 @pytest.mark.parametrize("name", IMAGE)
-@pytest.mark.parametrize(
-    ("shape", "why"), [((2, 8, 5), "wrong rank"), ((2, 6, 5, 5), "wrong channel count")]
-)
-def test_image_blocks_reject_bad_input(name, shape, why):
+@pytest.mark.parametrize("why", ["wrong rank", "wrong channel count"])
+def test_image_blocks_reject_bad_input(name, why):
+    dims = registry.spec_of(name).dims
     block = registry.build(name, 8)
     cls = type(block).__name__
+    shape = (2, 8, *[5] * (dims + 1)) if why == "wrong rank" else (2, 6, *[5] * dims)
+    expected = rf"\(B, 8, {SPATIAL_NAMES[dims]}\)"
     with pytest.raises(
         ValueError,
-        match=rf"^{cls}: expected input of shape \(B, 8, H, W\), got \({', '.join(map(str, shape))}\)$",
+        match=rf"^{cls}: expected input of shape {expected}, got \({', '.join(map(str, shape))}\)$",
     ):
         block(torch.randn(shape))
 

@@ -11,6 +11,7 @@ BASE = {
     "channel": {"name": "v", "kind": "channel"},
     "spatial": {"name": "v", "kind": "spatial"},
     "cbam": {"name": "v", "kind": "cbam"},
+    "eca": {"name": "v", "kind": "eca"},
     "sdpa": {"name": "v", "kind": "sdpa"},
     "mha": {"name": "v", "kind": "mha"},
 }
@@ -46,6 +47,19 @@ FIELDS = [
     ("cbam", "spatial", {"kernel_size": 3}, {"kernel_size": 4}),
     ("cbam", "order", "spatial_first", "parallel"),
     ("cbam", "dims", 3, "2"),
+    ("eca", "kernel_size", 5, 4),
+    ("eca", "kernel_size", None, 33),
+    ("eca", "gamma", 3.0, 0),
+    ("eca", "beta", 0.5, 100),
+    ("eca", "gate", "hard_sigmoid", "relu"),
+    ("eca", "dims", 1, 4),
+    ("sdpa", "causal_alignment", "top_left", "bottom_right"),  # bottom_right needs causal: true
+    ("sdpa", "causal_alignment", "top_left", "center"),
+    ("mha", "causal_alignment", "top_left", "bottom"),
+    ("mha", "kv_heads", 2, 3),  # must divide the 8 heads
+    ("mha", "kv_heads", 1, 0),
+    ("mha", "qk_norm", "rmsnorm", "batchnorm"),
+    ("mha", "return_weights", "per_head", True),
     ("sdpa", "scale", 0.125, 0),
     ("sdpa", "scale", None, -1.0),
     ("sdpa", "dropout", 0.5, 1.0),
@@ -85,7 +99,7 @@ def test_unknown_fields_and_kinds_are_rejected():
     with pytest.raises(ValidationError, match="extra"):
         specs.validate({**BASE["sdpa"], "heads": 8})
     with pytest.raises(ValidationError, match="tag"):
-        specs.validate({"name": "v", "kind": "eca"})
+        specs.validate({"name": "v", "kind": "se"})
 
 
 def test_specs_are_frozen_and_defaults_documented():
@@ -99,8 +113,8 @@ def test_specs_are_frozen_and_defaults_documented():
 
 
 def test_description_is_normalised_only_at_line_ends():
-    s = specs.validate({**BASE["sdpa"], "description": "  a  \n   b\t \n\n"})
-    assert s.description == "a\n   b"
+    s = specs.validate({**BASE["sdpa"], "description": "\n  a  \r\n   b\t\x1e c \n\n"})
+    assert s.description == "a\n   b\t\x1e c"  # \x1e is no line break here, unlike str.splitlines()
 
 
 def test_a_partial_cbam_channel_mapping_keeps_cbam_defaults():
@@ -108,3 +122,10 @@ def test_a_partial_cbam_channel_mapping_keeps_cbam_defaults():
     assert (s.channel.reduction, s.channel.pooling, s.channel.bias) == (4, ("avg", "max"), False)
     s = specs.validate({**BASE["cbam"], "channel": {"pooling": ["avg"], "bias": True}})
     assert (s.channel.pooling, s.channel.bias) == (("avg",), True)
+
+
+def test_cross_field_rules():
+    assert specs.validate({**BASE["sdpa"], "causal": True, "causal_alignment": "bottom_right"})
+    with pytest.raises(ValidationError, match="gamma and beta set the adaptive size"):
+        specs.validate({**BASE["eca"], "kernel_size": 3, "gamma": 3})
+    assert specs.validate({**BASE["mha"], "heads": 6, "kv_heads": 3}).kv_heads == 3

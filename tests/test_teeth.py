@@ -13,6 +13,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from harness import checks, registry
 
@@ -112,6 +113,34 @@ class SpatialWrongInferencePath(_base("cbam_spatial_paper")):
         return x * torch.sigmoid(self.conv(torch.cat([x.mean(1, keepdim=True), pooled], dim=1)))
 
 
+class SeFloorRounding(_base("se_timm")):
+    """Rounds the hidden width down (C // 16) where the spec asks for timm's make_divisible(C / 16, 8)."""
+
+    def __init__(self, channels, *, device=None, dtype=None):
+        super().__init__(channels, device=device, dtype=dtype)
+        self.rd_channels = max(1, channels // 16)
+        self.fc1 = nn.Conv2d(channels, self.rd_channels, 1, device=device, dtype=dtype)
+        self.fc2 = nn.Conv2d(self.rd_channels, channels, 1, device=device, dtype=dtype)
+
+
+class EcaTimmOverride(_base("eca_k5")):
+    """timm's EcaModule: given channels, the adaptive size silently replaces the kernel size asked for."""
+
+    def __init__(self, channels, *, device=None, dtype=None):
+        super().__init__(channels, device=device, dtype=dtype)
+        t = int(abs((math.log2(channels) + 1) / 2))
+        self.kernel_size = max(t if t % 2 else t + 1, 3)
+        self.conv = nn.Conv1d(
+            1,
+            1,
+            self.kernel_size,
+            padding=self.kernel_size // 2,
+            bias=False,
+            device=device,
+            dtype=dtype,
+        )
+
+
 # --- attention ----------------------------------------------------------------------------------
 
 
@@ -199,6 +228,41 @@ class MhaHeadsMergedWrong(_base("mha_tutorial")):
         return self.out_proj(out.reshape(b, lq, 4 * self.value_head_dim))
 
 
+class MhaGqaTiled(_base("mha_gqa")):
+    """Shares key/value heads by tiling (repeat) instead of contiguous groups (repeat_interleave)."""
+
+    def forward(self, query, key, value, key_padding_mask=None, attn_mask=None):
+        b, lq, _ = query.shape
+        lk = key.shape[1]
+        q = self.q_proj(query).view(b, lq, 8, self.head_dim).transpose(1, 2)
+        k = self.k_proj(key).view(b, lk, 2, self.head_dim).transpose(1, 2).repeat(1, 4, 1, 1)
+        v = (
+            self.v_proj(value)
+            .view(b, lk, 2, self.value_head_dim)
+            .transpose(1, 2)
+            .repeat(1, 4, 1, 1)
+        )
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=self._mask(key_padding_mask, attn_mask, b, lq, lk, q)
+        )
+        return self.out_proj(out.transpose(1, 2).reshape(b, lq, 8 * self.value_head_dim))
+
+
+class SdpaDecodeTopLeft(_base("sdpa_causal_decode")):
+    """Uses SDPA's is_causal (top-left) where the spec asks for bottom-right alignment."""
+
+    def forward(self, q, k, v, attn_mask=None):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+
+class MhaWeightsSummed(_base("mha_weights")):
+    """Sums the weights over heads where the spec asks for their mean."""
+
+    def forward(self, *args, **kwargs):
+        out, weights = super().forward(*args, **kwargs)
+        return out, weights * 8
+
+
 # (broken class, the variant whose spec it claims, check, case, options)
 SEEDED = [
     (SeReturnsPooled, "se_tutorial", "reference", "b2_c16_7x5", {}),
@@ -225,6 +289,11 @@ SEEDED = [
     (MhaInvertedPadding, "mha_torch", "masked_keys", "self_b2_l5", {}),
     (MhaInvertedPadding, "mha_torch", "anchor", "kpm_bool", {}),
     (MhaHeadsMergedWrong, "mha_tutorial", "reference", "self_b2_l5", {}),
+    (SeFloorRounding, "se_timm", "construct", "b2_c16_7x5", {}),
+    (EcaTimmOverride, "eca_k5", "construct", "b2_c16_7x5", {}),
+    (MhaGqaTiled, "mha_gqa", "reference", "self_b2_l5", {}),
+    (SdpaDecodeTopLeft, "sdpa_causal_decode", "reference", "b2h3_q4_k6", {}),
+    (MhaWeightsSummed, "mha_weights", "weights", "self_b2_l5", {}),
 ]
 
 
