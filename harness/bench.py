@@ -1,7 +1,7 @@
 """``python -m harness bench``: generated modules against their anchors, and the generator's speed.
 
 Blocks: for every kind, one generated variant against the plain reference formulation
-(``harness/references.py``), the formulation timm uses (``harness/anchors.py``) for SE/CBAM, and
+(``harness/references.py``), the formulation timm uses (``harness/anchors.py``) for SE/CBAM/ECA, and
 ``F.scaled_dot_product_attention`` / ``nn.MultiheadAttention(need_weights=False)`` for attention; all
 with the same weights and inputs. Forward (eval, no grad) and forward+backward are timed in one
 process, interleaved (each repeat runs every candidate once, in rotating order), and reported as
@@ -137,6 +137,23 @@ def _cases(
                     anchors.TimmChannelAttn(cb.channel.fc1, cb.channel.fc2),
                     anchors.TimmSpatialAttn(cb.spatial.conv),
                 ),
+            },
+            image_inputs,
+        )
+    )
+
+    eca = registry.build("eca", 256, device=device)
+    eca_spec = registry.spec_of("eca")
+    p_eca = dict(eca.named_parameters())
+    out.append(
+        (
+            "eca",
+            "eca",
+            str(image),
+            {
+                "generated": eca,
+                "reference": lambda x: references.eca(x, p_eca, eca_spec),
+                "timm": anchors.TimmEca(eca.conv),
             },
             image_inputs,
         )
