@@ -88,76 +88,42 @@ def _cases(
     def image_inputs(grad: bool) -> tuple:
         return (torch.randn(image, device=device, requires_grad=grad),)
 
-    se = registry.build("se_resnet", 256, device=device)
-    spec = registry.spec_of("se_resnet")
-    p_se = dict(se.named_parameters())
-    out.append(
-        (
+    def image_case(
+        kind: str, variant: str, reference: Callable, timm: Callable[[nn.Module], nn.Module]
+    ) -> tuple:
+        module = registry.build(variant, 256, device=device)
+        spec, params = registry.spec_of(variant), dict(module.named_parameters())
+        candidates = {
+            "generated": module,
+            "reference": lambda x: reference(x, params, spec),
+            "timm": timm(module),
+        }
+        return (kind, variant, str(image), candidates, image_inputs)
+
+    out += [
+        image_case(
             "channel",
             "se_resnet",
-            str(image),
-            {
-                "generated": se,
-                "reference": lambda x: references.channel_attention(x, p_se, spec),
-                "timm": anchors.TimmSE(se.fc1, se.fc2),
-            },
-            image_inputs,
-        )
-    )
-
-    sa = registry.build("cbam_spatial_paper", 256, device=device)
-    sa_spec = registry.spec_of("cbam_spatial_paper")
-    p_sa = dict(sa.named_parameters())
-    out.append(
-        (
+            references.channel_attention,
+            lambda m: anchors.TimmSE(m.fc1, m.fc2),
+        ),
+        image_case(
             "spatial",
             "cbam_spatial_paper",
-            str(image),
-            {
-                "generated": sa,
-                "reference": lambda x: references.spatial_attention(x, p_sa, sa_spec),
-                "timm": anchors.TimmSpatialAttn(sa.conv),
-            },
-            image_inputs,
-        )
-    )
-
-    cb = registry.build("cbam_paper", 256, device=device)
-    cb_spec = registry.spec_of("cbam_paper")
-    p_cb = dict(cb.named_parameters())
-    out.append(
-        (
+            references.spatial_attention,
+            lambda m: anchors.TimmSpatialAttn(m.conv),
+        ),
+        image_case(
             "cbam",
             "cbam_paper",
-            str(image),
-            {
-                "generated": cb,
-                "reference": lambda x: references.cbam(x, p_cb, cb_spec),
-                "timm": anchors.TimmCbam(
-                    anchors.TimmChannelAttn(cb.channel.fc1, cb.channel.fc2),
-                    anchors.TimmSpatialAttn(cb.spatial.conv),
-                ),
-            },
-            image_inputs,
-        )
-    )
-
-    eca = registry.build("eca", 256, device=device)
-    eca_spec = registry.spec_of("eca")
-    p_eca = dict(eca.named_parameters())
-    out.append(
-        (
-            "eca",
-            "eca",
-            str(image),
-            {
-                "generated": eca,
-                "reference": lambda x: references.eca(x, p_eca, eca_spec),
-                "timm": anchors.TimmEca(eca.conv),
-            },
-            image_inputs,
-        )
-    )
+            references.cbam,
+            lambda m: anchors.TimmCbam(
+                anchors.TimmChannelAttn(m.channel.fc1, m.channel.fc2),
+                anchors.TimmSpatialAttn(m.spatial.conv),
+            ),
+        ),
+        image_case("eca", "eca", references.eca, lambda m: anchors.TimmEca(m.conv)),
+    ]
 
     heads = (16, 8, 196, 32)
 

@@ -257,19 +257,11 @@ def context(variant: Any, spec_path: str) -> dict[str, Any]:
         "spec_literal": repr(_ordered(spec.model_dump(mode="json"))),
     }
     description = spec.description
-    if spec.kind == "channel":
-        block = channel_class(cls, spec, spec.dims, description)
+    if spec.kind in ("channel", "spatial"):
+        build = channel_class if spec.kind == "channel" else spatial_class
         return {
             **base,
-            "block": block,
-            "functional": _uses_functional(spec.gate),
-            "max_pool": "max" in spec.pooling,
-        }
-    if spec.kind == "spatial":
-        block = spatial_class(cls, spec, spec.dims, description)
-        return {
-            **base,
-            "block": block,
+            "block": build(cls, spec, spec.dims, description),
             "functional": _uses_functional(spec.gate),
             "max_pool": "max" in spec.pooling,
         }
