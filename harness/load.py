@@ -115,9 +115,9 @@ class _Converter:
     def convert(self, node: yaml.Node, path: Path_, depth: int = 0) -> Any:
         self.count += 1
         if self.count > MAX_NODES:
-            raise _TooLarge(node, f"more than {MAX_NODES} nodes after expanding aliases")
+            raise _BadNode(node, f"more than {MAX_NODES} nodes after expanding aliases")
         if depth > MAX_DEPTH:
-            raise _TooLarge(node, f"nested deeper than {MAX_DEPTH} levels")
+            raise _BadNode(node, f"nested deeper than {MAX_DEPTH} levels")
         self.doc.marks[path] = _mark(node)
         if isinstance(node, yaml.MappingNode):
             if node.tag != "tag:yaml.org,2002:map":
@@ -152,10 +152,6 @@ class _BadNode(Exception):
         super().__init__(message)
         self.node = node
         self.message = message
-
-
-class _TooLarge(_BadNode):
-    pass
 
 
 def _mark(node: yaml.Node) -> tuple[int, int]:

@@ -65,9 +65,6 @@ class Catalogue:
     def kind_of(self, name: str) -> str:
         return self._entry(name)[0]
 
-    def spec_file(self, name: str) -> str:
-        return self._entry(name)[1]
-
     def module(self, name: str) -> ModuleType:
         self._entry(name)
         return importlib.import_module(f"{self.package}.{name}")
