@@ -750,12 +750,9 @@ def run(
     spec = CHECKS[check]
     if device == "cuda" and spec.on_devices and not torch.cuda.is_available():
         raise CheckSkipped("no CUDA device available")
-    if check == "parity":
-        chosen = next(c for c in _dtypes(subject) if c.name == case)
-    else:
-        chosen = next((c for c in spec.cases(subject) if c.name == case), None)
-        if chosen is None:
-            raise KeyError(f"check {check!r} has no case {case!r} for {subject.spec.name}")
+    chosen = next((c for c in spec.cases(subject) if c.name == case), None)
+    if chosen is None:
+        raise KeyError(f"check {check!r} has no case {case!r} for {subject.spec.name}")
     seed = seed_of(f"{subject.spec.name}-{check}-{case}") if seed is None else seed
     # Inputs and parameters come from explicit generators; the global RNGs only feed dropout.
     # Not torch.manual_seed: without CUDA initialised it queues lazy seeds for every accelerator

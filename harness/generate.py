@@ -148,7 +148,7 @@ def is_generated(path: Path) -> bool:
 
 
 def generate(
-    specs_dir: Path | str = SPECS_DIR,
+    specs_dir: Path | str | Sequence[Path | str] = SPECS_DIR,
     out_dir: Path | str = GENERATED_DIR,
     *,
     check: bool = False,
@@ -157,14 +157,17 @@ def generate(
 ) -> Result:
     """Validate, render, format and write; with ``check``, write nothing and report what would change.
 
+    ``specs_dir`` may be several directories (a sweep's); the schema goes to the first.
     Raises ``harness.load.SpecError`` (listing every problem) before touching the disk.
     """
-    specs_dir, out_dir = Path(specs_dir), Path(out_dir)
-    variants = load_specs(specs_dir)
-    sources = format_sources(render(variants, specs_dir.name, out_dir.name, templates_dir))
+    dirs = [Path(specs_dir)] if isinstance(specs_dir, str | Path) else [Path(d) for d in specs_dir]
+    out_dir = Path(out_dir)
+    variants = load_specs(*dirs)
+    label = "+".join(d.name for d in dirs)
+    sources = format_sources(render(variants, label, out_dir.name, templates_dir))
     wanted = {out_dir / name: text for name, text in sources.items()}
     if write_schema:
-        wanted[specs_dir / "schema.json"] = schema_text()
+        wanted[dirs[0] / "schema.json"] = schema_text()
     result = Result()
     for path in sorted(wanted):
         if _read(path) == wanted[path]:

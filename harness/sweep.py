@@ -20,8 +20,8 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from .generate import ROOT, format_sources, render, write_atomic
-from .load import display_path, load_specs
+from .generate import ROOT, generate
+from .load import display_path
 
 PACKAGE = "sweep_catalogue"
 
@@ -44,17 +44,8 @@ class Outcome:
 
 def build_catalogue(specs_dirs: list[Path], out: Path) -> Path:
     """Generate every variant of ``specs_dirs`` into ``out/sweep_catalogue``; returns the package dir."""
-    variants = load_specs(*specs_dirs)
     package = out / PACKAGE
-    label = "+".join(d.name for d in specs_dirs)
-    sources = format_sources(render(variants, label, PACKAGE))
-    wanted = {package / name for name in sources}
-    if package.is_dir():
-        for stale in package.glob("*.py"):
-            if stale not in wanted:
-                stale.unlink()
-    for name, text in sources.items():
-        write_atomic(package / name, text)
+    generate(specs_dirs, package, write_schema=False)
     return package
 
 
