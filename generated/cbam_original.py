@@ -26,6 +26,19 @@ SPEC = {
 }
 
 
+def _mean(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    """Mean over ``dims``, kept, as sum / count: the backward then scales the small pooled gradient,
+    not a full-size expanded one. float16 and bfloat16 are summed in float32 and divided before
+    rounding back, so the result never overflows where the mean does not.
+    """
+    count = 1
+    for d in dims:
+        count *= x.shape[d]
+    if x.dtype in (torch.float16, torch.bfloat16):
+        return (x.sum(dims, keepdim=True, dtype=torch.float32) / count).to(x.dtype)
+    return x.sum(dims, keepdim=True) / count
+
+
 def _max_pool(x: torch.Tensor, dim: int) -> torch.Tensor:
     """Max over ``dim``, kept: amax when no gradient flows through ``x`` (values only, the fastest),
     max(...).values when one does (its backward scatters through indices: several times faster
@@ -74,13 +87,8 @@ class CbamOriginalChannel(nn.Module):
                 f"CbamOriginalChannel: expected input of shape (B, {self.channels}, H, W), got {tuple(x.shape)}"
             )
         # Both pooled vectors through the shared MLP in one batched call, then summed.
-        pooled = torch.cat(
-            [
-                x.sum((2, 3), keepdim=True) / x.shape[2:].numel(),
-                _max_pool(x.flatten(2), 2)[..., None],
-            ]
-        )
-        s_avg, s_max = self.fc2(self.act(self.fc1(pooled))).chunk(2)
+        pooled = torch.cat([_mean(x, (2, 3)), _max_pool(x.flatten(2), 2)[..., None]])
+        s_avg, s_max = self.fc2(self.act(self.fc1(pooled))).unflatten(0, (2, -1))
         s = s_avg + s_max
         return x * torch.sigmoid(s)
 
@@ -117,7 +125,7 @@ class CbamOriginalSpatial(nn.Module):
             raise ValueError(
                 f"CbamOriginalSpatial: expected input of shape (B, {self.channels}, H, W), got {tuple(x.shape)}"
             )
-        s = self.conv(torch.cat([_max_pool(x, 1), x.sum(1, keepdim=True) / self.channels], dim=1))
+        s = self.conv(torch.cat([_max_pool(x, 1), _mean(x, (1,))], dim=1))
         return x * torch.sigmoid(s)
 
 

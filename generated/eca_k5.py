@@ -18,6 +18,19 @@ SPEC = {
 }
 
 
+def _mean(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    """Mean over ``dims``, kept, as sum / count: the backward then scales the small pooled gradient,
+    not a full-size expanded one. float16 and bfloat16 are summed in float32 and divided before
+    rounding back, so the result never overflows where the mean does not.
+    """
+    count = 1
+    for d in dims:
+        count *= x.shape[d]
+    if x.dtype in (torch.float16, torch.bfloat16):
+        return (x.sum(dims, keepdim=True, dtype=torch.float32) / count).to(x.dtype)
+    return x.sum(dims, keepdim=True) / count
+
+
 class EcaK5(nn.Module):
     """ECA: efficient channel attention (Wang et al., 2020).
 
@@ -62,7 +75,7 @@ class EcaK5(nn.Module):
             raise ValueError(
                 f"EcaK5: expected input of shape (B, {self.channels}, H, W), got {tuple(x.shape)}"
             )
-        pooled = x.sum((2, 3), keepdim=True) / x.shape[2:].numel()
+        pooled = _mean(x, (2, 3))
         # The 1D conv runs across the channel axis of the pooled vector: (B, 1, C) -> (B, 1, C).
         s = self.conv(pooled.view(x.shape[0], 1, self.channels)).view_as(pooled)
         return x * torch.sigmoid(s)

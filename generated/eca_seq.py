@@ -20,6 +20,19 @@ SPEC = {
 }
 
 
+def _mean(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    """Mean over ``dims``, kept, as sum / count: the backward then scales the small pooled gradient,
+    not a full-size expanded one. float16 and bfloat16 are summed in float32 and divided before
+    rounding back, so the result never overflows where the mean does not.
+    """
+    count = 1
+    for d in dims:
+        count *= x.shape[d]
+    if x.dtype in (torch.float16, torch.bfloat16):
+        return (x.sum(dims, keepdim=True, dtype=torch.float32) / count).to(x.dtype)
+    return x.sum(dims, keepdim=True) / count
+
+
 class EcaSeq(nn.Module):
     """ECA: efficient channel attention (Wang et al., 2020).
 
@@ -66,7 +79,7 @@ class EcaSeq(nn.Module):
             raise ValueError(
                 f"EcaSeq: expected input of shape (B, {self.channels}, L), got {tuple(x.shape)}"
             )
-        pooled = x.sum(2, keepdim=True) / x.shape[2]
+        pooled = _mean(x, (2,))
         # The 1D conv runs across the channel axis of the pooled vector: (B, 1, C) -> (B, 1, C).
         s = self.conv(pooled.view(x.shape[0], 1, self.channels)).view_as(pooled)
         return x * torch.sigmoid(s)

@@ -184,7 +184,7 @@ class MhaWeightsPerHead(nn.Module):
         v = self.v_proj(value).view(b, lk, 2, self.value_head_dim).transpose(1, 2)
         mask = self._mask(key_padding_mask, attn_mask, b, lq, lk, q)
         # The weights are returned, so attention is computed explicitly here rather than fused.
-        # Key/value head g serves query heads 2g .. 2g + 1.
+        # Key/value head g serves the 2 query heads 2g, 2g + 1, ...
         k = k.repeat_interleave(2, dim=1)
         v = v.repeat_interleave(2, dim=1)
         scores = q @ k.transpose(-2, -1) * self.head_dim**-0.5

@@ -22,6 +22,19 @@ SPEC = {
 }
 
 
+def _mean(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    """Mean over ``dims``, kept, as sum / count: the backward then scales the small pooled gradient,
+    not a full-size expanded one. float16 and bfloat16 are summed in float32 and divided before
+    rounding back, so the result never overflows where the mean does not.
+    """
+    count = 1
+    for d in dims:
+        count *= x.shape[d]
+    if x.dtype in (torch.float16, torch.bfloat16):
+        return (x.sum(dims, keepdim=True, dtype=torch.float32) / count).to(x.dtype)
+    return x.sum(dims, keepdim=True) / count
+
+
 class SeResnet(nn.Module):
     """Squeeze-and-excitation channel attention (Hu et al., 2018).
 
@@ -61,6 +74,6 @@ class SeResnet(nn.Module):
             raise ValueError(
                 f"SeResnet: expected input of shape (B, {self.channels}, H, W), got {tuple(x.shape)}"
             )
-        pooled = x.sum((2, 3), keepdim=True) / x.shape[2:].numel()
+        pooled = _mean(x, (2, 3))
         s = self.fc2(self.act(self.fc1(pooled)))
         return x * torch.sigmoid(s)

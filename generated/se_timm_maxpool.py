@@ -22,6 +22,19 @@ SPEC = {
 }
 
 
+def _mean(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    """Mean over ``dims``, kept, as sum / count: the backward then scales the small pooled gradient,
+    not a full-size expanded one. float16 and bfloat16 are summed in float32 and divided before
+    rounding back, so the result never overflows where the mean does not.
+    """
+    count = 1
+    for d in dims:
+        count *= x.shape[d]
+    if x.dtype in (torch.float16, torch.bfloat16):
+        return (x.sum(dims, keepdim=True, dtype=torch.float32) / count).to(x.dtype)
+    return x.sum(dims, keepdim=True) / count
+
+
 def _max_pool(x: torch.Tensor, dim: int) -> torch.Tensor:
     """Max over ``dim``, kept: amax when no gradient flows through ``x`` (values only, the fastest),
     max(...).values when one does (its backward scatters through indices: several times faster
@@ -71,9 +84,6 @@ class SeTimmMaxpool(nn.Module):
             raise ValueError(
                 f"SeTimmMaxpool: expected input of shape (B, {self.channels}, H, W), got {tuple(x.shape)}"
             )
-        pooled = 0.5 * (
-            x.sum((2, 3), keepdim=True) / x.shape[2:].numel()
-            + _max_pool(x.flatten(2), 2)[..., None]
-        )
+        pooled = 0.5 * (_mean(x, (2, 3)) + _max_pool(x.flatten(2), 2)[..., None])
         s = self.fc2(self.act(self.fc1(pooled)))
         return x * torch.sigmoid(s)

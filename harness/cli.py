@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from .load import SpecError, display_path
-from .spec import KINDS
+from .spec import KIND_NAMES
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -95,7 +95,7 @@ def parser() -> argparse.ArgumentParser:
     g.set_defaults(func=_generate)
     ls = sub.add_parser("list", help="list the variants, one a line: name, kind, spec file")
     ls.add_argument("--specs", type=Path, default=SPECS_DIR)
-    ls.add_argument("--kind", choices=KINDS)
+    ls.add_argument("--kind", choices=KIND_NAMES)
     ls.set_defaults(func=_list)
     sw = sub.add_parser(
         "sweep", help="generate specs into a scratch catalogue and run every check on it"

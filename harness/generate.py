@@ -68,8 +68,9 @@ def render(
     index = []
     for variant in sorted(variants, key=lambda v: v.name):
         spec_path = variant.source
-        ctx = context(variant, spec_path)
-        sources[f"{variant.name}.py"] = env.get_template(f"{variant.spec.kind}.py.j2").render(ctx)
+        ctx = context(variant.spec, spec_path)
+        template = env.get_template(f"{variant.spec.kind}.py.j2")
+        sources[f"{variant.name}.py"] = template.render(ctx.fields())
         index.append(
             {
                 "name": variant.name,

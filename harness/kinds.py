@@ -1,29 +1,65 @@
-"""The kinds database, after PyTorch's ModuleInfo: per kind, how to build a module's constructor
-arguments and inputs, and what its independent reference is. Every check runs over every kind through
-this table, so a new spec gets full coverage with no new test code.
+"""The kind database, after PyTorch's ``module_db``: one record per kind, the only place that knows it.
+
+A record says how to build a variant's constructor arguments and inputs (``cases``, ``tiny``,
+``inputs``), what the output shape is, which parameters the spec implies, what the independent
+reference is (``harness.references``), which anchors it is compared with (``harness.anchors``),
+which bad inputs must raise which ``ValueError`` (``error_inputs``, ModuleInfo's
+``module_error_inputs_func``), which dims may vary under ``torch.export``, and its traits (gated,
+attention: how keys are masked and where the sequence dims are, causality, dropout, weights, what
+``torch.autocast`` does to its output dtype). ``harness.checks`` reads these and never branches on a
+kind's name, so a new kind is one record here plus its spec model, context builder, template and
+reference.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar, Generic, TypeVar
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from . import references
+from . import anchors, references
+from .anchors import Anchor
+from .spec import (
+    AnySpec,
+    AttentionOptions,
+    CbamSpec,
+    ChannelOptions,
+    ChannelSpec,
+    EcaSpec,
+    MhaSpec,
+    SdpaSpec,
+    SpatialOptions,
+    SpatialSpec,
+)
 
-MASKS = ("attn_bool", "attn_float", "attn_bool_4d", "attn_float_4d", "kpm_bool", "kpm_float")
+S = TypeVar("S", bound=AnySpec)
+
+ALL_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 
 
 @dataclass(frozen=True)
 class Case:
-    """One way to build and call a module: constructor args, input shapes, which masks to pass."""
+    """One way to build and call a module: constructor args, input shapes, which masks to pass.
+
+    ``magnitudes``: the scale each positional input is drawn at (default 1). Realistic activations
+    are tens to hundreds, and half-precision overflows show there and nowhere else.
+    """
 
     name: str
     ctor: tuple[int, ...]
     shapes: tuple[tuple[int, ...], ...]
     masks: tuple[str, ...] = ()
+    magnitudes: tuple[float, ...] = ()
+
+    @property
+    def realistic(self) -> bool:
+        return any(m != 1.0 for m in self.magnitudes)
+
+    def magnitude(self, i: int) -> float:
+        return self.magnitudes[i] if i < len(self.magnitudes) else 1.0
 
 
 @dataclass
@@ -31,46 +67,143 @@ class Inputs:
     args: list[Tensor]
     kwargs: dict[str, Tensor] = field(default_factory=dict)
 
-    def map(self, fn: Any) -> Inputs:
+    def map(self, fn: Callable[[Tensor], Tensor]) -> Inputs:
         return Inputs([fn(a) for a in self.args], {k: fn(v) for k, v in self.kwargs.items()})
+
+
+@dataclass(frozen=True)
+class ErrorInput:
+    """A bad construction or call that must raise ``ValueError`` matching ``match`` (a regex).
+
+    ``call(factory, device)`` performs it; ``{cls}`` in ``match`` stands for the class name.
+    """
+
+    name: str
+    call: Callable[[Callable[..., nn.Module], str], object]
+    match: str
 
 
 def _randn(shape: tuple[int, ...], dtype: torch.dtype, device: str, gen: torch.Generator) -> Tensor:
     return torch.randn(shape, generator=gen, dtype=torch.float64).to(device=device, dtype=dtype)
 
 
-class Kind:
-    """What every kind tells the checks."""
+def output(result: Tensor | tuple[Tensor, ...]) -> Tensor:
+    """A module's output tensor: modules that return weights return (output, weights)."""
+    return result[0] if isinstance(result, tuple) else result
 
-    name: str
-    attention = False  # attention checks (permutation, masks) apply
-    gated = False  # the output is x * gate with gate in [0, 1]
-    factory_kwargs = True  # the constructor takes device= and dtype=
 
-    def cases(self, spec: Any) -> list[Case]:
+class Kind(Generic[S]):
+    """A kind's record. Subclasses fill in what their kind knows; the defaults say 'not this kind'."""
+
+    name: ClassVar[str]
+    dtypes: ClassVar[tuple[torch.dtype, ...]] = ALL_DTYPES
+    factory_kwargs: ClassVar[bool] = True  # the constructor takes device= and dtype=
+    gated: ClassVar[bool] = False  # the output is x * gate with gate in [0, 1]
+    channels_last: ClassVar[bool] = False  # an image kind: channels_last inputs must not matter
+    # Under torch.autocast: True, the output keeps the input's dtype (the last op multiplies x by a
+    # gate, which autocast leaves alone, as timm's blocks do); False, it is the autocast dtype (the
+    # last op is a projection or SDPA, as with nn.Linear and nn.MultiheadAttention).
+    autocast_keeps_dtype: ClassVar[bool] = True
+    attention: ClassVar[bool] = False  # queries attend over keys: the attention properties apply
+
+    def cases(self, spec: S) -> list[Case]:
         raise NotImplementedError
 
-    def tiny(self, spec: Any) -> Case:
+    def tiny(self, spec: S) -> Case:
         """A case small enough for ``torch.autograd.gradcheck``."""
         raise NotImplementedError
 
     def inputs(
-        self, spec: Any, case: Case, dtype: torch.dtype, device: str, gen: torch.Generator
+        self, spec: S, case: Case, dtype: torch.dtype, device: str, gen: torch.Generator
     ) -> Inputs:
-        return Inputs([_randn(s, dtype, device, gen) for s in case.shapes])
+        return Inputs(
+            [_randn(s, dtype, device, gen) * case.magnitude(i) for i, s in enumerate(case.shapes)]
+        )
 
-    def out_shape(self, spec: Any, case: Case) -> tuple[int, ...]:
+    def out_shape(self, spec: S, case: Case) -> tuple[int, ...]:
         return case.shapes[0]
 
-    def reference(self, spec: Any, params: dict[str, Tensor], inputs: Inputs) -> Tensor:
+    def reference(
+        self, spec: S, params: references.Params, inputs: Inputs, *, training: bool = False
+    ) -> Tensor:
+        """The independent reference; ``training`` selects the training-mode function (kinds whose
+        modes differ deterministically, such as batch norm, use it)."""
         raise NotImplementedError
 
-    def param_shapes(self, spec: Any, case: Case) -> dict[str, tuple[int, ...]]:
+    def param_shapes(self, spec: S, case: Case) -> dict[str, tuple[int, ...]]:
         """Every parameter's name and shape, from the spec alone (the layout users rely on)."""
         raise NotImplementedError
 
+    def error_inputs(self, spec: S) -> list[ErrorInput]:
+        return []
 
-def _channel_shapes(opts: Any, c: int, dims: int, prefix: str = "") -> dict[str, tuple[int, ...]]:
+    def anchors(self, spec: S) -> list[Anchor]:
+        return []
+
+    def dynamic_dims(self, spec: S, case: Case) -> list[dict[int, str]]:
+        """Per positional input, the dims that may vary under ``torch.export`` and their names."""
+        raise NotImplementedError
+
+    def smooth(self, spec: S) -> bool:
+        """No max or other kink: low-precision gradients can be judged against float64 (a max's
+        gradient jumps to another element when rounding flips the winner)."""
+        return True
+
+    # Attention traits.
+    def causal(self, spec: S) -> str | None:
+        """The causal alignment (top_left, bottom_right), or None where attention is not causal."""
+        return None
+
+    def dropout(self, spec: S) -> float:
+        return 0.0
+
+    def permutation_invariant(self, spec: S) -> bool:
+        """Permuting keys and values together leaves the output unchanged."""
+        return False
+
+    def seq_dims(self, spec: S, inputs: Inputs) -> tuple[int, int]:
+        """The query and key sequence dims of the positional inputs."""
+        raise NotImplementedError
+
+    def mask_keys(self, spec: S, inputs: Inputs, masked: Tensor, fill: str) -> Inputs:
+        """``inputs`` with the keys where ``masked`` (Lk,) is True masked, by a bool or -inf float mask."""
+        raise NotImplementedError
+
+    def masked_row_output(self, spec: S, module: nn.Module, out: Tensor) -> Tensor:
+        """What a query row with every key masked returns."""
+        raise NotImplementedError
+
+    def returns_weights(self, spec: S) -> bool:
+        """The module returns (output, attention weights)."""
+        return False
+
+    def reference_weights(
+        self, spec: S, params: references.Params, inputs: Inputs
+    ) -> Tensor | None:
+        """The attention weights the module returns, or None where it returns none."""
+        return None
+
+
+# --- image kinds (channel, spatial, cbam, eca) ------------------------------------------------------
+
+# The first case has 32 channels, so a reduction of 16 leaves two hidden units (with one, a dead
+# ReLU would hide the MLP from every check for half of all seeds).
+_SIZES = {
+    1: [(2, 32, 7), (1, 16, 1), (3, 24, 9), (1, 8, 5)],
+    2: [(2, 32, 7, 5), (1, 16, 1, 1), (3, 24, 4, 9), (1, 8, 2, 3)],
+    3: [(2, 32, 3, 4, 5), (1, 16, 1, 1, 1), (1, 24, 2, 3, 2), (1, 8, 3, 1, 2)],
+}
+# Realistic activations: |x| with mean ~100 (post-ReLU maps are positive) over 784 positions and 768
+# channels, so a float16 sum over either axis exceeds 65504 while the mean does not.
+_ACTIVATION = {1: (2, 768, 784), 2: (2, 768, 28, 28), 3: (1, 768, 7, 8, 14)}
+_ACTIVATION_MAGNITUDE = 125.0
+_TINY = {1: (2, 4, 3), 2: (2, 4, 3, 2), 3: (1, 4, 2, 3, 2)}
+_SPATIAL_NAMES = {1: "L", 2: "H, W", 3: "D, H, W"}
+
+
+def _channel_shapes(
+    opts: ChannelOptions, c: int, dims: int, prefix: str = ""
+) -> dict[str, tuple[int, ...]]:
     rd, ones = references.reduced_channels(c, opts), (1,) * dims
     shapes = {f"{prefix}fc1.weight": (rd, c, *ones), f"{prefix}fc2.weight": (c, rd, *ones)}
     if opts.bias:
@@ -78,84 +211,135 @@ def _channel_shapes(opts: Any, c: int, dims: int, prefix: str = "") -> dict[str,
     return shapes
 
 
-def _spatial_shapes(opts: Any, dims: int, prefix: str = "") -> dict[str, tuple[int, ...]]:
+def _spatial_shapes(opts: SpatialOptions, dims: int, prefix: str = "") -> dict[str, tuple[int, ...]]:
     shapes = {f"{prefix}conv.weight": (1, len(opts.pooling), *(opts.kernel_size,) * dims)}
     return shapes | ({f"{prefix}conv.bias": (1,)} if opts.bias else {})
 
 
-_SIZES = {
-    1: [(2, 16, 7), (1, 16, 1), (3, 24, 9), (1, 8, 5)],
-    2: [(2, 16, 7, 5), (1, 16, 1, 1), (3, 24, 4, 9), (1, 8, 2, 3)],
-    3: [(2, 16, 3, 4, 5), (1, 16, 1, 1, 1), (1, 24, 2, 3, 2), (1, 8, 3, 1, 2)],
-}
-_TINY = {1: (2, 4, 3), 2: (2, 4, 3, 2), 3: (1, 4, 2, 3, 2)}
+def _shape_name(s: tuple[int, ...]) -> str:
+    return f"b{s[0]}_c{s[1]}_{'x'.join(map(str, s[2:]))}"
 
 
-def output(result: Any) -> Tensor:
-    """A module's output tensor: modules that return weights return (output, weights)."""
-    return result[0] if isinstance(result, tuple) else result
-
-
-class _Image(Kind):
+class _Image(Kind[S]):
     gated = True
+    channels_last = True
 
-    def cases(self, spec: Any) -> list[Case]:
+    def cases(self, spec: S) -> list[Case]:
+        act = _ACTIVATION[spec.dims]  # type: ignore[union-attr]
         return [
-            Case(f"b{s[0]}_c{s[1]}_{'x'.join(map(str, s[2:]))}", (s[1],), (s,))
-            for s in _SIZES[spec.dims]
+            *(Case(_shape_name(s), (s[1],), (s,)) for s in _SIZES[spec.dims]),  # type: ignore[union-attr]
+            Case("act_" + _shape_name(act), (act[1],), (act,), magnitudes=(_ACTIVATION_MAGNITUDE,)),
         ]
 
-    def tiny(self, spec: Any) -> Case:
-        s = _TINY[spec.dims]
+    def tiny(self, spec: S) -> Case:
+        s = _TINY[spec.dims]  # type: ignore[union-attr]
         return Case("tiny", (s[1],), (s,))
 
+    def inputs(
+        self, spec: S, case: Case, dtype: torch.dtype, device: str, gen: torch.Generator
+    ) -> Inputs:
+        shape = case.shapes[0]
+        if case.realistic:  # post-activation maps are positive: |N(0, 1)| at the case's magnitude
+            return Inputs([_randn(shape, dtype, device, gen).abs() * case.magnitude(0)])
+        # Feature maps whose channels have means of their own (as real ones do): pooled vectors are
+        # then O(1) and differ between samples, instead of the near-zero mean of white noise, which
+        # leaves a reduced MLP's ReLU dead and the batch invisible to the gate.
+        offsets = torch.randn((*shape[:2], *[1] * (len(shape) - 2)), generator=gen, dtype=torch.float64)
+        x = torch.randn(shape, generator=gen, dtype=torch.float64) + offsets
+        return Inputs([x.to(device=device, dtype=dtype)])
 
-class Channel(_Image):
+    def dynamic_dims(self, spec: S, case: Case) -> list[dict[int, str]]:
+        return [{0: "batch", **{2 + i: f"d{i}" for i in range(spec.dims)}}]  # type: ignore[union-attr]
+
+    def error_inputs(self, spec: S) -> list[ErrorInput]:
+        dims = spec.dims  # type: ignore[union-attr]
+        names = _SPATIAL_NAMES[dims]
+        rank = (2, 8, *[5] * (dims + 1))
+        width = (2, 6, *[5] * dims)
+        expected = rf"\(B, 8, {names}\)"
+        return [
+            ErrorInput(
+                "wrong_rank",
+                lambda f, d: f(8, device=d)(torch.randn(rank, device=d)),
+                rf"^{{cls}}: expected input of shape {expected}, got \({', '.join(map(str, rank))}\)$",
+            ),
+            ErrorInput(
+                "wrong_channels",
+                lambda f, d: f(8, device=d)(torch.randn(width, device=d)),
+                rf"^{{cls}}: expected input of shape {expected}, got \({', '.join(map(str, width))}\)$",
+            ),
+            ErrorInput(
+                "zero_channels", lambda f, d: f(0, device=d), r"^{cls}: channels must be >= 1, got 0$"
+            ),
+        ]
+
+
+class Channel(_Image[ChannelSpec]):
     name = "channel"
 
-    def param_shapes(self, spec: Any, case: Case) -> dict[str, tuple[int, ...]]:
+    def smooth(self, spec: ChannelSpec) -> bool:
+        return "max" not in spec.pooling
+
+    def param_shapes(self, spec: ChannelSpec, case: Case) -> dict[str, tuple[int, ...]]:
         return _channel_shapes(spec, case.ctor[0], spec.dims)
 
-    def reference(self, spec: Any, params: dict[str, Tensor], inputs: Inputs) -> Tensor:
+    def reference(
+        self, spec: ChannelSpec, params: references.Params, inputs: Inputs, *, training: bool = False
+    ) -> Tensor:
         return references.channel_attention(inputs.args[0], params, spec)
 
 
-class Spatial(_Image):
+class Spatial(_Image[SpatialSpec]):
     name = "spatial"
 
-    def param_shapes(self, spec: Any, case: Case) -> dict[str, tuple[int, ...]]:
+    def smooth(self, spec: SpatialSpec) -> bool:
+        return "max" not in spec.pooling
+
+    def param_shapes(self, spec: SpatialSpec, case: Case) -> dict[str, tuple[int, ...]]:
         return _spatial_shapes(spec, spec.dims)
 
-    def reference(self, spec: Any, params: dict[str, Tensor], inputs: Inputs) -> Tensor:
+    def reference(
+        self, spec: SpatialSpec, params: references.Params, inputs: Inputs, *, training: bool = False
+    ) -> Tensor:
         return references.spatial_attention(inputs.args[0], params, spec)
 
 
-class Cbam(_Image):
+class Cbam(_Image[CbamSpec]):
     name = "cbam"
 
-    def param_shapes(self, spec: Any, case: Case) -> dict[str, tuple[int, ...]]:
+    def smooth(self, spec: CbamSpec) -> bool:
+        return "max" not in spec.channel.pooling and "max" not in spec.spatial.pooling
+
+    def param_shapes(self, spec: CbamSpec, case: Case) -> dict[str, tuple[int, ...]]:
         return _channel_shapes(spec.channel, case.ctor[0], spec.dims, "channel.") | _spatial_shapes(
             spec.spatial, spec.dims, "spatial."
         )
 
-    def reference(self, spec: Any, params: dict[str, Tensor], inputs: Inputs) -> Tensor:
+    def reference(
+        self, spec: CbamSpec, params: references.Params, inputs: Inputs, *, training: bool = False
+    ) -> Tensor:
         return references.cbam(inputs.args[0], params, spec)
 
 
-class Eca(_Image):
+class Eca(_Image[EcaSpec]):
     name = "eca"
 
-    def cases(self, spec: Any) -> list[Case]:
+    def cases(self, spec: EcaSpec) -> list[Case]:
         # C = 512 makes the adaptive kernel 5 (log2 512 = 9); the smaller channel counts give 3.
         sizes = [1, 2, 1][: spec.dims]
         big = Case(f"b2_c512_{'x'.join(map(str, sizes))}", (512,), ((2, 512, *sizes),))
         return [*super().cases(spec), big]
 
-    def reference(self, spec: Any, params: dict[str, Tensor], inputs: Inputs) -> Tensor:
+    def reference(
+        self, spec: EcaSpec, params: references.Params, inputs: Inputs, *, training: bool = False
+    ) -> Tensor:
         return references.eca(inputs.args[0], params, spec)
 
-    def param_shapes(self, spec: Any, case: Case) -> dict[str, tuple[int, ...]]:
+    def param_shapes(self, spec: EcaSpec, case: Case) -> dict[str, tuple[int, ...]]:
         return {"conv.weight": (1, 1, references.eca_kernel_size(case.ctor[0], spec))}
+
+
+# --- attention kinds (sdpa, mha) ---------------------------------------------------------------------
 
 
 def _bool_mask(shape: tuple[int, ...], device: str, gen: torch.Generator) -> Tensor:
@@ -165,30 +349,65 @@ def _bool_mask(shape: tuple[int, ...], device: str, gen: torch.Generator) -> Ten
     return mask.to(device)
 
 
-class Sdpa(Kind):
-    name = "sdpa"
+def _float_key_mask(allowed: Tensor, like: Tensor) -> Tensor:
+    return torch.zeros(allowed.shape, dtype=like.dtype, device=like.device).masked_fill(
+        ~allowed, float("-inf")
+    )
+
+
+# Realistic attention inputs: values (and hidden states on the value path) in the tens, queries
+# and keys at the scale that gives the logits of a trained model (|q k^T| * scale ~ 10). Tens on
+# the query/key path would give logits in the hundreds: a saturated softmax whose rounding flips
+# which key wins, which no precision judges fairly.
+_VALUE_MAGNITUDE = 30.0
+_QK_MAGNITUDE = 3.0
+_ATTENTION_MAGNITUDES = (_QK_MAGNITUDE, _QK_MAGNITUDE, _VALUE_MAGNITUDE)
+
+
+class _Attention(Kind[S]):
     attention = True
+    autocast_keeps_dtype = False
+
+    def causal(self, spec: S) -> str | None:
+        assert isinstance(spec, AttentionOptions)
+        return spec.causal_alignment if spec.causal else None
+
+    def dropout(self, spec: S) -> float:
+        assert isinstance(spec, AttentionOptions)
+        return spec.dropout
+
+    def permutation_invariant(self, spec: S) -> bool:
+        return self.causal(spec) is None
+
+
+class Sdpa(_Attention[SdpaSpec]):
+    name = "sdpa"
     factory_kwargs = False
 
-    def param_shapes(self, spec: Any, case: Case) -> dict[str, tuple[int, ...]]:
+    def param_shapes(self, spec: SdpaSpec, case: Case) -> dict[str, tuple[int, ...]]:
         return {}
 
-    def cases(self, spec: Any) -> list[Case]:
+    def cases(self, spec: SdpaSpec) -> list[Case]:
+        qkv = ((2, 3, 4, 8), (2, 3, 6, 8), (2, 3, 6, 5))
         return [
-            Case("b2h3_q4_k6", (), ((2, 3, 4, 8), (2, 3, 6, 8), (2, 3, 6, 5))),
+            Case("b2h3_q4_k6", (), qkv),
             Case("q1_k1", (), ((1, 1, 1, 4), (1, 1, 1, 4), (1, 1, 1, 3))),
             Case("b4_q5_k5", (), ((4, 5, 8), (4, 5, 8), (4, 5, 8))),
-            Case("mask_bool", (), ((2, 3, 4, 8), (2, 3, 6, 8), (2, 3, 6, 5)), ("attn_bool",)),
+            Case("mask_bool", (), qkv, ("attn_bool",)),
+            Case("mask_float_4d", (), qkv, ("attn_float_4d",)),
             Case(
-                "mask_float_4d", (), ((2, 3, 4, 8), (2, 3, 6, 8), (2, 3, 6, 5)), ("attn_float_4d",)
+                "act_b2h4_q32_k48",
+                (),
+                ((2, 4, 32, 16), (2, 4, 48, 16), (2, 4, 48, 16)),
+                magnitudes=_ATTENTION_MAGNITUDES,
             ),
         ]
 
-    def tiny(self, spec: Any) -> Case:
+    def tiny(self, spec: SdpaSpec) -> Case:
         return Case("tiny", (), ((1, 2, 3, 4), (1, 2, 3, 4), (1, 2, 3, 2)))
 
     def inputs(
-        self, spec: Any, case: Case, dtype: torch.dtype, device: str, gen: torch.Generator
+        self, spec: SdpaSpec, case: Case, dtype: torch.dtype, device: str, gen: torch.Generator
     ) -> Inputs:
         inputs = super().inputs(spec, case, dtype, device, gen)
         q, k = case.shapes[0], case.shapes[1]
@@ -202,31 +421,82 @@ class Sdpa(Kind):
                 raise ValueError(f"sdpa cases take no {mask!r} mask")
         return inputs
 
-    def out_shape(self, spec: Any, case: Case) -> tuple[int, ...]:
+    def out_shape(self, spec: SdpaSpec, case: Case) -> tuple[int, ...]:
         return (*case.shapes[0][:-1], case.shapes[2][-1])
 
-    def reference(self, spec: Any, params: dict[str, Tensor], inputs: Inputs) -> Tensor:
+    def reference(
+        self, spec: SdpaSpec, params: references.Params, inputs: Inputs, *, training: bool = False
+    ) -> Tensor:
         mask = inputs.kwargs.get("attn_mask")
-        return references.attention(
+        out = references.attention(
             *inputs.args,
             [] if mask is None else [mask],
             scale=spec.scale,
             causal=spec.causal,
             alignment=spec.causal_alignment,
         )
+        assert isinstance(out, Tensor)
+        return out
+
+    def anchors(self, spec: SdpaSpec) -> list[Anchor]:
+        return [anchors.sdpa_anchor(spec)]
+
+    def dynamic_dims(self, spec: SdpaSpec, case: Case) -> list[dict[int, str]]:
+        n = len(case.shapes[0])
+        lead = {i: f"lead{i}" for i in range(n - 2)}
+        return [{**lead, n - 2: "lq"}, {**lead, n - 2: "lk"}, {**lead, n - 2: "lk"}]
+
+    def seq_dims(self, spec: SdpaSpec, inputs: Inputs) -> tuple[int, int]:
+        return inputs.args[0].ndim - 2, inputs.args[1].ndim - 2
+
+    def mask_keys(self, spec: SdpaSpec, inputs: Inputs, masked: Tensor, fill: str) -> Inputs:
+        q = inputs.args[0]
+        allowed = ~masked.expand(q.shape[-2], -1)
+        mask = allowed if fill == "bool" else _float_key_mask(allowed, q)
+        return Inputs(list(inputs.args), {"attn_mask": mask})
+
+    def masked_row_output(self, spec: SdpaSpec, module: nn.Module, out: Tensor) -> Tensor:
+        return torch.zeros_like(out)
+
+    def error_inputs(self, spec: SdpaSpec) -> list[ErrorInput]:
+        def call(q: tuple[int, ...], k: tuple[int, ...], v: tuple[int, ...], mask: Tensor | None = None) -> Callable[[Callable[..., nn.Module], str], object]:
+            return lambda f, d: f()(
+                torch.randn(q, device=d),
+                torch.randn(k, device=d),
+                torch.randn(v, device=d),
+                attn_mask=None if mask is None else mask.to(d),
+            )
+
+        qkv = r"^{cls}: expected q \(\.\.\., Lq, D\), k \(\.\.\., Lk, D\) and v \(\.\.\., Lk, Dv\) of one rank"
+        return [
+            ErrorInput("qk_widths", call((2, 4, 8), (2, 6, 7), (2, 6, 5)), qkv),
+            ErrorInput("kv_lengths", call((2, 4, 8), (2, 6, 8), (2, 5, 5)), qkv),
+            ErrorInput("ranks", call((2, 4, 8), (6, 8), (6, 5)), qkv),
+            ErrorInput("rank1", call((8,), (8,), (8,)), qkv),
+            ErrorInput(
+                "mask_shape",
+                call((2, 4, 8), (2, 6, 8), (2, 6, 5), torch.ones(4, 5, dtype=torch.bool)),
+                r"^{cls}: expected attn_mask broadcastable to \(\.\.\., 4, 6\), got \(4, 5\)",
+            ),
+            ErrorInput(
+                "mask_dtype",
+                call((2, 4, 8), (2, 6, 8), (2, 6, 5), torch.ones(4, 6, dtype=torch.int64)),
+                r"^{cls}: attn_mask must be bool or floating point, got torch.int64",
+            ),
+        ]
 
 
-class Mha(Kind):
+class Mha(_Attention[MhaSpec]):
     name = "mha"
-    attention = True
 
     @staticmethod
-    def embed_dim(spec: Any, per_head: int = 4) -> int:
+    def embed_dim(spec: MhaSpec, per_head: int = 4) -> int:
         return spec.heads * per_head if spec.head_dim is None else 12
 
-    def cases(self, spec: Any) -> list[Case]:
+    def cases(self, spec: MhaSpec) -> list[Case]:
         e = self.embed_dim(spec)
         self_attn = ((2, 5, e), (2, 5, e), (2, 5, e))
+        big = self.embed_dim(spec, per_head=16)
         return [
             Case("self_b2_l5", (e,), self_attn),
             Case(
@@ -245,21 +515,20 @@ class Mha(Kind):
                 ((2, 3, e), (2, 7, e + 3), (2, 7, e + 5)),
                 ("kpm_bool", "attn_bool_4d"),
             ),
+            Case(f"act_b2_l32_e{big}", (big,), ((2, 32, big),) * 3, magnitudes=_ATTENTION_MAGNITUDES),
         ]
 
-    def tiny(self, spec: Any) -> Case:
+    def tiny(self, spec: MhaSpec) -> Case:
         e = self.embed_dim(spec, per_head=2)
         return Case("tiny", (e, e + 1, e + 2, 3), ((1, 2, e), (1, 3, e + 1), (1, 3, e + 2)))
 
     def inputs(
-        self, spec: Any, case: Case, dtype: torch.dtype, device: str, gen: torch.Generator
+        self, spec: MhaSpec, case: Case, dtype: torch.dtype, device: str, gen: torch.Generator
     ) -> Inputs:
         inputs = super().inputs(spec, case, dtype, device, gen)
         b, lq, lk = case.shapes[0][0], case.shapes[0][1], case.shapes[1][1]
         for mask in case.masks:
-            if (
-                mask == "kpm_bool"
-            ):  # True = padding: pad the tail of every sequence but its first key
+            if mask == "kpm_bool":  # True = padding: pad the tail of every sequence but its first key
                 lengths = torch.randint(1, lk + 1, (b,), generator=gen)
                 inputs.kwargs["key_padding_mask"] = (
                     torch.arange(lk)[None, :] >= lengths[:, None]
@@ -276,14 +545,31 @@ class Mha(Kind):
                 raise ValueError(f"unknown mask {mask!r}")
         return inputs
 
-    def out_shape(self, spec: Any, case: Case) -> tuple[int, ...]:
+    def out_shape(self, spec: MhaSpec, case: Case) -> tuple[int, ...]:
         b, lq, e = case.shapes[0]
         return (b, lq, case.ctor[3] if len(case.ctor) > 3 else e)
 
-    def reference(self, spec: Any, params: dict[str, Tensor], inputs: Inputs) -> Tensor:
+    def reference(
+        self, spec: MhaSpec, params: references.Params, inputs: Inputs, *, training: bool = False
+    ) -> Tensor:
         return output(references.multi_head_attention(*inputs.args, params, spec, **inputs.kwargs))
 
-    def param_shapes(self, spec: Any, case: Case) -> dict[str, tuple[int, ...]]:
+    def returns_weights(self, spec: MhaSpec) -> bool:
+        return spec.return_weights != "none"
+
+    def reference_weights(
+        self, spec: MhaSpec, params: references.Params, inputs: Inputs
+    ) -> Tensor | None:
+        if spec.return_weights == "none":
+            return None
+        result = references.multi_head_attention(*inputs.args, params, spec, **inputs.kwargs)
+        assert isinstance(result, tuple)
+        return result[1]
+
+    def anchors(self, spec: MhaSpec) -> list[Anchor]:
+        return [anchors.mha_anchor(spec)] if spec.torch_compatible else []
+
+    def param_shapes(self, spec: MhaSpec, case: Case) -> dict[str, tuple[int, ...]]:
         e = case.ctor[0]
         kdim, vdim, out = (*case.ctor[1:], e, e, e)[:3]
         hd = spec.head_dim or e // spec.heads
@@ -309,8 +595,96 @@ class Mha(Kind):
                 shapes |= {"q_norm.bias": (hd,), "k_norm.bias": (hd,)}
         return shapes
 
-    def reference_weights(self, spec: Any, params: dict[str, Tensor], inputs: Inputs) -> Tensor:
-        return references.multi_head_attention(*inputs.args, params, spec, **inputs.kwargs)[1]
+    def dynamic_dims(self, spec: MhaSpec, case: Case) -> list[dict[int, str]]:
+        return [{0: "batch", 1: "lq"}, {0: "batch", 1: "lk"}, {0: "batch", 1: "lk"}]
+
+    def seq_dims(self, spec: MhaSpec, inputs: Inputs) -> tuple[int, int]:
+        return 1, 1
+
+    def mask_keys(self, spec: MhaSpec, inputs: Inputs, masked: Tensor, fill: str) -> Inputs:
+        q, k, _ = inputs.args
+        pad = masked.expand(k.shape[0], -1)
+        mask = pad if fill == "bool" else _float_key_mask(~pad, q)
+        return Inputs(list(inputs.args), {"key_padding_mask": mask})
+
+    def masked_row_output(self, spec: MhaSpec, module: nn.Module, out: Tensor) -> Tensor:
+        # zeros from attention, then the output projection
+        proj = module.out_proj
+        assert isinstance(proj, nn.Linear)
+        return proj(out.new_zeros(*out.shape[:-1], proj.in_features))
+
+    def error_inputs(self, spec: MhaSpec) -> list[ErrorInput]:
+        heads = spec.heads
+        e = heads * 2
+        shapes = ((2, 3, e), (2, 5, e + 1), (2, 5, e + 2))
+        widths = rf"^{{cls}}: expected query \(B, Lq, {e}\), key \(B, Lk, {e + 1}\) and value \(B, Lk, {e + 2}\), got "
+
+        def call(*picks: Callable[[list[Tensor]], Tensor], **kwargs: Tensor) -> Callable[[Callable[..., nn.Module], str], object]:
+            def run(f: Callable[..., nn.Module], d: str) -> object:
+                q, k, v = (torch.randn(s, device=d) for s in shapes)
+                args = [pick([q, k, v]) for pick in picks]
+                return f(e, e + 1, e + 2, device=d)(*args, **{n: m.to(d) for n, m in kwargs.items()})
+
+            return run
+
+        def q(t: list[Tensor]) -> Tensor:
+            return t[0]
+
+        def k(t: list[Tensor]) -> Tensor:
+            return t[1]
+
+        def v(t: list[Tensor]) -> Tensor:
+            return t[2]
+
+        errors = [
+            ErrorInput("key_width", call(q, v, v), widths),
+            ErrorInput("value_width", call(q, k, k), widths),
+            ErrorInput("unbatched", call(lambda t: t[0][0], lambda t: t[1][0], lambda t: t[2][0]), widths),
+            ErrorInput("kv_lengths", call(q, k, lambda t: t[2][:, :4]), widths),
+            ErrorInput("batch_sizes", call(lambda t: t[0][:1], k, v), widths),
+            ErrorInput(
+                "padding_shape",
+                call(q, k, v, key_padding_mask=torch.zeros(2, 4, dtype=torch.bool)),
+                r"^{cls}: expected key_padding_mask of shape \(2, 5\), got \(2, 4\)",
+            ),
+            ErrorInput(
+                "mask_shape",
+                call(q, k, v, attn_mask=torch.ones(2, 3, 5, dtype=torch.bool)),
+                rf"^{{cls}}: expected attn_mask of shape \(3, 5\) or \(B or 1, {heads} or 1, 3, 5\), got \(2, 3, 5\)",
+            ),
+            ErrorInput(
+                "padding_dtype",
+                call(q, k, v, key_padding_mask=torch.zeros(2, 5, dtype=torch.int32)),
+                r"^{cls}: key_padding_mask must be bool or floating point, got torch.int32",
+            ),
+        ]
+        if spec.head_dim is None:
+            errors.append(
+                ErrorInput(
+                    "indivisible_embed_dim",
+                    lambda f, d: f(e + 1, device=d),
+                    rf"^{{cls}}: embed_dim must be divisible by {heads} heads, got {e + 1}",
+                )
+            )
+        if spec.torch_compatible:
+            other = heads + 1
+            errors.append(
+                ErrorInput(
+                    "from_torch_config",
+                    lambda f, d: f.from_torch(  # type: ignore[attr-defined]
+                        nn.MultiheadAttention(2 * other, other, batch_first=True, device=d)
+                    ),
+                    rf"^{{cls}}.from_torch: expected num_heads={heads}, .*; got num_heads={other}, ",
+                )
+            )
+        return errors
 
 
-KINDS: dict[str, Kind] = {k.name: k for k in (Channel(), Spatial(), Cbam(), Eca(), Sdpa(), Mha())}
+#: kind name -> its record.
+KIND_DB: dict[str, Kind[Any]] = {
+    k.name: k for k in (Channel(), Spatial(), Cbam(), Eca(), Sdpa(), Mha())
+}
+
+
+def record(spec: AnySpec) -> Kind[Any]:
+    return KIND_DB[spec.kind]

@@ -318,9 +318,9 @@ def _message(error: dict[str, Any], kind: str, loc: tuple[str | int, ...]) -> st
     etype = error["type"]
     if etype == "union_tag_invalid":
         tag = str(error.get("ctx", {}).get("tag", ""))
-        return f"unknown kind {tag!r}{_close(tag, specs.KINDS)} (kinds: {', '.join(specs.KINDS)})"
+        return f"unknown kind {tag!r}{_close(tag, specs.KIND_NAMES)} (kinds: {', '.join(specs.KIND_NAMES)})"
     if etype == "union_tag_not_found":
-        return f"missing required field (one of: {', '.join(specs.KINDS)})"
+        return f"missing required field (one of: {', '.join(specs.KIND_NAMES)})"
     if etype == "extra_forbidden":
         allowed = _fields_at(kind, loc[:-1])
         return f"unknown field {loc[-1]!r}{_close(str(loc[-1]), allowed)}"

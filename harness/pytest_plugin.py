@@ -9,6 +9,8 @@ Options:
                            CUDA cases on a machine without CUDA are skipped with the reason
   --shard I/N              keep the tests whose stable id hash falls in shard I of N (1-based)
   --gradcheck fast|full    torch.autograd.gradcheck mode (default: fast)
+  --checks NAME[,NAME]     only these checks (default: every check of the plan; ``inductor`` is
+                           available on request)
   --catalogue DIR          the generated package to check (default: generated/, or $ATTNFORGE_CATALOGUE)
 """
 
@@ -48,6 +50,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--catalogue", default=None, help="generated package directory (default: generated/)"
     )
+    group.addoption(
+        "--checks",
+        default=None,
+        help="comma-separated checks to run (default: the whole plan; inductor on request)",
+    )
 
 
 def _shard(config: pytest.Config) -> tuple[int, int] | None:
@@ -63,8 +70,23 @@ def _shard(config: pytest.Config) -> tuple[int, int] | None:
     return i, n
 
 
+def _checks(config: pytest.Config) -> list[str] | None:
+    value = config.getoption("--checks")
+    if value is None:
+        return None
+    from harness.checks import CHECKS, EXTRA_CHECKS
+
+    names = [c.strip() for c in value.split(",") if c.strip()]
+    unknown = sorted(set(names) - set(CHECKS) - set(EXTRA_CHECKS))
+    if unknown or not names:
+        known = ", ".join([*CHECKS, *EXTRA_CHECKS])
+        raise pytest.UsageError(f"--checks takes names among {known}; got {value!r}")
+    return names
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    _shard(config)  # fail fast on a malformed --shard or --devices
+    _shard(config)  # fail fast on a malformed --shard, --devices or --checks
+    _checks(config)
     if config.getoption("--devices") is not None:
         _devices(config)
     if os.environ.get("PYTEST_XDIST_WORKER"):
@@ -106,14 +128,17 @@ class HarnessCase:
     variant: str
     check: str
     case: str
+    dtype: str
     device: str
 
     @property
     def id(self) -> str:
         suffix = "" if self.device == "cpu" or self.check == "parity" else f"-{self.device}"
-        return f"{self.variant}-{self.check}-{self.case}{suffix}"
+        return f"{self.variant}-{self.check}-{self.case}-{self.dtype}{suffix}"
 
     def run(self, gradcheck: str = "fast") -> None:
+        import torch
+
         from harness import checks
 
         try:
@@ -121,6 +146,7 @@ class HarnessCase:
                 self.check,
                 _subject(self.catalogue, self.variant),
                 self.case,
+                getattr(torch, self.dtype),
                 self.device,
                 checks.seed_of(self.id),
                 gradcheck=gradcheck,
@@ -139,12 +165,13 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     path = str(Path(path).resolve()) if path else None
     patterns = [p.strip() for p in config.getoption("--variants").split(",") if p.strip()]
     devices = _devices(config)
+    selected = _checks(config)
     cases = []
     for name in _catalogue(path).names():
         if not any(fnmatch.fnmatchcase(name, p) for p in patterns):
             continue
-        for check, case, device in checks.plan(_subject(path, name), devices):
-            cases.append(HarnessCase(path, name, check, case, device))
+        for check, case, dtype, device in checks.plan(_subject(path, name), devices, selected):
+            cases.append(HarnessCase(path, name, check, case, checks.dtype_name(dtype), device))
     metafunc.parametrize("attnforge_case", cases, ids=[c.id for c in cases])
 
 

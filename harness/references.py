@@ -6,24 +6,35 @@ hard sigmoid as a clamp, attention as an explicit softmax, multi-head attention 
 Parameters are read by their contract names (``fc1.weight``, ``conv.weight``, ``q_proj.weight`` ...),
 so a reference also pins the parameter layout users rely on.
 
-Semantics pinned here (``../shared/DESIGN.md``): bool ``attn_mask`` True = allowed; bool
-``key_padding_mask`` True = padding; float masks are added; a query row with no allowed key gives 0.
+Semantics pinned here: bool ``attn_mask`` True = allowed; bool ``key_padding_mask`` True = padding;
+float masks are added; a query row with no allowed key gives 0.
+
+Means are ``torch.mean`` (which accumulates half precision in float32), so a reference computed in
+float16 is a fair yardstick for the half-precision rule (``harness.compare``): it does not overflow
+where the mathematics does not.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .spec import (
+    ChannelOptions,
+    CbamSpec,
+    EcaSpec,
+    MhaSpec,
+    SpatialOptions,
+)
+
 Params = Mapping[str, Tensor]
 
 
-def reduced_channels(channels: int, opts: Any) -> int:
+def reduced_channels(channels: int, opts: ChannelOptions) -> int:
     """The hidden width of a channel MLP: floor(C / r), or timm's make_divisible(C / r, d)."""
     v = channels / opts.reduction
     if opts.divisor is None:
@@ -32,11 +43,17 @@ def reduced_channels(channels: int, opts: Any) -> int:
     return max(opts.min_channels, d, int(v + d / 2) // d * d)
 
 
+def _logistic(s: Tensor) -> Tensor:
+    """1 / (1 + exp(-s)) as (1 + tanh(s / 2)) / 2: the same function, and neither it nor its
+    gradient overflows in float16 (exp(-s) does for s < -11)."""
+    return (1 + torch.tanh(s / 2)) / 2
+
+
 def activation(s: Tensor, name: str) -> Tensor:
     if name == "relu":
         return torch.where(s > 0, s, torch.zeros_like(s))
     if name == "silu":
-        return s / (1 + torch.exp(-s))
+        return s * _logistic(s)
     if name == "gelu":
         return 0.5 * s * (1 + torch.erf(s / math.sqrt(2.0)))
     raise ValueError(f"unknown activation {name!r}")
@@ -44,17 +61,17 @@ def activation(s: Tensor, name: str) -> Tensor:
 
 def gate(s: Tensor, name: str) -> Tensor:
     if name == "sigmoid":
-        return 1 / (1 + torch.exp(-s))
+        return _logistic(s)
     if name == "hard_sigmoid":
         return torch.clamp(s / 6 + 0.5, 0.0, 1.0)
     raise ValueError(f"unknown gate {name!r}")
 
 
-def channel_attention(x: Tensor, params: Params, opts: Any, prefix: str = "") -> Tensor:
+def channel_attention(x: Tensor, params: Params, opts: ChannelOptions, prefix: str = "") -> Tensor:
     """``x * gate(MLP(pool(x)))``, the MLP as two ``F.linear`` on (B, C) vectors."""
     b, c = x.shape[:2]
     flat = x.reshape(b, c, -1)
-    pooled = {"avg": flat.sum(-1) / flat.shape[-1], "max": torch.max(flat, dim=-1).values}
+    pooled = {"avg": flat.mean(-1), "max": torch.max(flat, dim=-1).values}
     w1 = params[f"{prefix}fc1.weight"].reshape(-1, c)
     w2 = params[f"{prefix}fc2.weight"].reshape(c, -1)
     b1, b2 = params.get(f"{prefix}fc1.bias"), params.get(f"{prefix}fc2.bias")
@@ -69,10 +86,10 @@ def channel_attention(x: Tensor, params: Params, opts: Any, prefix: str = "") ->
     return x * gate(s, opts.gate).reshape(b, c, *([1] * (x.ndim - 2)))
 
 
-def spatial_attention(x: Tensor, params: Params, opts: Any, prefix: str = "") -> Tensor:
+def spatial_attention(x: Tensor, params: Params, opts: SpatialOptions, prefix: str = "") -> Tensor:
     """``x * gate(conv(cat(channel poolings)))`` with 'same' padding."""
     maps = {
-        "mean": x.sum(1, keepdim=True) / x.shape[1],
+        "mean": x.mean(1, keepdim=True),
         "max": torch.max(x, dim=1, keepdim=True).values,
     }
     s = torch.cat([maps[p] for p in opts.pooling], dim=1)
@@ -86,7 +103,7 @@ def spatial_attention(x: Tensor, params: Params, opts: Any, prefix: str = "") ->
     return x * gate(s, opts.gate)
 
 
-def cbam(x: Tensor, params: Params, spec: Any) -> Tensor:
+def cbam(x: Tensor, params: Params, spec: CbamSpec) -> Tensor:
     steps = {
         "channel": lambda t: channel_attention(t, params, spec.channel, "channel."),
         "spatial": lambda t: spatial_attention(t, params, spec.spatial, "spatial."),
@@ -97,7 +114,7 @@ def cbam(x: Tensor, params: Params, spec: Any) -> Tensor:
     return x
 
 
-def eca_kernel_size(channels: int, spec: Any) -> int:
+def eca_kernel_size(channels: int, spec: EcaSpec) -> int:
     """ECA's kernel size: explicit, or the paper's t = int(|(log2 C + b) / gamma|), made odd."""
     if spec.kernel_size is not None:
         return spec.kernel_size
@@ -105,10 +122,10 @@ def eca_kernel_size(channels: int, spec: Any) -> int:
     return t if t % 2 else t + 1
 
 
-def eca(x: Tensor, params: Params, spec: Any) -> Tensor:
+def eca(x: Tensor, params: Params, spec: EcaSpec) -> Tensor:
     """``x * gate(conv1d across channels of the avg-pooled vector)``, the conv as a sum of shifts."""
     b, c = x.shape[:2]
-    pooled = x.reshape(b, c, -1).sum(-1) / x[0, 0].numel()
+    pooled = x.reshape(b, c, -1).mean(-1)
     w = params["conv.weight"].reshape(-1)
     half = w.numel() // 2
     padded = F.pad(pooled, (half, half))
@@ -116,7 +133,9 @@ def eca(x: Tensor, params: Params, spec: Any) -> Tensor:
     return x * gate(s, spec.gate).reshape(b, c, *([1] * (x.ndim - 2)))
 
 
-def causal_allowed(lq: int, lk: int, alignment: str, device: Any = None) -> Tensor:
+def causal_allowed(
+    lq: int, lk: int, alignment: str, device: torch.device | str | None = None
+) -> Tensor:
     """(Lq, Lk), True where query i may see key j: j <= i (top_left) or j <= i + Lk - Lq (bottom_right)."""
     i = torch.arange(lq, device=device)[:, None]
     j = torch.arange(lk, device=device)[None, :]
@@ -169,7 +188,7 @@ def multi_head_attention(
     key: Tensor,
     value: Tensor,
     params: Params,
-    spec: Any,
+    spec: MhaSpec,
     key_padding_mask: Tensor | None = None,
     attn_mask: Tensor | None = None,
 ) -> Tensor | tuple[Tensor, Tensor]:

@@ -17,7 +17,6 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 
-KINDS = ("channel", "spatial", "cbam", "eca", "sdpa", "mha")
 
 Gate = Literal["sigmoid", "hard_sigmoid"]
 Activation = Literal["relu", "silu", "gelu"]
@@ -222,7 +221,9 @@ class EcaSpec(_Spatial, _Variant):
         return self
 
 
-class _Attention(_Model):
+class AttentionOptions(_Model):
+    """What scaled dot-product attention and multi-head attention share."""
+
     scale: float | None = Field(
         None, gt=0, le=1e4, description="Multiplier of q k^T; null: 1 / sqrt(head dim of q and k)."
     )
@@ -244,19 +245,19 @@ class _Attention(_Model):
     )
 
     @model_validator(mode="after")
-    def _alignment_needs_causal(self) -> _Attention:
+    def _alignment_needs_causal(self) -> AttentionOptions:
         if self.causal_alignment != "top_left" and not self.causal:
             raise ValueError("causal_alignment applies only with causal: true")
         return self
 
 
-class SdpaSpec(_Attention, _Variant):
+class SdpaSpec(AttentionOptions, _Variant):
     kind: Literal["sdpa"] = Field(
         description="Scaled dot-product attention over (..., L, D) tensors."
     )
 
 
-class MhaSpec(_Attention, _Variant):
+class MhaSpec(AttentionOptions, _Variant):
     kind: Literal["mha"] = Field(description="Multi-head attention with q/k/v/out projections.")
     heads: int = Field(8, ge=1, le=256, description="Number of attention heads.")
     head_dim: int | None = Field(
@@ -310,11 +311,9 @@ class MhaSpec(_Attention, _Variant):
         return self
 
 
-Spec = Annotated[
-    ChannelSpec | SpatialSpec | CbamSpec | EcaSpec | SdpaSpec | MhaSpec,
-    Field(discriminator="kind"),
-]
-SPEC_ADAPTER: TypeAdapter[Any] = TypeAdapter(Spec)
+AnySpec = ChannelSpec | SpatialSpec | CbamSpec | EcaSpec | SdpaSpec | MhaSpec
+SPEC_ADAPTER: TypeAdapter[AnySpec] = TypeAdapter(Annotated[AnySpec, Field(discriminator="kind")])
+#: kind name -> its spec model. The kind names, in the order the README lists them.
 MODELS: dict[str, type[_Variant]] = {
     "channel": ChannelSpec,
     "spatial": SpatialSpec,
@@ -323,9 +322,10 @@ MODELS: dict[str, type[_Variant]] = {
     "sdpa": SdpaSpec,
     "mha": MhaSpec,
 }
+KIND_NAMES: tuple[str, ...] = tuple(MODELS)
 
 
-def validate(data: Any) -> ChannelSpec | SpatialSpec | CbamSpec | EcaSpec | SdpaSpec | MhaSpec:
+def validate(data: Any) -> AnySpec:
     """Validate one variant mapping; raises ``pydantic.ValidationError``."""
     return SPEC_ADAPTER.validate_python(data)
 
@@ -343,7 +343,7 @@ def json_schema() -> dict[str, Any]:
         "required": ["name", "kind", "matrix"],
         "properties": {
             "name": {"type": "string"},
-            "kind": {"enum": list(KINDS)},
+            "kind": {"enum": list(KIND_NAMES)},
             "matrix": {
                 "type": "object",
                 "additionalProperties": {"type": "array", "minItems": 1},

@@ -11,7 +11,7 @@ import torch
 
 from harness import cli, registry
 from harness.load import load_specs
-from harness.spec import KINDS
+from harness.spec import KIND_NAMES
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -20,7 +20,7 @@ def test_names_are_sorted_and_filter_by_kind():
     names = registry.names()
     assert names == sorted(names) and len(names) >= 30
     assert set(registry.names("mha")) == {n for n in names if registry.default.kind_of(n) == "mha"}
-    assert {registry.default.kind_of(n) for n in names} == set(KINDS)
+    assert {registry.default.kind_of(n) for n in names} == set(KIND_NAMES)
 
 
 def test_build_and_spec_of_match_the_specs():

@@ -263,51 +263,162 @@ class MhaWeightsSummed(_base("mha_weights")):
         return out, weights * 8
 
 
-# (broken class, the variant whose spec it claims, check, case, options)
+# --- bugs that show only under the conditions of real use ---------------------------------------------
+
+
+class SeSumPooling(_base("se_resnet")):
+    """Mean pooling as x.sum() / count in the input dtype: a float16 sum of 784 values of ~100
+    overflows (65504) where the mean does not. Right in float64, float32 and bfloat16."""
+
+    def forward(self, x):
+        pooled = x.sum((2, 3), keepdim=True) / (x.shape[2] * x.shape[3])
+        return x * torch.sigmoid(self.fc2(self.act(self.fc1(pooled))))
+
+
+class SeBfloat16ViaFloat16(_base("se_resnet")):
+    """A 'half-precision fast path' that pools bfloat16 inputs through a float16 sum: overflows, and
+    only for bfloat16 inputs (float16 takes the right path)."""
+
+    def forward(self, x):
+        if x.dtype == torch.bfloat16:
+            pooled = (x.half().sum((2, 3), keepdim=True) / (x.shape[2] * x.shape[3])).to(x.dtype)
+            return x * torch.sigmoid(self.fc2(self.act(self.fc1(pooled))))
+        return super().forward(x)
+
+
+class SdpaSoftmaxNoUpcast(_base("sdpa")):
+    """Softmax as exp(scores) / sum in the input dtype, without subtracting the row max: exp of a
+    logit above 11 overflows float16; float32 and bfloat16 (float32's range) are fine."""
+
+    def forward(self, q, k, v, attn_mask=None):
+        scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+        if attn_mask is not None:
+            scores = scores + attn_mask if attn_mask.is_floating_point() else scores.masked_fill(~attn_mask, float("-inf"))
+        e = scores.exp()
+        return (e / e.sum(-1, keepdim=True)) @ v
+
+
+class SeGraphBreak(_base("se_resnet")):
+    """Validates its input with a data-dependent Python branch (.item()): right in eager, a graph
+    break under torch.compile(fullgraph=True)."""
+
+    def forward(self, x):
+        if x.abs().max().item() > 1e30:
+            raise ValueError("SeGraphBreak: input too large")
+        return super().forward(x)
+
+
+class SeStaticCount(_base("se_resnet")):
+    """The pooled count as x.shape[2:].numel(): right in eager and compile, but torch.export
+    specialises H and W to the traced sizes."""
+
+    def forward(self, x):
+        pooled = x.sum((2, 3), keepdim=True) / x.shape[2:].numel()
+        return x * torch.sigmoid(self.fc2(self.act(self.fc1(pooled))))
+
+
+class SeTrainScale(_base("se_resnet")):
+    """Scales the gate in training mode only (a forgotten debugging hook): eval is right."""
+
+    def forward(self, x):
+        out = super().forward(x)
+        return out * 0.5 if self.training else out
+
+
+class SeAutocastDowncast(_base("se_resnet")):
+    """Returns the autocast dtype under autocast, where a gating block keeps its input's dtype."""
+
+    def forward(self, x):
+        out = super().forward(x)
+        if torch.is_autocast_enabled("cpu"):
+            return out.to(torch.get_autocast_dtype("cpu"))
+        return out
+
+
+class SeNoInputCheck(_base("se_resnet")):
+    """Skips the input validation: a wrong channel count fails deep inside a conv instead."""
+
+    def forward(self, x):
+        return x * torch.sigmoid(self.fc2(self.act(self.fc1(x.mean((2, 3), keepdim=True)))))
+
+
+ACT = "act_b2_c768_28x28"
+F16, BF16, F32, F64 = torch.float16, torch.bfloat16, torch.float32, torch.float64
+
+# (broken class, the variant whose spec it claims, check, case, dtype, options)
 SEEDED = [
-    (SeReturnsPooled, "se_tutorial", "reference", "b2_c16_7x5", {}),
-    (SeGateTwice, "se_resnet", "reference", "b2_c16_7x5", {}),
-    (SeGateTimesTwo, "se_resnet", "gate_bound", "b2_c16_7x5", {}),
-    (SeDetachedGate, "se_resnet", "gradcheck", "tiny", {}),
-    (SeDetachedGate, "se_resnet", "reference", "b2_c16_7x5", {}),
-    (SeBatchLeak, "se_resnet", "layout", "b2_c16_7x5", {}),
-    (SeIgnoresDtype, "se_resnet", "construct", "b2_c16_7x5", {}),
-    (SeWrongDtype, "se_resnet", "shape", "b2_c16_7x5", {}),
-    (SeBfloat16Inside, "se_resnet", "parity", "float32", {"target": "cpu"}),
-    (ChannelMaxIndices, "cbam_channel_paper", "reference", "b2_c16_7x5", {}),
-    (SpatialSwappedOrder, "cbam_spatial_paper", "reference", "b2_c16_7x5", {}),
-    (SpatialWrongInferencePath, "cbam_spatial_paper", "reference", "b2_c16_7x5", {}),
-    (SdpaMissingScale, "sdpa", "reference", "b2h3_q4_k6", {}),
-    (SdpaMissingScale, "sdpa", "anchor", "b2h3_q4_k6", {}),
-    (SdpaSoftmaxWrongAxis, "sdpa", "reference", "b2h3_q4_k6", {}),
-    (SdpaNaNOnMaskedRows, "sdpa", "masked_row", "b2h3_q4_k6", {}),
-    (SdpaPositionalBias, "sdpa", "permutation", "b2h3_q4_k6", {}),
-    (SdpaNotCausal, "sdpa_causal", "causal", "b2h3_q4_k6", {}),
-    (SdpaInvertedMask, "sdpa", "masked_keys", "b2h3_q4_k6", {}),
-    (SdpaInvertedMask, "sdpa", "reference", "mask_bool", {}),
-    (SdpaDropoutInEval, "sdpa_dropout", "dropout", "b2h3_q4_k6", {}),
-    (MhaInvertedPadding, "mha_torch", "masked_keys", "self_b2_l5", {}),
-    (MhaInvertedPadding, "mha_torch", "anchor", "kpm_bool", {}),
-    (MhaHeadsMergedWrong, "mha_tutorial", "reference", "self_b2_l5", {}),
-    (SeFloorRounding, "se_timm", "construct", "b2_c16_7x5", {}),
-    (EcaTimmOverride, "eca_k5", "construct", "b2_c16_7x5", {}),
-    (MhaGqaTiled, "mha_gqa", "reference", "self_b2_l5", {}),
-    (SdpaDecodeTopLeft, "sdpa_causal_decode", "reference", "b2h3_q4_k6", {}),
-    (MhaWeightsSummed, "mha_weights", "weights", "self_b2_l5", {}),
+    (SeReturnsPooled, "se_tutorial", "reference", "b2_c32_7x5", F64, {}),
+    (SeGateTwice, "se_resnet", "reference", "b2_c32_7x5", F64, {}),
+    (SeGateTimesTwo, "se_resnet", "gate_bound", "b2_c32_7x5", F64, {}),
+    (SeDetachedGate, "se_resnet", "gradcheck", "tiny", F64, {}),
+    (SeDetachedGate, "se_resnet", "reference", "b2_c32_7x5", F64, {}),
+    (SeBatchLeak, "se_resnet", "layout", "b2_c32_7x5", F64, {}),
+    (SeIgnoresDtype, "se_resnet", "construct", "b2_c32_7x5", F64, {}),
+    (SeWrongDtype, "se_resnet", "shape", "b2_c32_7x5", F64, {}),
+    (SeBfloat16Inside, "se_resnet", "parity", "b2_c32_7x5", F32, {"target": "cpu"}),
+    (SeBfloat16Inside, "se_resnet", "reference", "b2_c32_7x5", F32, {}),
+    (ChannelMaxIndices, "cbam_channel_paper", "reference", "b2_c32_7x5", F64, {}),
+    (SpatialSwappedOrder, "cbam_spatial_paper", "reference", "b2_c32_7x5", F64, {}),
+    (SpatialWrongInferencePath, "cbam_spatial_paper", "reference", "b2_c32_7x5", F64, {}),
+    (SdpaMissingScale, "sdpa", "reference", "b2h3_q4_k6", F64, {}),
+    (SdpaMissingScale, "sdpa", "anchor", "b2h3_q4_k6", F64, {}),
+    (SdpaSoftmaxWrongAxis, "sdpa", "reference", "b2h3_q4_k6", F64, {}),
+    (SdpaNaNOnMaskedRows, "sdpa", "masked_row", "b2h3_q4_k6", F64, {}),
+    (SdpaPositionalBias, "sdpa", "permutation", "b2h3_q4_k6", F64, {}),
+    (SdpaNotCausal, "sdpa_causal", "causal", "b2h3_q4_k6", F64, {}),
+    (SdpaInvertedMask, "sdpa", "masked_keys", "b2h3_q4_k6", F64, {}),
+    (SdpaInvertedMask, "sdpa", "reference", "mask_bool", F64, {}),
+    (SdpaDropoutInEval, "sdpa_dropout", "dropout", "b2h3_q4_k6", F64, {}),
+    (MhaInvertedPadding, "mha_torch", "masked_keys", "self_b2_l5", F64, {}),
+    (MhaInvertedPadding, "mha_torch", "anchor", "kpm_bool", F64, {}),
+    (MhaHeadsMergedWrong, "mha_tutorial", "reference", "self_b2_l5", F64, {}),
+    (SeFloorRounding, "se_timm", "construct", "b2_c32_7x5", F64, {}),
+    (EcaTimmOverride, "eca_k5", "construct", "b2_c32_7x5", F64, {}),
+    (MhaGqaTiled, "mha_gqa", "reference", "self_b2_l5", F64, {}),
+    (SdpaDecodeTopLeft, "sdpa_causal_decode", "reference", "b2h3_q4_k6", F64, {}),
+    (MhaWeightsSummed, "mha_weights", "weights", "self_b2_l5", F64, {}),
+    # Only under the conditions of real use:
+    (SeSumPooling, "se_resnet", "reference", ACT, F16, {}),
+    (SeBfloat16ViaFloat16, "se_resnet", "reference", ACT, BF16, {}),
+    (SdpaSoftmaxNoUpcast, "sdpa", "reference", "act_b2h4_q32_k48", F16, {}),
+    (SeGraphBreak, "se_resnet", "compile", "b2_c32_7x5", F32, {}),
+    (SeStaticCount, "se_resnet", "export", "b2_c32_7x5", F32, {}),
+    (SeTrainScale, "se_resnet", "train", "b2_c32_7x5", F64, {}),
+    (SeAutocastDowncast, "se_resnet", "autocast", "b2_c32_7x5", BF16, {}),
+    (SeNoInputCheck, "se_resnet", "errors", "wrong_channels", F32, {}),
+]
+# The dtype-only bugs pass where they do not bite: the same case in the other dtypes.
+DTYPE_ONLY = [
+    (SeSumPooling, "se_resnet", ACT, (F64, F32, BF16)),
+    (SeBfloat16ViaFloat16, "se_resnet", ACT, (F64, F32, F16)),
+    (SdpaSoftmaxNoUpcast, "sdpa", "act_b2h4_q32_k48", (F64, F32, BF16)),
 ]
 
 
+def _id(b, check, dtype) -> str:
+    return f"{b.__name__}-{check}-{str(dtype).removeprefix('torch.')}"
+
+
 @pytest.mark.parametrize(
-    ("broken", "variant", "check", "case", "options"),
+    ("broken", "variant", "check", "case", "dtype", "options"),
     SEEDED,
-    ids=[f"{b.__name__}-{c}" for b, _, c, _, _ in SEEDED],
+    ids=[_id(b, c, d) for b, _, c, _, d, _ in SEEDED],
 )
-def test_check_catches_seeded_bug(broken, variant, check, case, options):
+def test_check_catches_seeded_bug(broken, variant, check, case, dtype, options):
     real = checks.Subject.of(variant)
-    checks.run(check, real, case, **options)  # the real module passes the same check
+    checks.run(check, real, case, dtype, **options)  # the real module passes the same check
     with pytest.raises(checks.CheckFailure):
-        checks.run(check, checks.Subject(real.spec, broken), case, **options)
+        checks.run(check, checks.Subject(real.spec, broken), case, dtype, **options)
+
+
+@pytest.mark.parametrize(
+    ("broken", "variant", "case", "dtypes"), DTYPE_ONLY, ids=[b.__name__ for b, *_ in DTYPE_ONLY]
+)
+def test_dtype_only_bugs_pass_in_the_other_dtypes(broken, variant, case, dtypes):
+    subject = checks.Subject(registry.spec_of(variant), broken)
+    for dtype in dtypes:
+        checks.run("reference", subject, case, dtype)
 
 
 def test_every_check_is_shown_to_fail_on_something():
-    assert {check for _, _, check, _, _ in SEEDED} == set(checks.CHECKS)
+    assert {check for _, _, check, _, _, _ in SEEDED} == set(checks.CHECKS)
