@@ -181,10 +181,12 @@ class MhaGqaRmsnormCausal(nn.Module):
             )
         b, lq, _ = query.shape
         lk = key.shape[1]
-        q = self.q_proj(query).view(b, lq, 8, self.head_dim).transpose(1, 2)
-        k = self.k_proj(key).view(b, lk, 4, self.head_dim).transpose(1, 2)
+        # Each head's q and k normalised over head_dim, before the heads move to dim 1: the norm
+        # then reads contiguous memory (after the transpose, torch.compile's traced backward of
+        # layer_norm failed on a view of the strided layout).
+        q = self.q_norm(self.q_proj(query).view(b, lq, 8, self.head_dim)).transpose(1, 2)
+        k = self.k_norm(self.k_proj(key).view(b, lk, 4, self.head_dim)).transpose(1, 2)
         v = self.v_proj(value).view(b, lk, 4, self.value_head_dim).transpose(1, 2)
-        q, k = self.q_norm(q), self.k_norm(k)
         mask = self._mask(key_padding_mask, attn_mask, b, lq, lk, q)
         out = F.scaled_dot_product_attention(
             q,

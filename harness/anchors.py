@@ -19,11 +19,22 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .references import causal_allowed
-from .spec import AttentionOptions, MhaSpec, SdpaSpec
+from .references import Params, causal_allowed
+from .spec import (
+    AttentionOptions,
+    CbamSpec,
+    ChannelOptions,
+    EcaSpec,
+    MhaSpec,
+    SdpaSpec,
+    SpatialOptions,
+)
 
 if TYPE_CHECKING:
     from .kinds import Case, Inputs
+
+
+AnchorFn = Callable[[Params, "Inputs"], Tensor]
 
 
 @dataclass(frozen=True)
@@ -32,18 +43,20 @@ class Anchor:
     gradients too where the parameters are the same tensors).
 
     ``make(module, case, device, gen)`` returns the module to test (the one given, or one carrying the
-    anchor's weights) and the anchor as a function of the inputs.
+    anchor's weights) and the anchor as a function of (parameters, inputs); an anchor with
+    ``same_parameters`` reads the module's parameters from the mapping it is given, so their
+    gradients compare too.
     """
 
     name: str
     applies: Callable[[Case], bool]
-    make: Callable[
-        [nn.Module, Case, str, torch.Generator], tuple[nn.Module, Callable[[Inputs], Tensor]]
-    ]
+    make: Callable[[nn.Module, Case, str, torch.Generator], tuple[nn.Module, AnchorFn]]
     same_parameters: bool
 
 
-def _with_causal(spec: AttentionOptions, mask: Tensor | None, lq: int, lk: int, device: torch.device) -> Tensor | None:
+def _with_causal(
+    spec: AttentionOptions, mask: Tensor | None, lq: int, lk: int, device: torch.device
+) -> Tensor | None:
     """``mask`` (True = allowed, or additive) combined with the spec's causality, as one mask."""
     if not spec.causal:
         return mask
@@ -56,8 +69,8 @@ def _with_causal(spec: AttentionOptions, mask: Tensor | None, lq: int, lk: int, 
 def sdpa_anchor(spec: SdpaSpec) -> Anchor:
     def make(
         module: nn.Module, case: Case, device: str, gen: torch.Generator
-    ) -> tuple[nn.Module, Callable[[Inputs], Tensor]]:
-        def anchor(inputs: Inputs) -> Tensor:
+    ) -> tuple[nn.Module, AnchorFn]:
+        def anchor(params: Params, inputs: Inputs) -> Tensor:
             q, k, v = inputs.args
             mask = inputs.kwargs.get("attn_mask")
             if spec.causal and mask is None and spec.causal_alignment == "top_left":
@@ -75,7 +88,7 @@ def mha_anchor(spec: MhaSpec) -> Anchor:
 
     def make(
         module: nn.Module, case: Case, device: str, gen: torch.Generator
-    ) -> tuple[nn.Module, Callable[[Inputs], Tensor]]:
+    ) -> tuple[nn.Module, AnchorFn]:
         e = case.ctor[0]
         kdim, vdim = (case.ctor[1], case.ctor[2]) if len(case.ctor) > 2 else (e, e)
         mha = nn.MultiheadAttention(
@@ -95,7 +108,7 @@ def mha_anchor(spec: MhaSpec) -> Anchor:
         mha.eval()
         ours = type(module).from_torch(mha).eval()  # type: ignore[attr-defined]
 
-        def anchor(inputs: Inputs) -> Tensor:
+        def anchor(params: Params, inputs: Inputs) -> Tensor:
             q, k, v = inputs.args
             b, lq, lk, h = q.shape[0], q.shape[1], k.shape[1], spec.heads
             mask = _with_causal(spec, inputs.kwargs.get("attn_mask"), lq, lk, q.device)
@@ -115,10 +128,84 @@ def mha_anchor(spec: MhaSpec) -> Anchor:
         return ours, anchor
 
     # nn.MultiheadAttention has no out_dim: cases with a fourth constructor argument do not apply.
-    return Anchor("nn.MultiheadAttention", lambda case: len(case.ctor) < 4, make, same_parameters=False)
+    return Anchor(
+        "nn.MultiheadAttention", lambda case: len(case.ctor) < 4, make, same_parameters=False
+    )
 
 
-# --- timm's formulations (bench) ------------------------------------------------------------------
+# --- timm's formulations, functional (the low-precision yardstick and an anchor) ---------------------
+
+
+def _timm_gate(s: Tensor, name: str) -> Tensor:
+    # timm's sigmoid and hard_sigmoid (relu6(x + 3) / 6, in timm/layers/activations.py)
+    return s.sigmoid() if name == "sigmoid" else F.relu6(s + 3.0) / 6.0
+
+
+_ACT: dict[str, Callable[[Tensor], Tensor]] = {"relu": F.relu, "silu": F.silu, "gelu": F.gelu}
+_CONV: dict[int, Callable[..., Tensor]] = {3: F.conv1d, 4: F.conv2d, 5: F.conv3d}
+
+
+def timm_channel(x: Tensor, params: Params, opts: ChannelOptions, prefix: str = "") -> Tensor:
+    """SEModule / CBAM ChannelAttn: mean / amax over space, the MLP as 1x1 convs (once per pooling,
+    summed; or on the averaged poolings for SE's add_maxpool), the gate, ``x * gate``."""
+    dims = tuple(range(2, x.ndim))
+    conv = _CONV[x.ndim]
+    w1, b1 = params[f"{prefix}fc1.weight"], params.get(f"{prefix}fc1.bias")
+    w2, b2 = params[f"{prefix}fc2.weight"], params.get(f"{prefix}fc2.bias")
+
+    def mlp(v: Tensor) -> Tensor:
+        return conv(_ACT[opts.activation](conv(v, w1, b1)), w2, b2)
+
+    pooled = {"avg": x.mean(dims, keepdim=True), "max": x.amax(dims, keepdim=True)}
+    if len(opts.pooling) == 2 and opts.pooling_merge == "before_mlp":
+        s = mlp(0.5 * (pooled["avg"] + pooled["max"]))
+    else:
+        s = mlp(pooled[opts.pooling[0]])
+        for p in opts.pooling[1:]:
+            s = s + mlp(pooled[p])
+    return x * _timm_gate(s, opts.gate)
+
+
+def timm_spatial(x: Tensor, params: Params, opts: SpatialOptions, prefix: str = "") -> Tensor:
+    """CBAM SpatialAttn: mean / amax over channels, concatenated, a k x k conv, the gate."""
+    maps = {"mean": x.mean(dim=1, keepdim=True), "max": x.amax(dim=1, keepdim=True)}
+    s = _CONV[x.ndim](
+        torch.cat([maps[p] for p in opts.pooling], dim=1),
+        params[f"{prefix}conv.weight"],
+        params.get(f"{prefix}conv.bias"),
+        padding=opts.kernel_size // 2,
+    )
+    return x * _timm_gate(s, opts.gate)
+
+
+def timm_cbam(x: Tensor, params: Params, spec: CbamSpec) -> Tensor:
+    if spec.order == "channel_first":
+        x = timm_channel(x, params, spec.channel, "channel.")
+        return timm_spatial(x, params, spec.spatial, "spatial.")
+    x = timm_spatial(x, params, spec.spatial, "spatial.")
+    return timm_channel(x, params, spec.channel, "channel.")
+
+
+def timm_eca(x: Tensor, params: Params, spec: EcaSpec) -> Tensor:
+    """EcaModule: mean over space, a 1D conv across channels, the gate, ``x * gate``."""
+    w = params["conv.weight"]
+    y = x.mean(tuple(range(2, x.ndim))).view(x.shape[0], 1, -1)
+    y = F.conv1d(y, w, padding=w.shape[-1] // 2).view(*x.shape[:2], *[1] * (x.ndim - 2))
+    return x * _timm_gate(y, spec.gate)
+
+
+def formulation_anchor(name: str, fn: AnchorFn) -> Anchor:
+    """An anchor that is another formulation over the module's own parameters."""
+
+    def make(
+        module: nn.Module, case: Case, device: str, gen: torch.Generator
+    ) -> tuple[nn.Module, AnchorFn]:
+        return module, fn
+
+    return Anchor(name, lambda case: True, make, same_parameters=True)
+
+
+# --- timm's formulations as modules (bench) -----------------------------------------------------------
 
 
 class TimmSE(nn.Module):

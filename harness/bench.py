@@ -32,10 +32,24 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
-from . import anchors, references, registry
+from . import anchors, kinds, references, registry
 from .generate import ROOT, generate
+
+
+@dataclass
+class Timing:
+    """Milliseconds of one candidate over the repeats: min, median, max."""
+
+    min: float
+    median: float
+    max: float
+
+    @property
+    def unstable(self) -> bool:
+        """The slowest run took over twice the median: the machine was busy; rerun before trusting."""
+        return self.max > 2 * self.median
 
 
 @dataclass
@@ -44,7 +58,11 @@ class Row:
     variant: str
     mode: str  # forward, forward+backward
     shape: str
-    ms: dict[str, float] = field(default_factory=dict)  # candidate -> median milliseconds
+    timings: dict[str, Timing] = field(default_factory=dict)  # candidate -> timing
+
+    @property
+    def ms(self) -> dict[str, float]:
+        return {k: t.median for k, t in self.timings.items()}
 
     def ratio(self, anchor: str) -> float:
         return self.ms["generated"] / self.ms[anchor]
@@ -53,6 +71,10 @@ class Row:
     def best_anchor(self) -> str:
         return min((k for k in self.ms if k != "generated"), key=self.ms.__getitem__)
 
+    @property
+    def unstable(self) -> list[str]:
+        return [k for k, t in self.timings.items() if t.unstable]
+
 
 def _sync(device: str) -> None:
     if device == "cuda":
@@ -60,9 +82,10 @@ def _sync(device: str) -> None:
 
 
 def _time(
-    candidates: dict[str, Callable[[], Any]], device: str, repeats: int, warmup: int = 3
-) -> dict[str, float]:
-    """Median milliseconds per candidate; every repeat runs each candidate once, order rotating."""
+    candidates: dict[str, Callable[[], object]], device: str, repeats: int, warmup: int = 3
+) -> dict[str, Timing]:
+    """Per candidate, min / median / max milliseconds; every repeat runs each candidate once, in
+    rotating order, so a busy moment hits all candidates alike."""
     names = list(candidates)
     for _ in range(warmup):
         for name in names:
@@ -75,30 +98,44 @@ def _time(
             candidates[name]()
             _sync(device)
             samples[name].append((time.perf_counter() - start) * 1e3)
-    return {name: statistics.median(values) for name, values in samples.items()}
+    return {name: Timing(min(v), statistics.median(v), max(v)) for name, v in samples.items()}
 
 
-def _cases(
-    device: str,
-) -> list[tuple[str, str, str, dict[str, nn.Module | Callable], Callable[[bool], tuple]]]:
-    """(kind, variant, shape, candidates, make_inputs(requires_grad)) for each kind."""
+Candidate = Callable[..., Tensor]
+
+
+@dataclass
+class BenchCase:
+    """One kind's row: a generated variant and its anchors, all computing the same function."""
+
+    kind: str
+    variant: str
+    shape: str
+    candidates: dict[str, Candidate]  # "generated" first
+    make_inputs: Callable[[bool], tuple[Tensor, ...]]  # requires_grad -> positional inputs
+
+
+def _cases(device: str) -> list[BenchCase]:
     out = []
     image = (32, 256, 28, 28)
 
-    def image_inputs(grad: bool) -> tuple:
+    def image_inputs(grad: bool) -> tuple[Tensor, ...]:
         return (torch.randn(image, device=device, requires_grad=grad),)
 
     def image_case(
-        kind: str, variant: str, reference: Callable, timm: Callable[[nn.Module], nn.Module]
-    ) -> tuple:
+        kind: str,
+        variant: str,
+        reference: Callable[[Tensor, references.Params, Any], Tensor],
+        timm: Callable[[Any], nn.Module],
+    ) -> BenchCase:
         module = registry.build(variant, 256, device=device)
         spec, params = registry.spec_of(variant), dict(module.named_parameters())
-        candidates = {
+        candidates: dict[str, Candidate] = {
             "generated": module,
             "reference": lambda x: reference(x, params, spec),
             "timm": timm(module),
         }
-        return (kind, variant, str(image), candidates, image_inputs)
+        return BenchCase(kind, variant, str(image), candidates, image_inputs)
 
     out += [
         image_case(
@@ -127,87 +164,76 @@ def _cases(
 
     heads = (16, 8, 196, 32)
 
-    def qkv_inputs(grad: bool) -> tuple:
+    def qkv_inputs(grad: bool) -> tuple[Tensor, ...]:
         return tuple(torch.randn(heads, device=device, requires_grad=grad) for _ in range(3))
 
     sd = registry.build("sdpa").to(device)
-    out.append(
-        (
-            "sdpa",
-            "sdpa",
-            str(heads),
-            {
-                "generated": sd,
-                "reference": lambda q, k, v: references.attention(q, k, v),
-                "F.sdpa": lambda q, k, v: F.scaled_dot_product_attention(q, k, v),
-            },
-            qkv_inputs,
-        )
-    )
+    sdpa_candidates: dict[str, Candidate] = {
+        "generated": sd,
+        "reference": lambda q, k, v: kinds.output(references.attention(q, k, v)),
+        "F.sdpa": lambda q, k, v: F.scaled_dot_product_attention(q, k, v),
+    }
+    out.append(BenchCase("sdpa", "sdpa", str(heads), sdpa_candidates, qkv_inputs))
 
     tokens = (16, 196, 256)
     torch_mha = nn.MultiheadAttention(256, 8, batch_first=True, device=device)
-    mha = registry.default.cls("mha_torch").from_torch(torch_mha)
+    mha: Any = registry.default.cls("mha_torch")
+    mha = mha.from_torch(torch_mha)
     mha_spec = registry.spec_of("mha_torch")
     p_mha = dict(mha.named_parameters())
 
-    def self_attention(grad: bool) -> tuple:
+    def self_attention(grad: bool) -> tuple[Tensor, ...]:
         x = torch.randn(tokens, device=device, requires_grad=grad)
         return (x, x, x)
 
-    out.append(
-        (
-            "mha",
-            "mha_torch",
-            f"{tokens}, 8 heads",
-            {
-                "generated": mha,
-                "reference": lambda q, k, v: references.multi_head_attention(
-                    q, k, v, p_mha, mha_spec
-                ),
-                "nn.MultiheadAttention": lambda q, k, v: torch_mha(q, k, v, need_weights=False)[0],
-            },
-            self_attention,
-        )
-    )
+    mha_candidates: dict[str, Candidate] = {
+        "generated": mha,
+        "reference": lambda q, k, v: kinds.output(
+            references.multi_head_attention(q, k, v, p_mha, mha_spec)
+        ),
+        "nn.MultiheadAttention": lambda q, k, v: torch_mha(q, k, v, need_weights=False)[0],
+    }
+    out.append(BenchCase("mha", "mha_torch", f"{tokens}, 8 heads", mha_candidates, self_attention))
     return out
 
 
 def bench_blocks(device: str, repeats: int) -> list[Row]:
     rows = []
-    for kind, variant, shape, candidates, make_inputs in _cases(device):
+    for case in _cases(device):
+        candidates = case.candidates
         modules = [c for c in candidates.values() if isinstance(c, nn.Module)]
         # forward: eval mode, no autograd (nn.MultiheadAttention takes its fused fast path here)
         for m in modules:
             m.eval()
-        x = make_inputs(False)
+        x = case.make_inputs(False)
+
+        def forward(c: Candidate, x: tuple[Tensor, ...] = x) -> Callable[[], object]:
+            return lambda: c(*x)
+
         with torch.no_grad():
-            fwd = _time(
-                {k: (lambda c=c, x=x: c(*x)) for k, c in candidates.items()}, device, repeats
-            )
-        rows.append(Row(kind, variant, "forward", shape, fwd))
+            fwd = _time({k: forward(c) for k, c in candidates.items()}, device, repeats)
+        rows.append(Row(case.kind, case.variant, "forward", case.shape, fwd))
         # forward+backward: training mode, gradients for the inputs and every parameter
         for m in modules:
             m.train()
-        x = make_inputs(True)
+        x = case.make_inputs(True)
         grad = torch.randn_like(candidates["generated"](*x))
 
-        def step(c: Callable, x: tuple = x, grad: torch.Tensor = grad) -> None:
-            c(*x).backward(grad)
-            for t in x:
-                t.grad = None
+        def step(
+            c: Candidate, x: tuple[Tensor, ...] = x, grad: Tensor = grad
+        ) -> Callable[[], object]:
+            def run() -> None:
+                torch.autograd.backward(c(*x), grad)
+                for t in x:
+                    t.grad = None
 
-        rows.append(
-            Row(
-                kind,
-                variant,
-                "forward+backward",
-                shape,
-                _time({k: (lambda c=c: step(c)) for k, c in candidates.items()}, device, repeats),
-            )
-        )
+            return run
+
+        both = _time({k: step(c) for k, c in candidates.items()}, device, repeats)
+        rows.append(Row(case.kind, case.variant, "forward+backward", case.shape, both))
         print(
-            f"bench: {kind:8s} forward {fwd['generated']:.2f} ms; fwd+bwd {rows[-1].ms['generated']:.2f} ms",
+            f"bench: {case.kind:8s} forward {fwd['generated'].median:.2f} ms; "
+            f"fwd+bwd {both['generated'].median:.2f} ms",
             file=sys.stderr,
         )
     return rows
@@ -280,9 +306,12 @@ def bench_scaling() -> dict[str, Any]:
         start = time.perf_counter()
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
         result[f"workers_{workers}_seconds"] = time.perf_counter() - start
-        result["summary"] = proc.stdout.strip().splitlines()[-1]
-    result["speedup"] = result["workers_1_seconds"] / result["workers_2_seconds"]
-    return result
+        summary = proc.stdout.strip().splitlines()[-1]
+    return {
+        **result,
+        "speedup": result["workers_1_seconds"] / result["workers_2_seconds"],
+        "summary": summary,
+    }
 
 
 def markdown(
@@ -291,14 +320,22 @@ def markdown(
     lines = [
         f"Machine: {machine}",
         "",
-        "| kind | mode | generated ms | anchors ms | generated / best anchor | CBAM: / reference |",
-        "|---|---|---:|---|---:|---:|",
+        "Milliseconds as min / median / max over the repeats; ratios of medians. A row marked "
+        "`unstable` had a run over twice its median (a busy machine): rerun it before trusting it.",
+        "",
+        "| kind | mode | generated ms | anchors ms | generated / best anchor | note |",
+        "|---|---|---|---|---:|---|",
     ]
+
+    def spread(t: Timing) -> str:
+        return f"{t.min:.2f} / {t.median:.2f} / {t.max:.2f}"
+
     for r in rows:
-        others = ", ".join(f"{k} {v:.2f}" for k, v in r.ms.items() if k != "generated")
-        cbam = f"{r.ratio('reference'):.2f}x" if r.kind == "cbam" else ""
+        others = "; ".join(f"{k} {spread(t)}" for k, t in r.timings.items() if k != "generated")
+        note = f"unstable: {', '.join(r.unstable)}" if r.unstable else ""
         lines.append(
-            f"| {r.kind} | {r.mode} | {r.ms['generated']:.2f} | {others} | {r.ratio(r.best_anchor):.2f}x ({r.best_anchor}) | {cbam} |"
+            f"| {r.kind} | {r.mode} | {spread(r.timings['generated'])} | {others} | "
+            f"{r.ratio(r.best_anchor):.2f}x ({r.best_anchor}) | {note} |"
         )
     if generator:
         lines += [

@@ -224,7 +224,9 @@ S = TypeVar("S", bound=specs.AnySpec)
 BUILDERS: dict[str, Callable[[Any, dict[str, Any]], Module]] = {}
 
 
-def builder(kind: str) -> Callable[[Callable[[S, dict[str, Any]], Ctx]], Callable[[S, dict[str, Any]], Ctx]]:
+def builder(
+    kind: str,
+) -> Callable[[Callable[[S, dict[str, Any]], Ctx]], Callable[[S, dict[str, Any]], Ctx]]:
     def register(fn: Callable[[S, dict[str, Any]], Ctx]) -> Callable[[S, dict[str, Any]], Ctx]:
         BUILDERS[kind] = fn
         return fn

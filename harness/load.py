@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
 from . import spec as specs
 
@@ -232,6 +233,12 @@ def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
     data[last] = value
 
 
+def _label(entry: dict[str, Any], index: str | int) -> str:
+    """How problems name a variant: its name, or its place when it has none."""
+    name = entry.get("name")
+    return name if isinstance(name, str) else f"variants[{index}]"
+
+
 def _expand(
     doc: _Document, index: int, entry: dict[str, Any]
 ) -> list[tuple[dict[str, Any], dict[str, Path_]]]:
@@ -239,7 +246,7 @@ def _expand(
     if "matrix" not in entry:
         return [(entry, {})]
     base_path: Path_ = ("variants", index)
-    label = entry.get("name") if isinstance(entry.get("name"), str) else f"variants[{index}]"
+    label = _label(entry, index)
     matrix = entry["matrix"]
     if not isinstance(matrix, dict) or not matrix:
         doc.problem(
@@ -289,9 +296,7 @@ def _expand(
             _set_path(data, key, values[i])
             sources[key] = (*base_path, "matrix", key, i)
         chosen = {key: values[i] for (key, values), i in zip(axes, combo, strict=True)}
-        data["name"] = _PLACEHOLDER.sub(
-            lambda m, chosen=chosen: _name_part(chosen[m.group(1)]), name
-        )
+        data["name"] = _PLACEHOLDER.sub(lambda m: _name_part(chosen[m.group(1)]), name)  # noqa: B023
         out.append((data, sources))
     return out
 
@@ -314,7 +319,7 @@ def _fields_at(kind: str, loc: tuple[str | int, ...]) -> set[str]:
     )
 
 
-def _message(error: dict[str, Any], kind: str, loc: tuple[str | int, ...]) -> str:
+def _message(error: ErrorDetails, kind: str, loc: tuple[str | int, ...]) -> str:
     etype = error["type"]
     if etype == "union_tag_invalid":
         tag = str(error.get("ctx", {}).get("tag", ""))
@@ -333,11 +338,11 @@ def _message(error: dict[str, Any], kind: str, loc: tuple[str | int, ...]) -> st
 def _validate_entry(
     doc: _Document, path: Path_, data: dict[str, Any], sources: dict[str, Path_]
 ) -> Any | None:
-    label = data.get("name") if isinstance(data.get("name"), str) else f"variants[{path[-1]}]"
+    label = _label(data, path[-1])
     try:
         return specs.validate(data)
     except ValidationError as exc:
-        kind = data.get("kind") if isinstance(data.get("kind"), str) else ""
+        kind = data["kind"] if isinstance(data.get("kind"), str) else ""
         for error in exc.errors(include_url=False):
             loc = tuple(error["loc"])
             if loc and loc[0] == kind:  # the discriminated union puts the tag first

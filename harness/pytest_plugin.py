@@ -9,6 +9,7 @@ Options:
                            CUDA cases on a machine without CUDA are skipped with the reason
   --shard I/N              keep the tests whose stable id hash falls in shard I of N (1-based)
   --gradcheck fast|full    torch.autograd.gradcheck mode (default: fast)
+  --depth full|quick       every case of every check, or fewer where a check says so (sweeps)
   --checks NAME[,NAME]     only these checks (default: every check of the plan; ``inductor`` is
                            available on request)
   --catalogue DIR          the generated package to check (default: generated/, or $ATTNFORGE_CATALOGUE)
@@ -22,8 +23,12 @@ import zlib
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from harness import checks, registry
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -49,6 +54,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption(
         "--catalogue", default=None, help="generated package directory (default: generated/)"
+    )
+    group.addoption(
+        "--depth",
+        choices=("full", "quick"),
+        default="full",
+        help="full: every case of every check; quick: fewer cases where a check says so (sweeps)",
     )
     group.addoption(
         "--checks",
@@ -96,14 +107,14 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @cache
-def _catalogue(path: str | None):
+def _catalogue(path: str | None) -> registry.Catalogue:
     from harness import registry
 
     return registry.Catalogue(path) if path else registry.default
 
 
 @cache
-def _subject(path: str | None, name: str):
+def _subject(path: str | None, name: str) -> checks.Subject:
     from harness.checks import Subject
 
     return Subject.of(name, _catalogue(path))
@@ -170,7 +181,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     for name in _catalogue(path).names():
         if not any(fnmatch.fnmatchcase(name, p) for p in patterns):
             continue
-        for check, case, dtype, device in checks.plan(_subject(path, name), devices, selected):
+        planned = checks.plan(_subject(path, name), devices, selected, config.getoption("--depth"))
+        for check, case, dtype, device in planned:
             cases.append(HarnessCase(path, name, check, case, checks.dtype_name(dtype), device))
     metafunc.parametrize("attnforge_case", cases, ids=[c.id for c in cases])
 
@@ -185,7 +197,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if shard is None:
         return
     i, n = shard
-    keep, drop = [], []
+    keep: list[pytest.Item] = []
+    drop: list[pytest.Item] = []
     for item in items:
         (keep if zlib.crc32(item.nodeid.encode()) % n == i - 1 else drop).append(item)
     if drop:

@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .spec import (
-    ChannelOptions,
     CbamSpec,
+    ChannelOptions,
     EcaSpec,
     MhaSpec,
     SpatialOptions,
@@ -82,7 +82,7 @@ def channel_attention(x: Tensor, params: Params, opts: ChannelOptions, prefix: s
     if len(opts.pooling) == 2 and opts.pooling_merge == "before_mlp":
         s = mlp((pooled["avg"] + pooled["max"]) / 2)
     else:
-        s = sum(mlp(pooled[p]) for p in opts.pooling)
+        s = torch.stack([mlp(pooled[p]) for p in opts.pooling]).sum(0)
     return x * gate(s, opts.gate).reshape(b, c, *([1] * (x.ndim - 2)))
 
 
@@ -129,7 +129,7 @@ def eca(x: Tensor, params: Params, spec: EcaSpec) -> Tensor:
     w = params["conv.weight"].reshape(-1)
     half = w.numel() // 2
     padded = F.pad(pooled, (half, half))
-    s = sum(w[j] * padded[:, j : j + c] for j in range(w.numel()))
+    s = torch.stack([w[j] * padded[:, j : j + c] for j in range(w.numel())]).sum(0)
     return x * gate(s, spec.gate).reshape(b, c, *([1] * (x.ndim - 2)))
 
 

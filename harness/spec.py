@@ -4,8 +4,8 @@ One pydantic model per kind, joined in a union discriminated on ``kind``. Every 
 forbids unknown fields; every number has bounds; cross-field rules (odd kernels, unique pooling
 entries) live here, so a spec that validates always renders to a module that works.
 
-The field names are the project's vocabulary (``../shared/DESIGN.md``): one name per idea, shared
-across kinds. Renaming a field is a breaking change for every spec file out there.
+The field names are the project's vocabulary: one name per idea, shared across kinds (timm's
+habit). Renaming a field is a breaking change for every spec file out there.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
-
 
 Gate = Literal["sigmoid", "hard_sigmoid"]
 Activation = Literal["relu", "silu", "gelu"]
@@ -312,6 +311,7 @@ class MhaSpec(AttentionOptions, _Variant):
 
 
 AnySpec = ChannelSpec | SpatialSpec | CbamSpec | EcaSpec | SdpaSpec | MhaSpec
+ImageSpec = ChannelSpec | SpatialSpec | CbamSpec | EcaSpec
 SPEC_ADAPTER: TypeAdapter[AnySpec] = TypeAdapter(Annotated[AnySpec, Field(discriminator="kind")])
 #: kind name -> its spec model. The kind names, in the order the README lists them.
 MODELS: dict[str, type[_Variant]] = {

@@ -146,6 +146,7 @@ def run(
         "-rN",
         f"--catalogue={catalogue}",
         f"--variants={variants}",
+        "--depth=quick",
         f"--junitxml={junit}",
         "-o",
         "junit_family=xunit1",

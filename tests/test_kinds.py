@@ -43,7 +43,9 @@ def test_plan_names_every_dtype_and_only_cuda_adds_devices():
 def test_the_realistic_case_overflows_a_float16_sum_but_not_the_mean():
     subject = checks.Subject.of("se_resnet")
     case = next(c for c in subject.kind.cases(subject.spec) if c.realistic)
-    x = subject.kind.inputs(subject.spec, case, torch.float16, "cpu", torch.Generator().manual_seed(0)).args[0]
+    x = subject.kind.inputs(
+        subject.spec, case, torch.float16, "cpu", torch.Generator().manual_seed(0)
+    ).args[0]
     assert torch.isinf(x.sum((2, 3))).any() and torch.isinf(x.sum(1)).any()
     assert torch.isfinite(x.mean((2, 3))).all() and torch.isfinite(x.mean(1)).all()
 

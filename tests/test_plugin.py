@@ -36,7 +36,9 @@ def test_ids_are_deterministic_and_filtered():
     assert first == _collect("--variants", "sdpa*,cbam_paper")
     variants = {line.split("[", 1)[1].split("-", 1)[0] for line in first}
     assert variants == {"sdpa", "sdpa_causal", "sdpa_causal_decode", "sdpa_dropout", "cbam_paper"}
-    assert "tests/test_catalogue.py::test_catalogue[cbam_paper-reference-b2_c32_7x5-float16]" in first
+    assert (
+        "tests/test_catalogue.py::test_catalogue[cbam_paper-reference-b2_c32_7x5-float16]" in first
+    )
 
 
 def test_shards_are_disjoint_and_cover_everything():

@@ -293,7 +293,11 @@ class SdpaSoftmaxNoUpcast(_base("sdpa")):
     def forward(self, q, k, v, attn_mask=None):
         scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
         if attn_mask is not None:
-            scores = scores + attn_mask if attn_mask.is_floating_point() else scores.masked_fill(~attn_mask, float("-inf"))
+            scores = (
+                scores + attn_mask
+                if attn_mask.is_floating_point()
+                else scores.masked_fill(~attn_mask, float("-inf"))
+            )
         e = scores.exp()
         return (e / e.sum(-1, keepdim=True)) @ v
 
@@ -342,7 +346,7 @@ class SeNoInputCheck(_base("se_resnet")):
         return x * torch.sigmoid(self.fc2(self.act(self.fc1(x.mean((2, 3), keepdim=True)))))
 
 
-ACT = "act_b2_c768_28x28"
+ACT = "act_b1_c448_21x22"
 F16, BF16, F32, F64 = torch.float16, torch.bfloat16, torch.float32, torch.float64
 
 # (broken class, the variant whose spec it claims, check, case, dtype, options)
