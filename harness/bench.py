@@ -260,10 +260,10 @@ def bench_generator() -> dict[str, Any]:
         )
         out = Path(tmp, "gen_bench")
         start = time.perf_counter()
-        first = generate(specs, out, write_schema=False)
+        first = generate(specs, out)
         cold = time.perf_counter() - start
         start = time.perf_counter()
-        again = generate(specs, out, write_schema=False)
+        again = generate(specs, out)
         noop = time.perf_counter() - start
     code = (
         "import time; t0 = time.perf_counter(); import torch; t1 = time.perf_counter(); "

@@ -6,14 +6,15 @@ import argparse
 import sys
 from pathlib import Path
 
-from .load import SpecError, display_path
+from .load import Budget, SpecError, display_path
 from .spec import KIND_NAMES
 
 
 def _generate(args: argparse.Namespace) -> int:
     from .generate import generate
 
-    result = generate(args.specs, args.out, check=args.check)
+    budget = Budget(variants=args.max_variants)
+    result = generate(args.specs, args.out, check=args.check, schema=args.schema, budget=budget)
     if args.check:
         if result.changed:
             print(
@@ -92,6 +93,18 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="write nothing; exit 1 listing every file that would change",
     )
+    g.add_argument(
+        "--schema",
+        type=Path,
+        default=None,
+        help="also write the spec files' JSON Schema to this path (tox -e generate: specs/schema.json)",
+    )
+    g.add_argument(
+        "--max-variants",
+        type=int,
+        default=Budget.variants,
+        help=f"variants the specs may expand to, all files and matrices together (default {Budget.variants})",
+    )
     g.set_defaults(func=_generate)
     ls = sub.add_parser("list", help="list the variants, one a line: name, kind, spec file")
     ls.add_argument("--specs", type=Path, default=SPECS_DIR)
@@ -150,10 +163,15 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .generate import OutputError
+
     args = parser().parse_args(argv)
     try:
-        return args.func(args)
+        return int(args.func(args))
     except SpecError as exc:
         print(exc, file=sys.stderr)
         print(f"{len(exc.problems)} problem(s) in the specs; nothing was written.", file=sys.stderr)
+        return 2
+    except OutputError as exc:
+        print(exc, file=sys.stderr)
         return 2

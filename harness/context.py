@@ -14,6 +14,7 @@ from dataclasses import dataclass, fields
 from typing import Any, TypeVar
 
 from . import spec as specs
+from .spec import class_name
 
 ACTIVATIONS = {
     "relu": "nn.ReLU(inplace=True)",
@@ -48,11 +49,6 @@ NORMS = {
 }
 
 
-def class_name(name: str) -> str:
-    """``se_resnet50`` -> ``SeResnet50``."""
-    return "".join(part[:1].upper() + part[1:] for part in name.split("_") if part)
-
-
 def docstring(text: str, indent: str) -> str:
     """``text`` as a triple-quoted literal that evaluates to exactly ``text`` (whatever it holds)."""
     out = []
@@ -82,6 +78,16 @@ def _prose(text: str) -> str:
 
 def _shape(dims: int) -> str:
     return "(B, C, " + ", ".join(SPATIAL_NAMES[dims]) + ")"
+
+
+def _input_checks(dims: int) -> dict[str, Any]:
+    """The input shape, its empty-spatial test and the spatial dims' names, for check_input."""
+    return {
+        "ndim": dims + 2,
+        "shape": _shape(dims).replace("C", "{self.channels}"),
+        "empty_test": " or ".join(f"x.shape[{2 + i}] == 0" for i in range(dims)),
+        "spatial_names": ", ".join(SPATIAL_NAMES[dims]),
+    }
 
 
 def _ordered(data: dict[str, Any]) -> dict[str, Any]:
@@ -125,6 +131,8 @@ class ChannelBlock:
     gate: str
     ndim: int
     shape: str
+    empty_test: str  # true when a spatial dim is empty
+    spatial_names: str  # the spatial dims' names, "H, W"
 
 
 @dataclass(frozen=True)
@@ -140,6 +148,8 @@ class SpatialBlock:
     gate: str
     ndim: int
     shape: str
+    empty_test: str
+    spatial_names: str
 
 
 @dataclass(frozen=True)
@@ -161,6 +171,8 @@ class CbamModule(Module):
     second: str
     ndim: int
     shape: str
+    empty_test: str
+    spatial_names: str
 
 
 @dataclass(frozen=True)
@@ -174,6 +186,8 @@ class EcaModule(Module):
     gate: str
     ndim: int
     shape: str
+    empty_test: str
+    spatial_names: str
 
 
 @dataclass(frozen=True)
@@ -320,8 +334,7 @@ def channel_block(
         pools=pools,
         pool_names=opts.pooling,
         gate=GATES[opts.gate].format("s"),
-        ndim=dims + 2,
-        shape=_shape(dims).replace("C", "{self.channels}"),
+        **_input_checks(dims),
     )
 
 
@@ -351,8 +364,7 @@ def spatial_block(
         bias=opts.bias,
         pools=tuple(SPATIAL_POOLS[p] for p in opts.pooling),
         gate=GATES[opts.gate].format("s"),
-        ndim=dims + 2,
-        shape=_shape(dims).replace("C", "{self.channels}"),
+        **_input_checks(dims),
     )
 
 
@@ -406,8 +418,7 @@ def _cbam(spec: specs.CbamSpec, base: dict[str, Any]) -> CbamModule:
         spatial=spatial,
         first=first,
         second=second,
-        ndim=spec.dims + 2,
-        shape=_shape(spec.dims).replace("C", "{self.channels}"),
+        **_input_checks(spec.dims),
     )
 
 
@@ -440,8 +451,7 @@ def _eca(spec: specs.EcaSpec, base: dict[str, Any]) -> EcaModule:
         beta=repr(spec.beta),
         pool=pool,
         gate=GATES[spec.gate].format("s"),
-        ndim=spec.dims + 2,
-        shape=_shape(spec.dims).replace("C", "{self.channels}"),
+        **_input_checks(spec.dims),
     )
 
 

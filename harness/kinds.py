@@ -267,6 +267,8 @@ class _Image(Kind[Img]):
         names = _SPATIAL_NAMES[dims]
         rank = (2, 8, *[5] * (dims + 1))
         width = (2, 6, *[5] * dims)
+        ok = (2, 8, *[5] * dims)
+        empty = (2, 8, *[5] * (dims - 1), 0)
         expected = rf"\(B, 8, {names}\)"
         return [
             ErrorInput(
@@ -283,6 +285,16 @@ class _Image(Kind[Img]):
                 "zero_channels",
                 lambda f, d: f(0, device=d),
                 r"^{cls}: channels must be >= 1, got 0$",
+            ),
+            ErrorInput(
+                "integer_input",
+                lambda f, d: f(8, device=d)(torch.ones(ok, dtype=torch.int64, device=d)),
+                r"^{cls}: expected a floating-point input, got torch.int64$",
+            ),
+            ErrorInput(
+                "empty_spatial",
+                lambda f, d: f(8, device=d)(torch.randn(empty, device=d)),
+                rf"^{{cls}}: expected at least one position in {names}, got \({', '.join(map(str, empty))}\)$",
             ),
         ]
 
@@ -505,14 +517,22 @@ class Sdpa(_Attention[SdpaSpec]):
 
     def error_inputs(self, spec: SdpaSpec) -> list[ErrorInput]:
         def call(
-            q: tuple[int, ...], k: tuple[int, ...], v: tuple[int, ...], mask: Tensor | None = None
+            *shapes: tuple[int, ...],
+            mask: Tensor | None = None,
+            dtypes: tuple[torch.dtype, ...] = (torch.float32,) * 3,
+            devices: tuple[str | None, ...] = (None,) * 3,
         ) -> Callable[[Callable[..., nn.Module], str], object]:
-            return lambda f, d: f()(
-                torch.randn(q, device=d),
-                torch.randn(k, device=d),
-                torch.randn(v, device=d),
-                attn_mask=None if mask is None else mask.to(d),
-            )
+            # Tensors are made on the device under test unless a device is named (meta: another
+            # device on any machine); a mask already on meta stays there.
+            def run(f: Callable[..., nn.Module], d: str) -> object:
+                qkv = [
+                    torch.ones(s, dtype=t, device=dev or d)
+                    for s, t, dev in zip(shapes, dtypes, devices, strict=True)
+                ]
+                on = None if mask is None else mask if mask.device.type == "meta" else mask.to(d)
+                return f()(*qkv, attn_mask=on)
+
+            return run
 
         qkv = r"^{cls}: expected q \(\.\.\., Lq, D\), k \(\.\.\., Lk, D\) and v \(\.\.\., Lk, Dv\) of one rank"
         return [
@@ -522,13 +542,55 @@ class Sdpa(_Attention[SdpaSpec]):
             ErrorInput("rank1", call((8,), (8,), (8,)), qkv),
             ErrorInput(
                 "mask_shape",
-                call((2, 4, 8), (2, 6, 8), (2, 6, 5), torch.ones(4, 5, dtype=torch.bool)),
+                call((2, 4, 8), (2, 6, 8), (2, 6, 5), mask=torch.ones(4, 5, dtype=torch.bool)),
                 r"^{cls}: expected attn_mask broadcastable to \(\.\.\., 4, 6\), got \(4, 5\)",
             ),
             ErrorInput(
                 "mask_dtype",
-                call((2, 4, 8), (2, 6, 8), (2, 6, 5), torch.ones(4, 6, dtype=torch.int64)),
+                call((2, 4, 8), (2, 6, 8), (2, 6, 5), mask=torch.ones(4, 6, dtype=torch.int64)),
                 r"^{cls}: attn_mask must be bool or floating point, got torch.int64",
+            ),
+            ErrorInput(
+                "mask_extra_dims",
+                call(
+                    (2, 4, 8), (2, 6, 8), (2, 6, 5), mask=torch.ones(3, 2, 4, 6, dtype=torch.bool)
+                ),
+                r"^{cls}: expected attn_mask broadcastable to \(\.\.\., 4, 6\), got \(3, 2, 4, 6\)",
+            ),
+            ErrorInput(
+                "mask_batch",
+                call((2, 4, 8), (2, 6, 8), (2, 6, 5), mask=torch.ones(3, 4, 6, dtype=torch.bool)),
+                r"^{cls}: expected attn_mask broadcastable to \(\.\.\., 4, 6\), got \(3, 4, 6\)",
+            ),
+            ErrorInput(
+                "mask_device",
+                call(
+                    (2, 4, 8),
+                    (2, 6, 8),
+                    (2, 6, 5),
+                    mask=torch.ones(4, 6, dtype=torch.bool, device="meta"),
+                ),
+                r"^{cls}: attn_mask is on meta, the inputs on ",
+            ),
+            ErrorInput(
+                "integer_inputs",
+                call((2, 4, 8), (2, 6, 8), (2, 6, 5), dtypes=(torch.int64,) * 3),
+                r"^{cls}: expected q, k and v of one floating-point dtype, got torch.int64",
+            ),
+            ErrorInput(
+                "mixed_dtypes",
+                call(
+                    (2, 4, 8),
+                    (2, 6, 8),
+                    (2, 6, 5),
+                    dtypes=(torch.float32, torch.float64, torch.float32),
+                ),
+                r"^{cls}: expected q, k and v of one floating-point dtype, got torch.float32, torch.float64",
+            ),
+            ErrorInput(
+                "inputs_device",
+                call((2, 4, 8), (2, 6, 8), (2, 6, 5), devices=(None, "meta", None)),
+                r"^{cls}: expected q, k and v on one device, got ",
             ),
         ]
 
@@ -691,9 +753,8 @@ class Mha(_Attention[MhaSpec]):
             def run(f: Callable[..., nn.Module], d: str) -> object:
                 q, k, v = (torch.randn(s, device=d) for s in shapes)
                 args = [pick([q, k, v]) for pick in picks]
-                return f(e, e + 1, e + 2, device=d)(
-                    *args, **{n: m.to(d) for n, m in kwargs.items()}
-                )
+                masks = {n: m if m.device.type == "meta" else m.to(d) for n, m in kwargs.items()}
+                return f(e, e + 1, e + 2, device=d)(*args, **masks)
 
             return run
 
@@ -728,6 +789,21 @@ class Mha(_Attention[MhaSpec]):
                 "padding_dtype",
                 call(q, k, v, key_padding_mask=torch.zeros(2, 5, dtype=torch.int32)),
                 r"^{cls}: key_padding_mask must be bool or floating point, got torch.int32",
+            ),
+            ErrorInput(
+                "integer_inputs",
+                call(lambda t: t[0].long(), lambda t: t[1].long(), lambda t: t[2].long()),
+                r"^{cls}: expected floating-point query, key and value, got torch.int64",
+            ),
+            ErrorInput(
+                "inputs_device",
+                call(q, lambda t: t[1].to("meta"), v),
+                r"^{cls}: expected query, key and value on one device, got ",
+            ),
+            ErrorInput(
+                "padding_device",
+                call(q, k, v, key_padding_mask=torch.zeros(2, 5, dtype=torch.bool, device="meta")),
+                r"^{cls}: key_padding_mask is on meta, the inputs on ",
             ),
         ]
         if spec.head_dim is None and heads > 1:

@@ -15,11 +15,29 @@ import keyword
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    field_validator,
+    model_validator,
+)
 
 Gate = Literal["sigmoid", "hard_sigmoid"]
 Activation = Literal["relu", "silu", "gelu"]
-Dims = Literal[1, 2, 3]
+
+
+def _integer(value: Any) -> Any:
+    # Literal[1, 2, 3] alone accepts 2.0 (equal and hashed alike); a spec that says 2.0 meant a
+    # float, and a float is not a dimension count.
+    if isinstance(value, float):
+        raise ValueError(f"expected an integer, got the float {value!r}")
+    return value
+
+
+Dims = Annotated[Literal[1, 2, 3], BeforeValidator(_integer)]
 
 
 def _unique(values: tuple[str, ...]) -> tuple[str, ...]:
@@ -29,13 +47,15 @@ def _unique(values: tuple[str, ...]) -> tuple[str, ...]:
     return values
 
 
-# Names whose generated class would shadow a module-level name of the generated file.
-RESERVED_NAMES = {"f": "its class F would shadow `import torch.nn.functional as F`"}
+def class_name(name: str) -> str:
+    """A variant's class name: ``se_resnet50`` -> ``SeResnet50``."""
+    return "".join(part[:1].upper() + part[1:] for part in name.split("_") if part)
 
 
 class _Model(BaseModel):
     # strict: a YAML "4" is not the integer 4 and "yes" (quoted) is not True; say so instead of coercing.
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+    # allow_inf_nan=False: .nan and .inf are no scale, rate or coefficient.
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class ChannelOptions(_Model):
@@ -128,10 +148,14 @@ class _Variant(_Model):
     @field_validator("name")
     @classmethod
     def _not_keyword(cls, value: str) -> str:
-        if keyword.iskeyword(value) or keyword.issoftkeyword(value):
-            raise ValueError(f"name must not be a Python keyword, got {value!r}")
-        if value in RESERVED_NAMES:
-            raise ValueError(f"name {value!r} is reserved: {RESERVED_NAMES[value]}")
+        # The module is <name>.py and the class CamelCase(name): neither may be a keyword or one
+        # of the constants None, True, False (`none`, `true_` -> class None, True). A class name
+        # that would shadow what its module binds or uses (F, SPEC, ValueError ...) is caught
+        # when the module is rendered, from the module itself.
+        cls_name = class_name(value)
+        for word, what in ((value, "name"), (cls_name, f"its class name {cls_name!r}")):
+            if keyword.iskeyword(word) or keyword.issoftkeyword(word):
+                raise ValueError(f"{what} must not be a Python keyword, got {value!r}")
         return value
 
     @field_validator("description")
@@ -183,6 +207,9 @@ class CbamSpec(_Spatial, _Variant):
         return {**CBAM_CHANNEL_DEFAULTS, **value} if isinstance(value, dict) else value
 
 
+MAX_ECA_KERNEL = 255
+
+
 class EcaSpec(_Spatial, _Variant):
     kind: Literal["eca"] = Field(description="Efficient channel attention (Wang et al., 2020).")
     kernel_size: int | None = Field(
@@ -210,6 +237,19 @@ class EcaSpec(_Spatial, _Variant):
                 f"kernel_size must be odd (even sizes shift the channels), got {value}"
             )
         return value
+
+    @model_validator(mode="after")
+    def _kernel_stays_small(self) -> EcaSpec:
+        # What the generated constructor computes, for every channel count up to 2^31: the widest
+        # adaptive kernel must stay a kernel (gamma 1e-9 would ask for a 28 GB one).
+        if self.kernel_size is None:
+            widest = max(abs(self.beta), abs(31 + self.beta)) / self.gamma
+            if widest > MAX_ECA_KERNEL:
+                raise ValueError(
+                    f"gamma {self.gamma!r} and beta {self.beta!r} make the adaptive kernel up to "
+                    f"{widest:.3g} wide (channels up to 2^31); at most {MAX_ECA_KERNEL}"
+                )
+        return self
 
     @model_validator(mode="after")
     def _adaptive_only(self) -> EcaSpec:

@@ -11,6 +11,7 @@ one-line reproduction command still works after the sweep ends.
 
 from __future__ import annotations
 
+import fnmatch
 import shlex
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import registry
 from .generate import ROOT, generate
 from .load import display_path
 
@@ -45,7 +47,7 @@ class Outcome:
 def build_catalogue(specs_dirs: list[Path], out: Path) -> Path:
     """Generate every variant of ``specs_dirs`` into ``out/sweep_catalogue``; returns the package dir."""
     package = out / PACKAGE
-    generate(specs_dirs, package, write_schema=False)
+    generate(specs_dirs, package)
     return package
 
 
@@ -122,6 +124,9 @@ def summary(
     return "\n".join(lines) + "\n"
 
 
+NO_CASES = 5  # exit status when nothing matches (pytest's own for "no tests collected")
+
+
 def run(
     specs_dirs: list[Path],
     out: Path,
@@ -131,8 +136,26 @@ def run(
     variants: str,
     pytest_args: list[str],
 ) -> int:
+    """Generate, check, summarise. Exit status: pytest's (0 all passed, 1 some failed), 2 for a spec
+    or output problem, ``NO_CASES`` (5) when no variant matches ``variants``."""
+    # Paths are the caller's: resolve them against the directory the sweep was started from
+    # (pytest runs from the repository root).
+    out = out if out.is_absolute() else Path.cwd() / out
+    specs_dirs = [d if d.is_absolute() else Path.cwd() / d for d in specs_dirs]
+    if out.exists() and not out.is_dir():
+        print(f"sweep: --out {display_path(out)} exists and is not a directory", file=sys.stderr)
+        return 2
     out.mkdir(parents=True, exist_ok=True)
     catalogue = build_catalogue(specs_dirs, out)
+    patterns = [p.strip() for p in variants.split(",") if p.strip()]
+    names = registry.Catalogue(catalogue).names()
+    if not any(fnmatch.fnmatchcase(n, p) for n in names for p in patterns):
+        print(
+            f"sweep: no variant matches --variants {variants!r} ({len(names)} variants in "
+            f"{', '.join(display_path(d) for d in specs_dirs)}); nothing was checked",
+            file=sys.stderr,
+        )
+        return NO_CASES
     junit = out / "sweep.xml"
     cmd = [
         sys.executable,
@@ -159,6 +182,9 @@ def run(
     start = time.perf_counter()
     code = subprocess.call(cmd, cwd=ROOT)
     wall = time.perf_counter() - start
+    if code == NO_CASES:
+        print("sweep: no case matches the selection; nothing was checked", file=sys.stderr)
+        return NO_CASES
     if code not in (0, 1):
         print(f"sweep: pytest exited with {code}", file=sys.stderr)
         return code

@@ -180,7 +180,7 @@ def test_valid_specs_generate_modules_that_import_and_keep_shapes(variant):
             yaml.safe_dump({"variants": [variant]}, allow_unicode=True), encoding="utf-8"
         )
         package = f"fuzz_pkg_{next(_packages)}"
-        generate(specs, Path(tmp, package), write_schema=False)
+        generate(specs, Path(tmp, package))
         sys.path.insert(0, tmp)
         try:
             module = importlib.import_module(f"{package}.{variant['name']}")

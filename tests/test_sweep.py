@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from harness import sweep
-from harness.generate import ROOT
+from harness.generate import ROOT, OutputError
 
 
 def _tree(directory: Path) -> dict[str, bytes]:
@@ -52,14 +54,17 @@ def test_summary_lists_each_failure_with_its_reproduction(tmp_path: Path):
     assert "| se_a | 0/1 | FAIL 0/1 | 1/1 |" in text
 
 
-def test_rebuilding_a_sweep_catalogue_keeps_foreign_files_and_rewrites_nothing(tmp_path: Path):
+def test_rebuilding_a_sweep_catalogue_rewrites_nothing_and_refuses_foreign_files(tmp_path: Path):
     specs = tmp_path / "mine"
     specs.mkdir()
     (specs / "s.yaml").write_text("variants:\n  - {name: tiny_se, kind: channel}\n")
     package = sweep.build_catalogue([specs], tmp_path / "out")
-    mine = package / "notes.py"
-    mine.write_text("# not generated\n")
     mtimes = {p: p.stat().st_mtime_ns for p in package.glob("*.py")}
     assert sweep.build_catalogue([specs], tmp_path / "out") == package
     assert {p: p.stat().st_mtime_ns for p in package.glob("*.py")} == mtimes
     assert not (specs / "schema.json").exists()
+    mine = package / "notes.py"
+    mine.write_text("# not generated\n")
+    with pytest.raises(OutputError, match=r"notes\.py"):
+        sweep.build_catalogue([specs], tmp_path / "out")
+    assert mine.read_text() == "# not generated\n"
