@@ -1,14 +1,14 @@
-"""``python -m harness bench``: generated modules against their anchors, and the generator's speed.
+"""``attnforge bench``: generated modules against their anchors, and the generator's speed.
 
 Blocks: for every kind, one generated variant against the plain reference formulation
-(``harness/references.py``), the formulation timm uses (``harness/anchors.py``) for SE/CBAM/ECA, and
+(``attnforge.references``), the formulation timm uses (``attnforge.anchors``) for SE/CBAM/ECA, and
 ``F.scaled_dot_product_attention`` / ``nn.MultiheadAttention(need_weights=False)`` for attention; all
 with the same weights and inputs. Forward (eval, no grad) and forward+backward are timed in one
 process, interleaved (each repeat runs every candidate once, in rotating order), and reported as
 medians and ratios: generated / anchor, below 1.0 is faster.
 
-Generator: 1,000 variants generated from scratch (render + one ruff call + writes), a no-op
-regeneration, and what ``import generated`` plus ``names()`` adds to ``import torch``.
+Generator: 1,000 variants generated from scratch (validate, render, write), a no-op
+regeneration, and what ``import attnforge`` plus ``names()`` adds to ``import torch``.
 
 Harness (``--scaling``): the committed catalogue's checks with 1 and with 2 xdist workers.
 
@@ -35,7 +35,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import anchors, kinds, references, registry
-from .generate import ROOT, generate
+from .generate import generate
+from .spec import MhaSpec
 
 
 @dataclass
@@ -180,6 +181,7 @@ def _cases(device: str) -> list[BenchCase]:
     mha: Any = registry.default.cls("mha_torch")
     mha = mha.from_torch(torch_mha)
     mha_spec = registry.spec_of("mha_torch")
+    assert isinstance(mha_spec, MhaSpec)
     p_mha = dict(mha.named_parameters())
 
     def self_attention(grad: bool) -> tuple[Tensor, ...]:
@@ -267,13 +269,13 @@ def bench_generator() -> dict[str, Any]:
         noop = time.perf_counter() - start
     code = (
         "import time; t0 = time.perf_counter(); import torch; t1 = time.perf_counter(); "
-        "import generated; from harness.registry import names; names(); t2 = time.perf_counter(); "
+        "import attnforge; attnforge.names(); t2 = time.perf_counter(); "
         "print(t1 - t0, t2 - t1)"
     )
 
     def run_import() -> float:
         out = subprocess.run(
-            [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
         ).stdout.split()
         return float(out[1])
 
@@ -294,7 +296,9 @@ def bench_scaling() -> dict[str, Any]:
             sys.executable,
             "-m",
             "pytest",
-            "tests/test_catalogue.py",
+            f"--attnforge-catalogue={registry.default.directory}",
+            "-o",
+            "addopts=",
             "-q",
             "-p",
             "no:cacheprovider",
@@ -304,7 +308,7 @@ def bench_scaling() -> dict[str, Any]:
             "worksteal",
         ]
         start = time.perf_counter()
-        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         result[f"workers_{workers}_seconds"] = time.perf_counter() - start
         summary = proc.stdout.strip().splitlines()[-1]
     return {
@@ -341,8 +345,8 @@ def markdown(
         lines += [
             "",
             f"Generator: {generator['variants']} variants in {generator['cold_seconds']:.2f} s from scratch "
-            f"(render, one ruff call, writes); no-op regeneration {generator['noop_seconds']:.2f} s, "
-            f"{generator['noop_files_written']} files written; `import generated` + `names()` adds "
+            f"(validate, render, write); no-op regeneration {generator['noop_seconds']:.2f} s, "
+            f"{generator['noop_files_written']} files written; `import attnforge` + `names()` adds "
             f"{generator['import_generated_and_names_seconds'] * 1e3:.1f} ms to `import torch`.",
         ]
     if scaling:

@@ -1,14 +1,14 @@
 """The checks: plain functions that prove a generated block correct, usable from a notebook.
 
-    from harness import checks
+    from attnforge import checks
     subject = checks.Subject.of("cbam_paper")                       # or Subject(spec, any class)
     checks.run("reference", subject, "b2_c16_7x5", torch.float16)   # raises CheckFailure
 
 Each check takes a ``Subject`` (a spec and the class to build), a case from the kind database
-(``harness.kinds``), a dtype, a device and a seed, and raises ``CheckFailure`` (an
+(``attnforge.kinds``), a dtype, a device and a seed, and raises ``CheckFailure`` (an
 ``AssertionError``) or ``CheckSkipped`` with the reason. ``CHECKS`` says which checks apply to a
 spec, over which cases and dtypes; ``plan`` lists every (check, case, dtype, device). Nothing here
-knows a kind by name: what differs between kinds is the record's (``harness.kinds``).
+knows a kind by name: what differs between kinds is the record's (``attnforge.kinds``).
 """
 
 from __future__ import annotations

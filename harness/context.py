@@ -9,6 +9,7 @@ or expression the template prints. Nothing here imports torch.
 from __future__ import annotations
 
 import textwrap
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any, TypeVar
@@ -80,14 +81,70 @@ def _shape(dims: int) -> str:
     return "(B, C, " + ", ".join(SPATIAL_NAMES[dims]) + ")"
 
 
-def _input_checks(dims: int) -> dict[str, Any]:
-    """The input shape, its empty-spatial test and the spatial dims' names, for check_input."""
-    return {
-        "ndim": dims + 2,
-        "shape": _shape(dims).replace("C", "{self.channels}"),
-        "empty_test": " or ".join(f"x.shape[{2 + i}] == 0" for i in range(dims)),
-        "spatial_names": ", ".join(SPATIAL_NAMES[dims]),
-    }
+def _input_checks(cls: str, dims: int) -> InputChecks:
+    return InputChecks(
+        cls=cls,
+        ndim=dims + 2,
+        shape=_shape(dims).replace("C", "{self.channels}"),
+        empty_test=" or ".join(f"x.shape[{2 + i}] == 0" for i in range(dims)),
+        spatial_names=", ".join(SPATIAL_NAMES[dims]),
+    )
+
+
+LINE_LENGTH = 100  # the generated code's line length (ruff's, with which lint checks it)
+
+
+def py_str(text: str) -> str:
+    """A string literal as the formatter writes it: double quotes unless the text holds more double
+    than single quotes; escapes as ``repr`` makes them."""
+    literal = repr(text)
+    if literal[0] == '"':  # repr went double: the text has single quotes and no double ones
+        return literal
+    if '"' not in text:
+        return '"' + literal[1:-1] + '"'
+    if text.count('"') > text.count("'"):
+        return literal
+    return '"' + literal[1:-1].replace("\\'", "'").replace('"', '\\"') + '"'
+
+
+def _scalar_literal(value: Any) -> str:
+    if isinstance(value, str):
+        return py_str(value)
+    if isinstance(value, float):
+        return repr(value).replace("e+", "e")
+    return repr(value)
+
+
+def width(text: str) -> int:
+    """Columns ``text`` takes, as the formatter counts them: East Asian wide characters two,
+    combining characters none."""
+    return sum(
+        0 if unicodedata.combining(ch) else 2 if unicodedata.east_asian_width(ch) in "WF" else 1
+        for ch in text
+    )
+
+
+def py_literal(value: Any, indent: int = 0, prefix: int = 0, suffix: int = 0) -> str:
+    """``value`` (dicts, lists, tuples, scalars) as the formatter lays it out at ``indent``: on one
+    line when it fits after ``prefix`` columns and before ``suffix`` ones, else one item a line
+    with a trailing comma."""
+    if isinstance(value, dict):
+        items = [(py_str(k) + ": ", v) for k, v in value.items()]
+        opening, closing = "{", "}"
+    elif isinstance(value, list):
+        items = [("", v) for v in value]
+        opening, closing = "[", "]"
+    elif isinstance(value, tuple):
+        items = [("", v) for v in value]
+        opening, closing = "(", ")"
+    else:
+        return _scalar_literal(value)
+    flat = opening + ", ".join(key + py_literal(v) for key, v in items) + closing
+    if "\n" not in flat and indent + prefix + width(flat) + suffix <= LINE_LENGTH:
+        return flat
+    inner = indent + 4
+    lines = [" " * inner + key + py_literal(v, inner, width(key), 1) + "," for key, v in items]
+    return opening + "\n" + "\n".join(lines) + "\n" + " " * indent + closing
 
 
 def _ordered(data: dict[str, Any]) -> dict[str, Any]:
@@ -110,10 +167,22 @@ class Module:
     spec_literal: str
     functional: bool  # imports torch.nn.functional as F
     helpers: tuple[str, ...]  # module-level helper functions, in order: mean, max_pool, merge_masks
+    stdlib_imports: tuple[str, ...]  # "import math" ...
 
     def fields(self) -> dict[str, Any]:
         """The template's variables (nested contexts stay objects)."""
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass(frozen=True)
+class InputChecks:
+    """What a gating block's forward checks of ``x`` (the check_input macro)."""
+
+    cls: str
+    ndim: int
+    shape: str  # the expected shape, "(B, {self.channels}, H, W)"
+    empty_test: str  # true when a spatial dim is empty
+    spatial_names: str  # the spatial dims' names, "H, W"
 
 
 @dataclass(frozen=True)
@@ -129,10 +198,7 @@ class ChannelBlock:
     pools: tuple[str, ...]
     pool_names: tuple[str, ...]
     gate: str
-    ndim: int
-    shape: str
-    empty_test: str  # true when a spatial dim is empty
-    spatial_names: str  # the spatial dims' names, "H, W"
+    checks: InputChecks
 
 
 @dataclass(frozen=True)
@@ -146,10 +212,7 @@ class SpatialBlock:
     bias: bool
     pools: tuple[str, ...]
     gate: str
-    ndim: int
-    shape: str
-    empty_test: str
-    spatial_names: str
+    checks: InputChecks
 
 
 @dataclass(frozen=True)
@@ -169,10 +232,7 @@ class CbamModule(Module):
     spatial: SpatialBlock
     first: str
     second: str
-    ndim: int
-    shape: str
-    empty_test: str
-    spatial_names: str
+    checks: InputChecks
 
 
 @dataclass(frozen=True)
@@ -184,10 +244,7 @@ class EcaModule(Module):
     beta: str
     pool: str
     gate: str
-    ndim: int
-    shape: str
-    empty_test: str
-    spatial_names: str
+    checks: InputChecks
 
 
 @dataclass(frozen=True)
@@ -229,6 +286,7 @@ class MhaModule(Module):
     dropout_value: str  # the dropout probability, 0.0 included (from_torch compares it)
     causality: Causality
     torch_compatible: bool
+    bias_text: str  # "biases" / "no biases", for from_torch's docstring
 
 
 Ctx = TypeVar("Ctx", bound=Module)
@@ -255,7 +313,8 @@ def context(spec: specs.AnySpec, spec_path: str) -> Module:
         "kind": spec.kind,
         "spec_path": spec_path,
         "cls": class_name(spec.name),
-        "spec_literal": repr(_ordered(spec.model_dump(mode="json"))),
+        "spec_literal": py_literal(_ordered(spec.model_dump(mode="json")), prefix=len("SPEC = ")),
+        "stdlib_imports": (),
     }
     return BUILDERS[spec.kind](spec, base)
 
@@ -334,7 +393,7 @@ def channel_block(
         pools=pools,
         pool_names=opts.pooling,
         gate=GATES[opts.gate].format("s"),
-        **_input_checks(dims),
+        checks=_input_checks(cls, dims),
     )
 
 
@@ -364,7 +423,7 @@ def spatial_block(
         bias=opts.bias,
         pools=tuple(SPATIAL_POOLS[p] for p in opts.pooling),
         gate=GATES[opts.gate].format("s"),
-        **_input_checks(dims),
+        checks=_input_checks(cls, dims),
     )
 
 
@@ -418,7 +477,7 @@ def _cbam(spec: specs.CbamSpec, base: dict[str, Any]) -> CbamModule:
         spatial=spatial,
         first=first,
         second=second,
-        **_input_checks(spec.dims),
+        checks=_input_checks(base["cls"], spec.dims),
     )
 
 
@@ -440,6 +499,7 @@ def _eca(spec: specs.EcaSpec, base: dict[str, Any]) -> EcaModule:
         *_image_doc(spec.dims),
     )
     pool = CHANNEL_POOLS["avg"][spec.dims]
+    base = {**base, "stdlib_imports": ("import math",) if adaptive else ()}
     return EcaModule(
         **base,
         functional=_functional(spec.gate),
@@ -451,7 +511,7 @@ def _eca(spec: specs.EcaSpec, base: dict[str, Any]) -> EcaModule:
         beta=repr(spec.beta),
         pool=pool,
         gate=GATES[spec.gate].format("s"),
-        **_input_checks(spec.dims),
+        checks=_input_checks(base["cls"], spec.dims),
     )
 
 
@@ -590,4 +650,5 @@ def _mha(spec: specs.MhaSpec, base: dict[str, Any]) -> MhaModule:
         dropout_value=repr(spec.dropout),
         causality=_causality(spec, explicit=explicit),
         torch_compatible=spec.torch_compatible,
+        bias_text="biases" if spec.qkv_bias else "no biases",
     )

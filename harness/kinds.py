@@ -2,11 +2,11 @@
 
 A record says how to build a variant's constructor arguments and inputs (``cases``, ``tiny``,
 ``inputs``), what the output shape is, which parameters the spec implies, what the independent
-reference is (``harness.references``), which anchors it is compared with (``harness.anchors``),
+reference is (``attnforge.references``), which anchors it is compared with (``attnforge.anchors``),
 which bad inputs must raise which ``ValueError`` (``error_inputs``, ModuleInfo's
 ``module_error_inputs_func``), which dims may vary under ``torch.export``, and its traits (gated,
 attention: how keys are masked and where the sequence dims are, causality, dropout, weights, what
-``torch.autocast`` does to its output dtype). ``harness.checks`` reads these and never branches on a
+``torch.autocast`` does to its output dtype). ``attnforge.checks`` reads these and never branches on a
 kind's name, so a new kind is one record here plus its spec model, context builder, template and
 reference.
 """

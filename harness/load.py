@@ -28,6 +28,7 @@ from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
 from . import spec as specs
+from .errors import Budget, Problem, SpecError, clip
 
 MAX_FILE_BYTES = 1 << 20
 MAX_NODES = 100_000  # after alias expansion: a "billion laughs" document stops here
@@ -40,50 +41,6 @@ MAX_NAME_PATTERN = 128
 SAFE_FILE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}\.ya?ml$")
 
 Path_ = tuple[str | int, ...]
-
-
-@dataclass(frozen=True)
-class Budget:
-    """What one run may expand to; ``attnforge generate --max-variants N`` raises the run's cap."""
-
-    variants: int = 20_000  # per run, matrices expanded, all files together
-    variants_per_file: int = 10_000
-    problems_shown: int = 50  # printed; every problem is still collected
-
-
-def _clip(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-@dataclass(frozen=True, order=True)
-class Problem:
-    file: str
-    line: int
-    col: int
-    variant: str = ""
-    field: str = ""
-    message: str = ""
-
-    def __str__(self) -> str:
-        parts = [f"{self.file}:{self.line}:{self.col}"]
-        if self.variant:
-            parts.append(_clip(self.variant, 80))
-        if self.field:
-            parts.append(_clip(self.field, 80))
-        parts.append(_clip(self.message, 400))
-        return ": ".join(parts)
-
-
-class SpecError(Exception):
-    """One or more problems in the spec files; ``str()`` lists them, one a line (at most
-    ``shown``, then how many more)."""
-
-    def __init__(self, problems: Iterable[Problem], shown: int = Budget.problems_shown):
-        self.problems = sorted(problems)
-        lines = [str(p) for p in self.problems[:shown]]
-        if len(self.problems) > shown:
-            lines.append(f"... and {len(self.problems) - shown} more problem(s)")
-        super().__init__("\n".join(lines))
 
 
 @dataclass(frozen=True)
@@ -197,7 +154,7 @@ def _scalar(value: str, kind: str | None) -> Any:
             return math.nan
     if kind is None:
         return value
-    raise ValueError(f"!!{kind} {_clip(value, 40)!r} is not a YAML 1.2 {kind}")
+    raise ValueError(f"!!{kind} {clip(value, 40)!r} is not a YAML 1.2 {kind}")
 
 
 class _Converter:
@@ -214,7 +171,7 @@ class _Converter:
         self.doc.marks[path] = _mark(node)
         if isinstance(node, yaml.MappingNode):
             if node.tag != "tag:yaml.org,2002:map":
-                raise _BadNode(node, f"tag {_clip(node.tag, 60)!r} is not allowed")
+                raise _BadNode(node, f"tag {clip(node.tag, 60)!r} is not allowed")
             result: dict[str, Any] = {}
             for key_node, value_node in node.value:
                 if isinstance(key_node, yaml.ScalarNode) and key_node.value == "<<":
@@ -228,20 +185,20 @@ class _Converter:
                 if key in result:
                     first = self.doc.key_marks[(*path, key)]
                     raise _BadNode(
-                        key_node, f"duplicate key {_clip(key, 60)!r} (first at line {first[0]})"
+                        key_node, f"duplicate key {clip(key, 60)!r} (first at line {first[0]})"
                     )
                 self.doc.key_marks[(*path, key)] = _mark(key_node)
                 result[key] = self.convert(value_node, (*path, key), depth + 1)
             return result
         if isinstance(node, yaml.SequenceNode):
             if node.tag != "tag:yaml.org,2002:seq":
-                raise _BadNode(node, f"tag {_clip(node.tag, 60)!r} is not allowed")
+                raise _BadNode(node, f"tag {clip(node.tag, 60)!r} is not allowed")
             return [self.convert(item, (*path, i), depth + 1) for i, item in enumerate(node.value)]
         assert isinstance(node, yaml.ScalarNode)
         explicit = getattr(node, "explicit", False)
         if explicit and node.tag not in _TAGS:
             raise _BadNode(
-                node, f"tag {_clip(node.tag, 60)!r} is not allowed (only plain YAML values)"
+                node, f"tag {clip(node.tag, 60)!r} is not allowed (only plain YAML values)"
             )
         if node.style is not None and not explicit:  # quoted or block scalar: a string
             return node.value
@@ -341,7 +298,7 @@ def parse_file(path: Path, display: str | None = None) -> _Document:
     except yaml.MarkedYAMLError as exc:
         _syntax_problem(doc, exc)
     except yaml.YAMLError as exc:
-        doc.problem((), "", "", "YAML: " + _clip(" ".join(str(exc).split()), 200))
+        doc.problem((), "", "", "YAML: " + clip(" ".join(str(exc).split()), 200))
     except _BadNode as exc:
         line, col = _mark(exc.node)
         doc.problems.append(Problem(doc.display, line, col, "", "", exc.message))
@@ -538,14 +495,14 @@ def _message(error: ErrorDetails, kind: str, loc: tuple[str | int, ...]) -> str:
     if etype == "union_tag_invalid":
         tag = str(error.get("ctx", {}).get("tag", ""))
         return (
-            f"unknown kind {_clip(tag, 60)!r}{_close(tag, specs.KIND_NAMES)} "
+            f"unknown kind {clip(tag, 60)!r}{_close(tag, specs.KIND_NAMES)} "
             f"(kinds: {', '.join(specs.KIND_NAMES)})"
         )
     if etype == "union_tag_not_found":
         return f"missing required field (one of: {', '.join(specs.KIND_NAMES)})"
     if etype == "extra_forbidden":
         allowed = _fields_at(kind, loc[:-1])
-        return f"unknown field {_clip(str(loc[-1]), 60)!r}{_close(str(loc[-1]), allowed)}"
+        return f"unknown field {clip(str(loc[-1]), 60)!r}{_close(str(loc[-1]), allowed)}"
     if etype == "missing":
         return "missing required field"
     given = error.get("input")

@@ -10,7 +10,7 @@ Semantics pinned here: bool ``attn_mask`` True = allowed; bool ``key_padding_mas
 float masks are added; a query row with no allowed key gives 0.
 
 Means are ``torch.mean`` (which accumulates half precision in float32), so a reference computed in
-float16 is a fair yardstick for the half-precision rule (``harness.compare``): it does not overflow
+float16 is a fair yardstick for the half-precision rule (``attnforge.compare``): it does not overflow
 where the mathematics does not.
 """
 

@@ -422,7 +422,7 @@ def _type_text(annotation: Any) -> str:
         .replace("NoneType", "null")
         .replace(" | ", " or ")
     )
-    if text.startswith("harness.spec."):
+    if text.startswith(("harness.spec.", "attnforge.spec.")):
         return "mapping"
     return text
 

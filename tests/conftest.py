@@ -2,8 +2,6 @@ import os
 
 from hypothesis import HealthCheck, settings
 
-pytest_plugins = ["harness.pytest_plugin"]
-
 # CI runs the fuzz tests derandomized so every run tries the same examples.
 settings.register_profile(
     "ci",

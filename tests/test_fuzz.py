@@ -9,18 +9,19 @@ from __future__ import annotations
 import importlib
 import itertools
 import re
+import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import torch
 import yaml
+from attnforge.generate import generate
+from attnforge.kinds import output
+from attnforge.load import SpecError, load_specs
 from hypothesis import given
 from hypothesis import strategies as st
-
-from harness.generate import generate
-from harness.kinds import output
-from harness.load import SpecError, load_specs
 
 names = (
     st.from_regex(r"\A[a-z][a-z0-9_]{0,20}\Z")
@@ -171,6 +172,28 @@ def _inputs(spec) -> tuple[tuple, tuple]:
     return (e, 7, 5, 4), (torch.randn(2, 3, e), torch.randn(2, 5, 7), torch.randn(2, 5, 5))
 
 
+def _formatter_agrees(package: Path) -> bool:
+    """The pinned ruff leaves the package as generated (True when ruff is absent: tox has it)."""
+    ruff = shutil.which("ruff")
+    if ruff is None:
+        return True
+    proc = subprocess.run(
+        [
+            ruff,
+            "format",
+            "--check",
+            "--no-cache",
+            "--isolated",
+            "--line-length=100",
+            "--target-version=py310",
+            str(package),
+        ],
+        capture_output=True,
+        check=False,
+    )
+    return proc.returncode == 0
+
+
 @given(variants)
 def test_valid_specs_generate_modules_that_import_and_keep_shapes(variant):
     with tempfile.TemporaryDirectory() as tmp:
@@ -181,6 +204,7 @@ def test_valid_specs_generate_modules_that_import_and_keep_shapes(variant):
         )
         package = f"fuzz_pkg_{next(_packages)}"
         generate(specs, Path(tmp, package))
+        formatted = _formatter_agrees(Path(tmp, package))
         sys.path.insert(0, tmp)
         try:
             module = importlib.import_module(f"{package}.{variant['name']}")
@@ -197,6 +221,7 @@ def test_valid_specs_generate_modules_that_import_and_keep_shapes(variant):
         out = output(cls(*ctor).eval()(*inputs))
         expected = {"sdpa": (2, 3, 4), "mha": (2, 3, 4)}.get(spec.spec.kind, inputs[0].shape)
         assert tuple(out.shape) == tuple(expected)
+        assert formatted, "the templates laid this variant out differently from ruff"
 
 
 junk = st.one_of(

@@ -10,10 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from harness import cli
-from harness import generate as gen
-from harness.load import load_specs
+from attnforge import cli
+from attnforge import generate as gen
+from attnforge.load import load_specs
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = ROOT / "specs"
@@ -51,7 +50,16 @@ def test_two_runs_are_byte_identical_under_any_hash_seed(specs: Path, tmp_path: 
         out = tmp_path / f"out{seed}" / "generated"
         env = {**os.environ, "PYTHONHASHSEED": seed}
         subprocess.run(
-            [sys.executable, "-m", "harness", "generate", "--specs", str(specs), "--out", str(out)],
+            [
+                sys.executable,
+                "-m",
+                "attnforge",
+                "generate",
+                "--specs",
+                str(specs),
+                "--out",
+                str(out),
+            ],
             check=True,
             cwd=ROOT,
             env=env,
@@ -171,3 +179,43 @@ def test_description_is_a_docstring_whatever_it_holds(tmp_path: Path):
     assert (
         sys.modules["pkg_nasty.nasty"].Nasty.__doc__.count("{{ 7 * 7 }}") == 1
     )  # never rendered by Jinja
+
+
+def _ruff() -> str:
+    ruff = shutil.which("ruff")
+    if ruff is None:
+        pytest.skip("ruff is not installed: tox installs the pinned one (the generator needs none)")
+    return ruff
+
+
+def _is_ruff_formatted(sources: dict[str, str], tmp_path: Path) -> list[str]:
+    """The files the pinned ruff would reformat (our pyproject's line length and target)."""
+    out = tmp_path / "fmt"
+    out.mkdir()
+    for name, text in sources.items():
+        (out / name).write_text(text, encoding="utf-8")
+    proc = subprocess.run(
+        [
+            _ruff(),
+            "format",
+            "--check",
+            "--no-cache",
+            "--isolated",
+            "--line-length=100",
+            "--target-version=py310",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return [line for line in proc.stdout.splitlines() if line.startswith("Would reformat")]
+
+
+def test_templates_emit_what_the_formatter_would_write(tmp_path: Path):
+    """No formatter runs at generation: the templates lay code out as ruff does, for the committed
+    catalogue and for every sweep variant (hundreds of option combinations)."""
+    variants = load_specs(SPECS, SPECS / "sweeps")
+    sources = gen.render(variants, "pkg")
+    assert len(sources) > 400
+    assert _is_ruff_formatted(sources, tmp_path) == []

@@ -6,9 +6,8 @@ import ast
 from pathlib import Path
 
 import torch
-
-from harness import checks, context, kinds, references, spec
-from harness.generate import TEMPLATES_DIR
+from attnforge import checks, context, kinds, references, spec
+from attnforge.generate import TEMPLATES_DIR
 
 HARNESS = Path(checks.__file__).parent
 

@@ -9,9 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from harness import cli
-from harness.load import SpecError, load_specs
+from attnforge import cli
+from attnforge.load import SpecError, load_specs
 
 ROOT = Path(__file__).resolve().parent.parent
 BAD = sorted((Path(__file__).parent / "bad_specs").glob("*.yaml"))
@@ -59,7 +58,16 @@ def test_exit_status_and_no_traceback_from_a_real_process(tmp_path: Path, out_di
     for name in ("unknown_field.yaml", "python_tag.yaml"):
         shutil.copy(Path(__file__).parent / "bad_specs" / name, specs / name)
     proc = subprocess.run(
-        [sys.executable, "-m", "harness", "generate", "--specs", str(specs), "--out", str(out_dir)],
+        [
+            sys.executable,
+            "-m",
+            "attnforge",
+            "generate",
+            "--specs",
+            str(specs),
+            "--out",
+            str(out_dir),
+        ],
         capture_output=True,
         text=True,
         cwd=ROOT,

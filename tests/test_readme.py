@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from harness.spec import reference_markdown
+from attnforge.spec import reference_markdown
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 
@@ -12,7 +12,7 @@ def test_spec_reference_matches_the_models():
     start = README.index("\n", start) + 1
     end = README.index("<!-- spec-reference:end -->")
     assert README[start:end] == reference_markdown(), (
-        "regenerate the README's spec reference from harness.spec.reference_markdown()"
+        "regenerate the README's spec reference from attnforge.spec.reference_markdown()"
     )
 
 

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from harness import cli, registry
-from harness.load import load_specs
-from harness.spec import KIND_NAMES
+from attnforge import cli, registry
+from attnforge.load import load_specs
+from attnforge.spec import KIND_NAMES
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,16 +40,44 @@ def test_unknown_name_suggests_close_matches():
 
 
 def test_importing_the_index_imports_no_variant():
-    code = "import sys, generated, harness.registry as r; r.names(); print(sorted(m for m in sys.modules if m.startswith('generated.')))"
+    code = "import sys, attnforge; attnforge.names(); print(sorted(m for m in sys.modules if m.startswith('attnforge.generated.') or m in ('torch', 'pydantic', 'jinja2', 'yaml')))"
     out = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout
     assert out.strip() == "[]"
 
 
-def test_list_prints_name_kind_and_spec_file(capsys):
+def test_list_prints_name_kind_spec_file_and_description(capsys):
     assert cli.main(["list", "--kind", "sdpa"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert [line.split() for line in lines] == [
-        [n, "sdpa", "specs/attention.yaml"] for n in registry.names("sdpa")
+    assert [line.split()[:3] for line in lines] == [
+        [n, "sdpa", "attention.yaml"] for n in registry.names("sdpa")
     ]
+    assert "The tutorial's ScaledDotProductAttention" in lines[0]
+
+
+def test_list_of_an_unknown_kind_says_which_kinds_exist(capsys):
+    assert cli.main(["list", "--kind", "nope"]) == 5
+    assert "kinds here: cbam, channel, eca, mha, sdpa, spatial" in capsys.readouterr().err
+
+
+def test_show_prints_the_spec_the_file_and_the_parameter_count(capsys):
+    assert cli.main(["show", "se_resnet", "--width", "64"]) == 0
+    out = capsys.readouterr().out
+    assert "se_resnet: channel, class SeResnet in " in out and "from se.yaml" in out
+    # fc1 64 -> 4 and fc2 4 -> 64, with biases: 64 * 4 + 4 + 4 * 64 + 64
+    assert "parameters at width 64: 580" in out
+    assert '  - {"name": "se_resnet", "kind": "channel"' in out
+
+
+def test_show_an_unknown_name_suggests_close_ones(capsys):
+    assert cli.main(["show", "se_resnt"]) == 2
+    assert "did you mean 'se_resnet'" in capsys.readouterr().err
+
+
+def test_version(capsys):
+    import attnforge
+
+    with pytest.raises(SystemExit):
+        cli.main(["--version"])
+    assert capsys.readouterr().out.strip() == f"attnforge {attnforge.__version__}"

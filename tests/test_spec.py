@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from attnforge import spec as specs
 from pydantic import ValidationError
-
-from harness import spec as specs
 
 BASE = {
     "channel": {"name": "v", "kind": "channel"},

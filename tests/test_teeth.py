@@ -13,9 +13,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from attnforge import checks, registry
 from torch import nn
-
-from harness import checks, registry
 
 
 def _base(name: str) -> type:

@@ -14,10 +14,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from harness import cli
-from harness import generate as gen
-from harness.load import Budget, SpecError, load_specs
+from attnforge import cli
+from attnforge import generate as gen
+from attnforge.load import Budget, SpecError, load_specs
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -30,7 +29,7 @@ def _run(
     *args: str, cwd: Path = ROOT, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "harness", *args],
+        [sys.executable, "-m", "attnforge", *args],
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -149,8 +148,8 @@ def _peak(args: list[str], cwd: Path) -> tuple[subprocess.CompletedProcess[str],
     """Run the CLI in a child and return it with the child's peak RSS in MiB (VmHWM: getrusage's
     ru_maxrss would carry the forking pytest worker's high-water mark across exec)."""
     script = (
-        "import runpy, sys; sys.argv = ['harness', *sys.argv[1:]]\n"
-        "try:\n    runpy.run_module('harness', run_name='__main__')\n"
+        "import runpy, sys; sys.argv = ['attnforge', *sys.argv[1:]]\n"
+        "try:\n    runpy.run_module('attnforge', run_name='__main__')\n"
         "except SystemExit as e:\n    code = e.code\n"
         "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]\n"
         "sys.stderr.write(f'\\nPEAK_KB {hwm}\\n')\n"
@@ -383,7 +382,7 @@ def test_two_real_processes_on_one_directory_take_turns(tmp_path: Path):
                 [
                     sys.executable,
                     "-m",
-                    "harness",
+                    "attnforge",
                     "generate",
                     "--specs",
                     str(specs),
@@ -512,7 +511,7 @@ def test_a_sweep_started_elsewhere_writes_where_it_was_asked(tmp_path: Path):
         "-n",
         "0",
         "--",
-        "--checks",
+        "--attnforge-checks",
         "shape",
         cwd=tmp_path,
     )

@@ -1,0 +1,1 @@
+"""Package data: the specs of the committed catalogue, their JSON Schema, and the sweep specs."""

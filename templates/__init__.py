@@ -1,0 +1,1 @@
+"""Package data: the Jinja templates that lay out generated modules (one per kind, plus partials)."""
