@@ -114,6 +114,7 @@ class TestInjection:
         script = textwrap.dedent(
             f"""
             import importlib, sys
+            sys.dont_write_bytecode = True  # .pyc caches are the interpreter's writes, not the package's
             blocked = ("os.system", "subprocess.Popen", "os.exec", "os.posix_spawn", "os.fork",
                        "socket.connect", "os.remove", "os.rename", "os.unlink")
             def hook(event, args):
