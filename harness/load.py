@@ -36,7 +36,7 @@ MAX_DEPTH = 32  # of the document's values
 MAX_SCAN_DEPTH = 64  # of the raw YAML, checked before composing (the composer recurses)
 MAX_INT_DIGITS = 18  # every integer field is far below 10**18
 MAX_NAME_PART = 64  # a matrix value's part of a variant name
-MAX_NAME_PATTERN = 128
+MAX_NAME_PATTERN = 256
 # A spec file's name reaches messages and the generated headers: letters, digits, _ . - only.
 SAFE_FILE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}\.ya?ml$")
 

@@ -307,4 +307,5 @@ class _Progress:
                 f"{rate:,.0f}/s, about {left / 60:.1f} min left"
             )
             if reporter is not None:
+                reporter.ensure_newline()
                 reporter.write_line(line)
