@@ -36,7 +36,9 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="attnforge-package-"))
     try:
         dist = work / "dist"
-        run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", dist, REPO, cwd=work)
+        run(
+            sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", dist, REPO, cwd=work
+        )
         (wheel,) = dist.glob("attnforge-*.whl")
         names = zipfile.ZipFile(wheel).namelist()
         top = sorted({n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")})
@@ -48,7 +50,9 @@ def main() -> None:
             "attnforge/generated/__init__.py",
         ):
             assert needed in names, f"{needed} is not in the wheel"
-        print(f"wheel: {wheel.name}, {wheel.stat().st_size / 1024:.0f} KiB, {len(names)} files, top level {top}")
+        print(
+            f"wheel: {wheel.name}, {wheel.stat().st_size / 1024:.0f} KiB, {len(names)} files, top level {top}"
+        )
 
         venv = work / "venv"
         run(sys.executable, "-m", "venv", venv, cwd=work)
@@ -77,7 +81,9 @@ def main() -> None:
         assert "Tensor (2, 32, 8, 8)" in out, out
         attnforge = venv / "bin" / "attnforge"
         assert "cbam_paper" in run(attnforge, "list", "--kind", "cbam", cwd=project)
-        assert "parameters at width 32" in run(attnforge, "show", "cbam_paper", "--width", "32", cwd=project)
+        assert "parameters at width 32" in run(
+            attnforge, "show", "cbam_paper", "--width", "32", cwd=project
+        )
 
         run(*pip, f"{wheel}[generate,check]", cwd=work)
         specs = project / "specs"
@@ -108,13 +114,26 @@ def main() -> None:
         )
         assert out.strip() == "(2, 16, 5, 5)", out
         out = run(
-            py, "-m", "pytest", "--attnforge-catalogue", "mypkg", "-q", "-n", "2", "-p", "no:cacheprovider",
+            py,
+            "-m",
+            "pytest",
+            "--attnforge-catalogue",
+            "mypkg",
+            "-q",
+            "-n",
+            "2",
+            "-p",
+            "no:cacheprovider",
             cwd=project,
         )
         print(out.strip().splitlines()[-1])
 
         # Byte-identical output, whatever formatter the user has: none, then another ruff.
-        shutil.copytree(REPO / "specs", project / "ours", ignore=shutil.ignore_patterns("sweeps", "__init__.py", "__pycache__"))
+        shutil.copytree(
+            REPO / "specs",
+            project / "ours",
+            ignore=shutil.ignore_patterns("sweeps", "__init__.py", "__pycache__"),
+        )
         for label in ("no formatter", "ruff 0.17.5"):
             if label != "no formatter":
                 run(*pip, "ruff==0.17.5", cwd=work)

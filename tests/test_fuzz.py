@@ -17,11 +17,12 @@ from pathlib import Path
 
 import torch
 import yaml
+from hypothesis import given
+from hypothesis import strategies as st
+
 from attnforge.generate import generate
 from attnforge.kinds import output
 from attnforge.load import SpecError, load_specs
-from hypothesis import given
-from hypothesis import strategies as st
 
 names = (
     st.from_regex(r"\A[a-z][a-z0-9_]{0,20}\Z")

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from attnforge import cli
 from attnforge import generate as gen
 from attnforge.load import load_specs

@@ -6,6 +6,7 @@ import ast
 from pathlib import Path
 
 import torch
+
 from attnforge import checks, context, kinds, references, spec
 from attnforge.generate import TEMPLATES_DIR
 

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from attnforge import cli
 from attnforge.load import SpecError, load_specs
 

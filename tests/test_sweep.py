@@ -7,6 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+
 from attnforge import sweep
 from attnforge.errors import OutputError
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from attnforge import cli
 from attnforge import generate as gen
 from attnforge.load import Budget, SpecError, load_specs
