@@ -16,6 +16,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -227,8 +228,10 @@ def run(
         "--attnforge-depth=quick",
         f"--attnforge-progress={progress}",
         f"--rootdir={out}",
-        "-o",
-        "addopts=",  # a surrounding project's pytest options are not the sweep's
+        # A surrounding project's pytest configuration (addopts, testpaths, filters) is not the
+        # sweep's: an empty one instead.
+        "-c",
+        os.devnull,
         "-p",
         "no:cacheprovider",
         "-q",
