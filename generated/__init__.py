@@ -62,11 +62,23 @@ VARIANTS: dict[str, tuple[str, str, str, str]] = {
         "CbamSpatialTutorial",
         "The tutorial's SpatialAttention (3x3 conv on [mean, max]), with its bugs fixed.",
     ),
+    "cbam_timm": (
+        "cbam",
+        "cbam.yaml",
+        "CbamTimm",
+        "timm's CbamModule (hidden width rounded to the nearest channel, conv and BatchN…",
+    ),
     "cbam_tutorial": (
         "cbam",
         "cbam.yaml",
         "CbamTutorial",
         "The tutorial's two blocks in sequence (channel rate 4, spatial 3x3).",
+    ),
+    "ceca_timm": (
+        "eca",
+        "eca.yaml",
+        "CecaTimm",
+        "timm's CecaModule, ECA with circular padding across the channel axis.",
     ),
     "eca": (
         "eca",
@@ -81,6 +93,31 @@ VARIANTS: dict[str, tuple[str, str, str, str]] = {
         "ECA with a fixed 5-tap kernel, kept whatever the channel count (timm would over…",
     ),
     "eca_seq": ("eca", "eca.yaml", "EcaSeq", "ECA for sequences (B, C, L), adaptive kernel size."),
+    "eca_timm": ("eca", "eca.yaml", "EcaTimm", "timm's EcaModule (the adaptive size, at least 3)."),
+    "ecam_timm": (
+        "eca",
+        "eca.yaml",
+        "EcamTimm",
+        "timm's ecam, EcaModule with use_mlp=True (a 1x1 conv to C/8, ReLU, the k-wide c…",
+    ),
+    "ese_maxpool": (
+        "ese",
+        "ese.yaml",
+        "EseMaxpool",
+        "timm's EffectiveSEModule with add_maxpool=True (mean and max averaged).",
+    ),
+    "ese_timm": (
+        "ese",
+        "ese.yaml",
+        "EseTimm",
+        "timm's EffectiveSEModule (one 1x1 conv, hard sigmoid gate), as in VoVNet-v2.",
+    ),
+    "lcbam_timm": (
+        "cbam",
+        "cbam.yaml",
+        "LcbamTimm",
+        "timm's LightCbamModule (avg and max averaged before the MLP and before the conv…",
+    ),
     "mha_causal": (
         "mha",
         "attention.yaml",
@@ -164,6 +201,18 @@ VARIANTS: dict[str, tuple[str, str, str, str]] = {
         "attention.yaml",
         "SdpaDropout",
         "Scaled dot-product attention with dropout 0.1 on the weights, as in the Transfo…",
+    ),
+    "se_bn": (
+        "channel",
+        "se.yaml",
+        "SeBn",
+        "timm's SEModule with norm_layer=BatchNorm2d (bn between fc1 and the activation).",
+    ),
+    "se_efficientnet": (
+        "channel",
+        "se.yaml",
+        "SeEfficientnet",
+        "SE as in EfficientNet (SiLU, r = 4 of the block's input width, no rounding).",
     ),
     "se_hard_sigmoid": (
         "channel",

@@ -13,6 +13,8 @@ SPEC = {
     "dims": 2,
     "kernel_size": 7,
     "pooling": ["max", "mean"],
+    "pooling_merge": "concat",
+    "norm": "none",
     "gate": "sigmoid",
     "bias": False,
 }

@@ -14,14 +14,23 @@ SPEC = {
     "channel": {
         "reduction": 4,
         "divisor": None,
+        "round_limit": 0.0,
         "min_channels": 1,
         "pooling": ["avg", "max"],
         "pooling_merge": "after_mlp",
         "activation": "relu",
+        "norm": "none",
         "gate": "sigmoid",
         "bias": False,
     },
-    "spatial": {"kernel_size": 3, "pooling": ["mean", "max"], "gate": "sigmoid", "bias": False},
+    "spatial": {
+        "kernel_size": 3,
+        "pooling": ["mean", "max"],
+        "pooling_merge": "concat",
+        "norm": "none",
+        "gate": "sigmoid",
+        "bias": False,
+    },
     "order": "channel_first",
 }
 

@@ -14,6 +14,14 @@ SPEC = {
     "kernel_size": 5,
     "gamma": 2.0,
     "beta": 1.0,
+    "min_kernel_size": 1,
+    "padding": "zeros",
+    "mlp": False,
+    "reduction": 8,
+    "divisor": 8,
+    "round_limit": 0.9,
+    "activation": "relu",
+    "bias": False,
     "gate": "sigmoid",
 }
 
@@ -36,9 +44,8 @@ class EcaK5(nn.Module):
 
     ECA with a fixed 5-tap kernel, kept whatever the channel count (timm would override it).
 
-    Average-pools ``x`` over its spatial dims, runs a 1D conv ``conv`` (no bias) across the
-    channel axis of the pooled vector, kernel size 5, whatever C is, and returns ``x *
-    sigmoid(s)``.
+    Average-pools ``x`` over its spatial dims, runs a 1D conv ``conv`` (no bias) across its
+    channel axis, kernel size 5, whatever C is, and returns ``x * sigmoid(s)``.
 
     Args:
         channels: C, the number of input channels.
@@ -63,7 +70,9 @@ class EcaK5(nn.Module):
         self.channels = channels
         self.kernel_size = 5
         k = self.kernel_size
-        self.conv = nn.Conv1d(1, 1, k, padding=k // 2, bias=False, device=device, dtype=dtype)
+        factory = {"device": device, "dtype": dtype}
+        pad = k // 2
+        self.conv = nn.Conv1d(1, 1, k, padding=pad, bias=False, **factory)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != self.channels:
@@ -80,5 +89,6 @@ class EcaK5(nn.Module):
             )
         pooled = _mean(x, (2, 3))
         # The 1D conv runs across the channel axis of the pooled vector: (B, 1, C) -> (B, 1, C).
-        s = self.conv(pooled.view(x.shape[0], 1, self.channels)).view_as(pooled)
+        y = pooled.view(x.shape[0], 1, self.channels)
+        s = self.conv(y).view_as(pooled)
         return x * torch.sigmoid(s)

@@ -16,6 +16,14 @@ SPEC = {
     "kernel_size": None,
     "gamma": 2.0,
     "beta": 1.0,
+    "min_kernel_size": 1,
+    "padding": "zeros",
+    "mlp": False,
+    "reduction": 8,
+    "divisor": 8,
+    "round_limit": 0.9,
+    "activation": "relu",
+    "bias": False,
     "gate": "sigmoid",
 }
 
@@ -38,9 +46,9 @@ class EcaSeq(nn.Module):
 
     ECA for sequences (B, C, L), adaptive kernel size.
 
-    Average-pools ``x`` over its spatial dims, runs a 1D conv ``conv`` (no bias) across the
-    channel axis of the pooled vector, kernel size the paper's adaptive size, t = int(|(log2(C)
-    + 1.0) / 2.0|) made odd, and returns ``x * sigmoid(s)``.
+    Average-pools ``x`` over its spatial dims, runs a 1D conv ``conv`` (no bias) across its
+    channel axis, kernel size the paper's adaptive size, t = int(|(log2(C) + 1.0) / 2.0|) made
+    odd, and returns ``x * sigmoid(s)``.
 
     Args:
         channels: C, the number of input channels.
@@ -67,7 +75,9 @@ class EcaSeq(nn.Module):
         t = int(abs((math.log2(channels) + 1.0) / 2.0))
         self.kernel_size = t if t % 2 else t + 1
         k = self.kernel_size
-        self.conv = nn.Conv1d(1, 1, k, padding=k // 2, bias=False, device=device, dtype=dtype)
+        factory = {"device": device, "dtype": dtype}
+        pad = k // 2
+        self.conv = nn.Conv1d(1, 1, k, padding=pad, bias=False, **factory)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 3 or x.shape[1] != self.channels:
@@ -84,5 +94,6 @@ class EcaSeq(nn.Module):
             )
         pooled = _mean(x, (2,))
         # The 1D conv runs across the channel axis of the pooled vector: (B, 1, C) -> (B, 1, C).
-        s = self.conv(pooled.view(x.shape[0], 1, self.channels)).view_as(pooled)
+        y = pooled.view(x.shape[0], 1, self.channels)
+        s = self.conv(y).view_as(pooled)
         return x * torch.sigmoid(s)

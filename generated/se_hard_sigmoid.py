@@ -14,10 +14,12 @@ SPEC = {
     "dims": 2,
     "reduction": 4,
     "divisor": 8,
+    "round_limit": 0.0,
     "min_channels": 1,
     "pooling": ["avg"],
     "pooling_merge": "after_mlp",
     "activation": "relu",
+    "norm": "none",
     "gate": "hard_sigmoid",
     "bias": True,
 }
@@ -36,6 +38,16 @@ def _mean(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
     return x.sum(dims, keepdim=True) / count
 
 
+def _make_divisible(v: float, divisor: int, min_value: int, round_limit: float) -> int:
+    """timm's make_divisible: ``v`` rounded to the nearest multiple of ``divisor``, at least
+    ``min_value``; one ``divisor`` more when rounding lost over (1 - round_limit) of ``v``.
+    """
+    new_v = max(min_value, int(v + divisor / 2) // divisor * divisor)
+    if new_v < round_limit * v:
+        new_v += divisor
+    return new_v
+
+
 class SeHardSigmoid(nn.Module):
     """Squeeze-and-excitation channel attention (Hu et al., 2018).
 
@@ -43,7 +55,7 @@ class SeHardSigmoid(nn.Module):
 
     Pools ``x`` over its spatial dims (avg), runs the pooled vector through a 1x1-conv MLP
     ``fc1`` (C -> C') -> relu -> ``fc2`` (C' -> C), C' = C / 4 rounded to the nearest multiple
-    of 8, at least 8; returns ``x * hard_sigmoid(s)``.
+    of 8, at least 8 (timm's make_divisible); returns ``x * hard_sigmoid(s)``.
 
     Args:
         channels: C, the number of input channels.
@@ -66,8 +78,8 @@ class SeHardSigmoid(nn.Module):
                 f"SeHardSigmoid: channels must be >= 1, got {channels}",
             )
         self.channels = channels
-        # C / 4 rounded to the nearest multiple of 8, at least 8
-        self.rd_channels = max(8, (2 * channels + 32) // 64 * 8)
+        # C / 4 rounded to the nearest multiple of 8, at least 8 (timm's make_divisible)
+        self.rd_channels = _make_divisible(channels * 0.25, 8, 8, 0.0)
         factory = {"device": device, "dtype": dtype}
         self.fc1 = nn.Conv2d(channels, self.rd_channels, 1, bias=True, **factory)
         self.act = nn.ReLU(inplace=True)

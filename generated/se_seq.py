@@ -13,10 +13,12 @@ SPEC = {
     "dims": 1,
     "reduction": 8,
     "divisor": None,
+    "round_limit": 0.0,
     "min_channels": 1,
     "pooling": ["avg"],
     "pooling_merge": "after_mlp",
     "activation": "relu",
+    "norm": "none",
     "gate": "sigmoid",
     "bias": True,
 }

@@ -9,8 +9,38 @@ Importing attnforge imports neither torch nor pydantic: building a block needs t
 generator (``attnforge generate``) needs the ``generate`` extra, the checks the ``check`` extra.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from .registry import Catalogue, build, names, spec_dict, spec_of
+
+if TYPE_CHECKING:
+    from torch import nn
 
 __version__ = "0.2.0"
 
-__all__ = ["Catalogue", "__version__", "build", "names", "spec_dict", "spec_of"]
+__all__ = [
+    "Catalogue",
+    "__version__",
+    "build",
+    "from_timm",
+    "names",
+    "spec_dict",
+    "spec_from_timm",
+    "spec_of",
+]
+
+
+def spec_from_timm(module: nn.Module, name: str, **kwargs: Any) -> dict[str, Any]:
+    """The spec describing a timm attention module (``attnforge.interop.spec_from_timm``)."""
+    from .interop import spec_from_timm as convert
+
+    return convert(module, name, **kwargs)
+
+
+def from_timm(name: str, module: nn.Module, **kwargs: Any) -> nn.Module:
+    """Variant ``name`` holding a timm module's weights (``attnforge.interop.from_timm``)."""
+    from .interop import from_timm as convert
+
+    return convert(name, module, **kwargs)

@@ -3,10 +3,11 @@
 - PyTorch's own: ``F.scaled_dot_product_attention`` (sdpa) and ``nn.MultiheadAttention`` (mha with a
   same-configuration counterpart; weights copied by the generated ``from_torch``). Our mask
   conventions are translated to theirs here.
-- timm's: SE, CBAM and ECA written after ``timm/layers/squeeze_excite.py`` (SEModule),
-  ``cbam.py`` (ChannelAttn, SpatialAttn) and ``eca.py`` (EcaModule): pooling with ``mean``/``amax``,
-  the MLP as 1x1 convs, CBAM's channel MLP called once per pooling. timm is not a dependency; the
-  weights are copied from a generated module, so every candidate computes the same function.
+- timm's, written out as functions of the module's parameters and buffers: SE, ESE, CBAM, ECA
+  after ``timm/layers/squeeze_excite.py`` (SEModule, EffectiveSEModule), ``cbam.py`` (ChannelAttn,
+  SpatialAttn and the Light ones) and ``eca.py`` (EcaModule, CecaModule): pooling with
+  ``mean``/``amax``, the MLP as 1x1 convs, CBAM's channel MLP called once per pooling. timm is not
+  a dependency; ``tests/timm_interop`` compares the generated modules with timm itself.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from .spec import (
     CbamSpec,
     ChannelOptions,
     EcaSpec,
+    EseSpec,
     MhaSpec,
     SdpaSpec,
     SpatialOptions,
@@ -141,7 +143,27 @@ def _timm_gate(s: Tensor, name: str) -> Tensor:
     return s.sigmoid() if name == "sigmoid" else F.relu6(s + 3.0) / 6.0
 
 
-_ACT: dict[str, Callable[[Tensor], Tensor]] = {"relu": F.relu, "silu": F.silu, "gelu": F.gelu}
+_ACT: dict[str, Callable[[Tensor], Tensor]] = {
+    "relu": F.relu,
+    "relu6": F.relu6,
+    "silu": F.silu,
+    "gelu": F.gelu,
+    "hard_swish": F.hardswish,
+}
+
+
+def _bn(x: Tensor, params: Params, prefix: str) -> Tensor:
+    """An eval-mode BatchNorm with the module's running statistics (F.batch_norm)."""
+    return F.batch_norm(
+        x,
+        params[f"{prefix}running_mean"],
+        params[f"{prefix}running_var"],
+        params[f"{prefix}weight"],
+        params[f"{prefix}bias"],
+        training=False,
+    )
+
+
 _CONV: dict[int, Callable[..., Tensor]] = {3: F.conv1d, 4: F.conv2d, 5: F.conv3d}
 
 
@@ -154,7 +176,10 @@ def timm_channel(x: Tensor, params: Params, opts: ChannelOptions, prefix: str = 
     w2, b2 = params[f"{prefix}fc2.weight"], params.get(f"{prefix}fc2.bias")
 
     def mlp(v: Tensor) -> Tensor:
-        return conv(_ACT[opts.activation](conv(v, w1, b1)), w2, b2)
+        hidden = conv(v, w1, b1)
+        if opts.norm == "batchnorm":
+            hidden = _bn(hidden, params, f"{prefix}bn.")
+        return conv(_ACT[opts.activation](hidden), w2, b2)
 
     pooled = {"avg": x.mean(dims, keepdim=True), "max": x.amax(dims, keepdim=True)}
     if len(opts.pooling) == 2 and opts.pooling_merge == "before_mlp":
@@ -167,14 +192,19 @@ def timm_channel(x: Tensor, params: Params, opts: ChannelOptions, prefix: str = 
 
 
 def timm_spatial(x: Tensor, params: Params, opts: SpatialOptions, prefix: str = "") -> Tensor:
-    """CBAM SpatialAttn: mean / amax over channels, concatenated, a k x k conv, the gate."""
+    """CBAM SpatialAttn: mean / amax over channels, concatenated (LightSpatialAttn: averaged),
+    a k x k conv (ConvNormAct: conv.conv, conv.bn), the gate."""
     maps = {"mean": x.mean(dim=1, keepdim=True), "max": x.amax(dim=1, keepdim=True)}
+    if opts.pooling_merge == "average" and len(opts.pooling) == 2:
+        pooled = 0.5 * maps["mean"] + 0.5 * maps["max"]
+    else:
+        pooled = torch.cat([maps[p] for p in opts.pooling], dim=1)
+    name = f"{prefix}conv.conv." if opts.norm == "batchnorm" else f"{prefix}conv."
     s = _CONV[x.ndim](
-        torch.cat([maps[p] for p in opts.pooling], dim=1),
-        params[f"{prefix}conv.weight"],
-        params.get(f"{prefix}conv.bias"),
-        padding=opts.kernel_size // 2,
+        pooled, params[f"{name}weight"], params.get(f"{name}bias"), padding=opts.kernel_size // 2
     )
+    if opts.norm == "batchnorm":
+        s = _bn(s, params, f"{prefix}conv.bn.")
     return x * _timm_gate(s, opts.gate)
 
 
@@ -187,11 +217,29 @@ def timm_cbam(x: Tensor, params: Params, spec: CbamSpec) -> Tensor:
 
 
 def timm_eca(x: Tensor, params: Params, spec: EcaSpec) -> Tensor:
-    """EcaModule: mean over space, a 1D conv across channels, the gate, ``x * gate``."""
-    w = params["conv.weight"]
+    """EcaModule (CecaModule: circular F.pad first): mean over space, a 1D conv across channels
+    (ecam: conv, act, conv2), the gate, ``x * gate``."""
+    last = "conv2" if spec.mlp else "conv"
+    w = params[f"{last}.weight"]
     y = x.mean(tuple(range(2, x.ndim))).view(x.shape[0], 1, -1)
-    y = F.conv1d(y, w, padding=w.shape[-1] // 2).view(*x.shape[:2], *[1] * (x.ndim - 2))
-    return x * _timm_gate(y, spec.gate)
+    if spec.mlp:
+        y = _ACT[spec.activation](F.conv1d(y, params["conv.weight"], params["conv.bias"]))
+    pad = w.shape[-1] // 2
+    if spec.padding == "circular":
+        y = F.conv1d(F.pad(y, (pad, pad), mode="circular"), w, params.get(f"{last}.bias"))
+    else:
+        y = F.conv1d(y, w, params.get(f"{last}.bias"), padding=pad)
+    return x * _timm_gate(y.view(*x.shape[:2], *[1] * (x.ndim - 2)), spec.gate)
+
+
+def timm_ese(x: Tensor, params: Params, spec: EseSpec) -> Tensor:
+    """EffectiveSEModule: mean (and, with add_maxpool, amax) over space, one 1x1 conv, the gate."""
+    dims = tuple(range(2, x.ndim))
+    x_se = x.mean(dims, keepdim=True) if "avg" in spec.pooling else x.amax(dims, keepdim=True)
+    if len(spec.pooling) == 2:
+        x_se = 0.5 * x_se + 0.5 * x.amax(dims, keepdim=True)
+    s = _CONV[x.ndim](x_se, params["fc.weight"], params.get("fc.bias"))
+    return x * _timm_gate(s, spec.gate)
 
 
 def formulation_anchor(name: str, fn: AnchorFn) -> Anchor:
@@ -203,56 +251,3 @@ def formulation_anchor(name: str, fn: AnchorFn) -> Anchor:
         return module, fn
 
     return Anchor(name, lambda case: True, make, same_parameters=True)
-
-
-# --- timm's formulations as modules (bench) -----------------------------------------------------------
-
-
-class TimmSE(nn.Module):
-    def __init__(self, fc1: nn.Module, fc2: nn.Module):
-        super().__init__()
-        self.fc1, self.act, self.fc2 = fc1, nn.ReLU(inplace=True), fc2
-
-    def forward(self, x: Tensor) -> Tensor:
-        x_se = x.mean((2, 3), keepdim=True)
-        x_se = self.fc2(self.act(self.fc1(x_se)))
-        return x * x_se.sigmoid()
-
-
-class TimmChannelAttn(TimmSE):
-    def forward(self, x: Tensor) -> Tensor:
-        x_avg = self.fc2(self.act(self.fc1(x.mean((2, 3), keepdim=True))))
-        x_max = self.fc2(self.act(self.fc1(x.amax((2, 3), keepdim=True))))
-        return x * (x_avg + x_max).sigmoid()
-
-
-class TimmSpatialAttn(nn.Module):
-    def __init__(self, conv: nn.Module):
-        super().__init__()
-        self.conv = conv
-
-    def forward(self, x: Tensor) -> Tensor:
-        x_attn = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)
-        return x * self.conv(x_attn).sigmoid()
-
-
-class TimmCbam(nn.Module):
-    def __init__(self, channel: TimmChannelAttn, spatial: TimmSpatialAttn):
-        super().__init__()
-        self.channel, self.spatial = channel, spatial
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.spatial(self.channel(x))
-
-
-class TimmEca(nn.Module):
-    """timm's EcaModule forward: mean over space, a 1D conv across channels, sigmoid, expand_as."""
-
-    def __init__(self, conv: nn.Module):
-        super().__init__()
-        self.conv = conv
-
-    def forward(self, x: Tensor) -> Tensor:
-        y = x.mean((2, 3)).view(x.shape[0], 1, -1)
-        y = self.conv(y).view(x.shape[0], -1, 1, 1).sigmoid()
-        return x * y.expand_as(x)

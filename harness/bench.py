@@ -1,11 +1,13 @@
 """``attnforge bench``: generated modules against their anchors, and the generator's speed.
 
-Blocks: for every kind, one generated variant against the plain reference formulation
-(``attnforge.references``), the formulation timm uses (``attnforge.anchors``) for SE/CBAM/ECA, and
-``F.scaled_dot_product_attention`` / ``nn.MultiheadAttention(need_weights=False)`` for attention; all
-with the same weights and inputs. Forward (eval, no grad) and forward+backward are timed in one
+Blocks: generated variants against the plain reference (``reference``, ``attnforge.references``);
+for the gating kinds the kind's plain formulation (``formulation``: timm's, written out in
+``attnforge.anchors``) and, where timm is installed and has the block, timm's own module (``timm``,
+built by ``create_attn`` and loaded into the generated variant with ``from_timm``); for attention
+``F.scaled_dot_product_attention`` / ``nn.MultiheadAttention(need_weights=False)``. All with the
+same weights and inputs, in eval mode. Forward (no grad) and forward+backward are timed in one
 process, interleaved (each repeat runs every candidate once, in rotating order), and reported as
-medians and ratios: generated / anchor, below 1.0 is faster.
+min / median / max and ratios of medians: generated / other, below 1.0 is faster.
 
 Generator: 1,000 variants generated from scratch (validate, render, write), a no-op
 regeneration, and what ``import attnforge`` plus ``names()`` adds to ``import torch``.
@@ -18,6 +20,7 @@ Writes ``bench.md``, ``bench.json`` and, with matplotlib installed (``pip instal
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import platform
 import statistics
@@ -34,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import anchors, kinds, references, registry
+from . import kinds, references, registry
 from .generate import generate
 from .spec import MhaSpec
 
@@ -116,52 +119,73 @@ class BenchCase:
     make_inputs: Callable[[bool], tuple[Tensor, ...]]  # requires_grad -> positional inputs
 
 
+# The gating rows: (variant, timm's create_attn type and kwargs for the same block, or None where
+# timm has no such block). Every row also runs the kind's plain formulation (timm's, as written in
+# ``attnforge.anchors``); with timm installed, the real timm module too, carrying the same weights.
+IMAGE_ROWS: list[tuple[str, tuple[str, dict[str, Any]] | None]] = [
+    ("se_resnet", None),
+    ("se_timm", ("se", {})),
+    ("se_bn", ("se", {"norm_layer": "batchnorm2d"})),
+    ("ese_timm", ("ese", {})),
+    ("eca", None),
+    ("eca_timm", ("eca", {})),
+    ("ecam_timm", ("ecam", {})),
+    ("ceca_timm", ("ceca", {})),
+    ("cbam_spatial_paper", None),
+    ("cbam_paper", None),
+    ("cbam_timm", ("cbam", {})),
+    ("lcbam_timm", ("lcbam", {})),
+]
+IMAGE = (32, 256, 28, 28)
+
+
+def _timm_module(timm: tuple[str, dict[str, Any]] | None, channels: int) -> nn.Module | None:
+    """timm's module for a row, or None where timm has none or is not installed."""
+    if timm is None:
+        return None
+    try:
+        from timm.layers import create_attn, get_norm_layer
+    except ImportError:
+        return None
+    attn, kwargs = timm
+    kwargs = {k: get_norm_layer(v) if k == "norm_layer" else v for k, v in kwargs.items()}
+    module: nn.Module = create_attn(attn, channels, **kwargs)
+    return module
+
+
+def image_case(
+    variant: str, timm: tuple[str, dict[str, Any]] | None, device: str, *, with_timm: bool = True
+) -> BenchCase:
+    """A gating row: the generated module, its reference, its kind's plain formulation and (with
+    timm installed) timm's module, all with the same weights and running statistics."""
+    channels = IMAGE[1]
+    spec = registry.spec_of(variant)
+    kind = kinds.record(spec)
+    theirs = _timm_module(timm, channels) if with_timm else None
+    if theirs is not None:
+        from .interop import from_timm
+
+        module = from_timm(variant, theirs, channels=channels).to(device)
+        theirs.to(device)
+    else:
+        module = registry.build(variant, channels, device=device)
+    state = {**dict(module.named_parameters()), **dict(module.named_buffers())}
+    candidates: dict[str, Candidate] = {
+        "generated": module,
+        "reference": lambda x: kind.reference(spec, dict(state), kinds.Inputs([x])),
+        "formulation": lambda x: kind.plain(spec, state, kinds.Inputs([x])),
+    }
+    if theirs is not None:
+        candidates["timm"] = theirs
+
+    def inputs(grad: bool) -> tuple[Tensor, ...]:
+        return (torch.randn(IMAGE, device=device, requires_grad=grad),)
+
+    return BenchCase(spec.kind, variant, str(IMAGE), candidates, inputs)
+
+
 def _cases(device: str) -> list[BenchCase]:
-    out = []
-    image = (32, 256, 28, 28)
-
-    def image_inputs(grad: bool) -> tuple[Tensor, ...]:
-        return (torch.randn(image, device=device, requires_grad=grad),)
-
-    def image_case(
-        kind: str,
-        variant: str,
-        reference: Callable[[Tensor, references.Params, Any], Tensor],
-        timm: Callable[[Any], nn.Module],
-    ) -> BenchCase:
-        module = registry.build(variant, 256, device=device)
-        spec, params = registry.spec_of(variant), dict(module.named_parameters())
-        candidates: dict[str, Candidate] = {
-            "generated": module,
-            "reference": lambda x: reference(x, params, spec),
-            "timm": timm(module),
-        }
-        return BenchCase(kind, variant, str(image), candidates, image_inputs)
-
-    out += [
-        image_case(
-            "channel",
-            "se_resnet",
-            references.channel_attention,
-            lambda m: anchors.TimmSE(m.fc1, m.fc2),
-        ),
-        image_case(
-            "spatial",
-            "cbam_spatial_paper",
-            references.spatial_attention,
-            lambda m: anchors.TimmSpatialAttn(m.conv),
-        ),
-        image_case(
-            "cbam",
-            "cbam_paper",
-            references.cbam,
-            lambda m: anchors.TimmCbam(
-                anchors.TimmChannelAttn(m.channel.fc1, m.channel.fc2),
-                anchors.TimmSpatialAttn(m.spatial.conv),
-            ),
-        ),
-        image_case("eca", "eca", references.eca, lambda m: anchors.TimmEca(m.conv)),
-    ]
+    out = [image_case(variant, timm, device) for variant, timm in IMAGE_ROWS]
 
     heads = (16, 8, 196, 32)
 
@@ -199,9 +223,12 @@ def _cases(device: str) -> list[BenchCase]:
     return out
 
 
-def bench_blocks(device: str, repeats: int) -> list[Row]:
+def bench_blocks(device: str, repeats: int, variants: str = "*") -> list[Row]:
     rows = []
+    patterns = [p.strip() for p in variants.split(",")]
     for case in _cases(device):
+        if not any(fnmatch.fnmatchcase(case.variant, p) for p in patterns):
+            continue
         candidates = case.candidates
         modules = [c for c in candidates.values() if isinstance(c, nn.Module)]
         # forward: eval mode, no autograd (nn.MultiheadAttention takes its fused fast path here)
@@ -215,9 +242,9 @@ def bench_blocks(device: str, repeats: int) -> list[Row]:
         with torch.no_grad():
             fwd = _time({k: forward(c) for k, c in candidates.items()}, device, repeats)
         rows.append(Row(case.kind, case.variant, "forward", case.shape, fwd))
-        # forward+backward: training mode, gradients for the inputs and every parameter
-        for m in modules:
-            m.train()
+        # forward+backward: gradients for the inputs and every parameter, still in eval mode (the
+        # running statistics, as when fine-tuning with frozen norms), so that every candidate,
+        # the functional formulations too, computes the same function
         x = case.make_inputs(True)
         grad = torch.randn_like(candidates["generated"](*x))
 
@@ -327,8 +354,8 @@ def markdown(
         "Milliseconds as min / median / max over the repeats; ratios of medians. A row marked "
         "`unstable` had a run over twice its median (a busy machine): rerun it before trusting it.",
         "",
-        "| kind | mode | generated ms | anchors ms | generated / best anchor | note |",
-        "|---|---|---|---|---:|---|",
+        "| variant (kind) | mode | generated ms | others ms | generated / fastest other | generated / timm | note |",
+        "|---|---|---|---|---:|---:|---|",
     ]
 
     def spread(t: Timing) -> str:
@@ -337,9 +364,10 @@ def markdown(
     for r in rows:
         others = "; ".join(f"{k} {spread(t)}" for k, t in r.timings.items() if k != "generated")
         note = f"unstable: {', '.join(r.unstable)}" if r.unstable else ""
+        timm = f"{r.ratio('timm'):.2f}x" if "timm" in r.timings else ""
         lines.append(
-            f"| {r.kind} | {r.mode} | {spread(r.timings['generated'])} | {others} | "
-            f"{r.ratio(r.best_anchor):.2f}x ({r.best_anchor}) | {note} |"
+            f"| {r.variant} ({r.kind}) | {r.mode} | {spread(r.timings['generated'])} | {others} | "
+            f"{r.ratio(r.best_anchor):.2f}x ({r.best_anchor}) | {timm} | {note} |"
         )
     if generator:
         lines += [
@@ -382,7 +410,15 @@ def chart(rows: list[Row], path: Path) -> bool:
     return True
 
 
-def run(out: Path, *, device: str, repeats: int, scaling: bool, generator: bool = True) -> int:
+def run(
+    out: Path,
+    *,
+    device: str,
+    repeats: int,
+    scaling: bool,
+    generator: bool = True,
+    variants: str = "*",
+) -> int:
     torch.manual_seed(0)
     out.mkdir(parents=True, exist_ok=True)
     if device == "cuda" and not torch.cuda.is_available():
@@ -391,7 +427,10 @@ def run(out: Path, *, device: str, repeats: int, scaling: bool, generator: bool 
     machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
     if device == "cuda":
         machine = f"{torch.cuda.get_device_name()}, torch {torch.__version__}"
-    rows = bench_blocks(device, repeats)
+    rows = bench_blocks(device, repeats, variants)
+    if not rows:
+        print(f"bench: no row matches --variants {variants!r}", file=sys.stderr)
+        return 2
     gen = bench_generator() if generator else None
     scale = bench_scaling() if scaling else None
     text = markdown(rows, gen, scale, machine)

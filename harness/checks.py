@@ -91,6 +91,43 @@ def init_parameters(module: nn.Module, gen: torch.Generator) -> None:
             fan_in = p[0].numel() if p.ndim > 1 else 0
             std = fan_in**-0.5 if fan_in else 0.5
             p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64) * std)
+        # A norm's running statistics, as a trained one has them (not the init's zeros and ones,
+        # which would hide a norm applied with the wrong statistics).
+        for name, b in module.named_buffers():
+            draw = torch.randn(b.shape, generator=gen, dtype=torch.float64)
+            if name.endswith("running_var"):
+                b.copy_(draw.abs() * 0.5 + 0.5)
+            elif name.endswith("running_mean"):
+                b.copy_(draw * 0.5)
+
+
+def _buffers(
+    module: nn.Module, dtype: torch.dtype | None = None, device: str | None = None
+) -> dict[str, Tensor]:
+    """Copies of the module's buffers (a training-mode reference updates its copies as the module
+    updates its own); floating ones in ``dtype``."""
+    return {
+        n: (
+            b.detach().to(device or b.device, dtype or b.dtype)
+            if b.is_floating_point()
+            else b.detach().to(device or b.device)
+        ).clone()
+        for n, b in module.named_buffers()
+    }
+
+
+def _compare_buffers(
+    module_buffers: dict[str, Tensor], state: dict[str, Tensor], check: str
+) -> None:
+    """The module's running statistics after a forward equal the reference's."""
+    for name, got in module_buffers.items():
+        want = state[name]
+        if got.is_floating_point():
+            assert_close(got, want, check, f"buffer {name} after the forward")
+        elif not torch.equal(got.cpu(), want.cpu()):
+            raise CheckFailure(
+                f"buffer {name} after the forward: {got.tolist()}, expected {want.tolist()}"
+            )
 
 
 def seed_of(test_id: str) -> int:
@@ -162,13 +199,17 @@ def _compare_forward_backward(
     same parameter and input values; default, the module's own.
     """
     params: dict[str, Tensor] = dict(module.named_parameters()) if parameters else {}
+    dtype = ref_dtype or next((p.dtype for p in module.parameters()), inputs.args[0].dtype)
+    ref_params = {k: v.detach().to(dtype).clone().requires_grad_() for k, v in params.items()}
+    state = {**_buffers(module, dtype), **ref_params} if parameters else {}
     x = _float_leaves(inputs)
     out = pick(module(*x.args, **x.kwargs))
-    dtype = ref_dtype or out.dtype
-    ref_params = {k: v.detach().to(dtype).clone().requires_grad_() for k, v in params.items()}
+    after = _buffers(module)  # before the second, gradient-free call moves them again
     rx = _float_leaves(inputs.map(lambda t: t.to(dtype) if t.is_floating_point() else t))
-    expected = expected_fn(ref_params, rx)
+    expected = expected_fn(state, rx)
     assert_close(out, expected, check, "forward")
+    if parameters:
+        _compare_buffers(after, state, check)
     with torch.no_grad():  # modules may take a faster path when nothing needs a gradient
         assert_close(
             pick(module(*inputs.args, **inputs.kwargs)), expected, check, "forward without autograd"
@@ -203,6 +244,7 @@ def _compare_by_rule(
     *,
     rule_dtype: torch.dtype,
     judge_gradients: bool,
+    buffers: dict[str, Tensor] | None = None,
 ) -> None:
     """Low precision by the FlashAttention rule: the forward always, every gradient where
     ``judge_gradients`` (else gradients must be present and finite).
@@ -211,12 +253,13 @@ def _compare_by_rule(
     computed on the CPU from the same values, and the yardstick ``run_plain`` from low-precision
     copies of the module's parameters, on the inputs' device.
     """
+    buffers = buffers or {}
     x = _float_leaves(inputs)
     out = run_module(x)
     device = out.device.type
     low = {n: p.detach().clone().requires_grad_() for n, p in module_params.items()}
     px = _float_leaves(inputs)
-    plain = run_plain(low, px)
+    plain = run_plain({**buffers, **low}, px)
     p64 = {
         n: p.detach().to("cpu", torch.float64).clone().requires_grad_()
         for n, p in module_params.items()
@@ -224,7 +267,11 @@ def _compare_by_rule(
     rx = _float_leaves(
         inputs.map(lambda t: t.to("cpu", torch.float64) if t.is_floating_point() else t.cpu())
     )
-    ref = run_ref64(p64, rx)
+    buffers64 = {
+        n: (b.to("cpu", torch.float64) if b.is_floating_point() else b.cpu()).clone()
+        for n, b in buffers.items()
+    }
+    ref = run_ref64({**buffers64, **p64}, rx)
     label = f"{what}{'' if device == 'cpu' else ' on ' + device}"
     assert_within_rule(out, plain, ref, f"{label} forward", dtype=rule_dtype)
     # A realistic upstream gradient: a loss averaged over the output's elements, scaled up as
@@ -361,6 +408,7 @@ def _against_reference(
         f"{dtype_name(dtype)} {'train' if training else 'eval'}",
         rule_dtype=dtype,
         judge_gradients=_judge_gradients(case),
+        buffers=_buffers(module),
     )
 
 
@@ -650,7 +698,8 @@ def check_dropout(
     inputs = subject.kind.inputs(subject.spec, case, dtype, device, gen)
     evaluated = _call(module, inputs)
     assert_close(_call(module, inputs), evaluated, "dropout", "second call in eval mode")
-    expected = subject.kind.reference(subject.spec, dict(module.named_parameters()), inputs)
+    state = {**_buffers(module), **dict(module.named_parameters())}
+    expected = subject.kind.reference(subject.spec, state, inputs)
     assert_close(evaluated, expected, "dropout", "eval output vs the dropout-free reference")
     module.train()
     first, second = _call(module, inputs), _call(module, inputs)
@@ -788,6 +837,7 @@ def check_autocast(
         f"autocast({dtype_name(dtype)})",
         rule_dtype=dtype,
         judge_gradients=_judge_gradients(case),
+        buffers=_buffers(module),
     )
 
 
@@ -854,6 +904,7 @@ def check_parity(
                 f"{target} {dtype_name(dtype)}",
                 rule_dtype=dtype,
                 judge_gradients=_judge_gradients(case),
+                buffers=_buffers(on_target),
             )
             return
         _compare_forward_backward(

@@ -161,6 +161,7 @@ def _bench(args: argparse.Namespace) -> int:
         repeats=args.repeats,
         scaling=args.scaling,
         generator=args.generator,
+        variants=args.variants,
     )
 
 
@@ -266,6 +267,9 @@ def parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     b.add_argument("--repeats", type=int, default=30, help="timed runs per candidate")
+    b.add_argument(
+        "--variants", default="*", help="comma-separated globs: only the rows of these variants"
+    )
     b.add_argument(
         "--scaling",
         action="store_true",

@@ -19,8 +19,10 @@ from .spec import class_name
 
 ACTIVATIONS = {
     "relu": "nn.ReLU(inplace=True)",
+    "relu6": "nn.ReLU6(inplace=True)",
     "silu": "nn.SiLU(inplace=True)",
     "gelu": "nn.GELU()",
+    "hard_swish": "nn.Hardswish(inplace=True)",
 }
 # hard_sigmoid as relu6(s + 3) / 6 (timm's form), not F.hardsigmoid: the latter's backward uses a
 # float32 1/6 and is off by ~3e-8 relative in float64, which the reference check catches.
@@ -193,6 +195,8 @@ class ChannelBlock:
     rd_expr: str
     rd_comment: str
     act: str
+    norm: str | None  # the hidden layer's norm, "nn.BatchNorm2d(self.rd_channels, **factory)"
+    hidden: str  # the hidden layer before the activation, "self.bn(self.fc1(pooled))"
     bias: bool
     path: str  # single, before_mlp, after_mlp
     pools: tuple[str, ...]
@@ -210,7 +214,8 @@ class SpatialBlock:
     kernel_size: int
     padding: int
     bias: bool
-    pools: tuple[str, ...]
+    norm: str | None  # "nn.BatchNorm2d": conv becomes a Sequential of conv and bn
+    pooled: str  # the conv's input expression
     gate: str
     checks: InputChecks
 
@@ -240,9 +245,27 @@ class EcaModule(Module):
     doc: str
     adaptive: bool
     kernel_size: int | None
+    min_kernel_size: int | None  # the adaptive size's lower bound, when above 1
     gamma: str
     beta: str
+    circular: bool
+    mlp: bool
+    last_conv: str  # the k-wide conv: conv, or conv2 after the mlp's
+    rd_expr: str
+    rd_comment: str
+    act: str
+    bias: bool
     pool: str
+    gate: str
+    checks: InputChecks
+
+
+@dataclass(frozen=True)
+class EseModule(Module):
+    doc: str
+    conv: str
+    bias: bool
+    pooled: str
     gate: str
     checks: InputChecks
 
@@ -322,18 +345,33 @@ def context(spec: specs.AnySpec, spec_path: str) -> Module:
 # --- channel, spatial, cbam, eca -----------------------------------------------------------------------
 
 
-def reduced_channels(opts: specs.ChannelOptions) -> tuple[str, str]:
-    """The hidden width as exact integer arithmetic on ``channels``, and a comment saying what it is."""
-    r, d, low = opts.reduction, opts.divisor, opts.min_channels
+def hidden_width(
+    reduction: int, divisor: int | None, min_channels: int = 1, round_limit: float = 0.0
+) -> tuple[str, str]:
+    """The hidden width as an expression of ``channels``, and a comment saying what it is.
+
+    Without a divisor, floor(C / r) in integers (the SE and CBAM papers). With one, timm's
+    make_divisible computed as timm computes it, in floats from C * (1 / r), so a variant that mirrors
+    a timm module has its widths at every C, rounding boundaries included.
+    """
+    r, d, low = reduction, divisor, min_channels
     if d is None:
         expr = f"channels // {r}" if r > 1 else "channels"
         return (
             f"max({low}, {expr})" if low > 1 or r > 1 else expr
         ), f"floor(C / {r}), at least {low}"
     low = max(low, d)
-    # timm's make_divisible(C / r, d) with round_limit=0: int(C / r + d / 2) // d * d, exactly in integers.
-    expr = f"(2 * channels + {r * d}) // {2 * r * d} * {d}"
-    return f"max({low}, {expr})", f"C / {r} rounded to the nearest multiple of {d}, at least {low}"
+    limit = (
+        f", one {d} more if that loses over {1 - round_limit:g} of C / {r}" if round_limit else ""
+    )
+    return (
+        f"_make_divisible(channels * {_scalar_literal(1 / r)}, {d}, {low}, {_scalar_literal(round_limit)})",
+        f"C / {r} rounded to the nearest multiple of {d}, at least {low}{limit} (timm's make_divisible)",
+    )
+
+
+def reduced_channels(opts: specs.ChannelOptions) -> tuple[str, str]:
+    return hidden_width(opts.reduction, opts.divisor, opts.min_channels, opts.round_limit)
 
 
 def _channel_title(opts: specs.ChannelOptions) -> str:
@@ -359,8 +397,9 @@ def channel_block(
 ) -> ChannelBlock:
     pools = tuple(CHANNEL_POOLS[p][dims] for p in opts.pooling)
     rd_expr, rd_comment = reduced_channels(opts)
+    norm = " -> batchnorm ``bn``" if opts.norm == "batchnorm" else ""
     mlp = (
-        f"a 1x1-conv MLP ``fc1`` (C -> C') -> {opts.activation} -> ``fc2`` (C' -> C), "
+        f"a 1x1-conv MLP ``fc1`` (C -> C'){norm} -> {opts.activation} -> ``fc2`` (C' -> C), "
         f"C' = {rd_comment}"
     )
     if len(pools) == 1:
@@ -388,6 +427,10 @@ def channel_block(
         rd_expr=rd_expr,
         rd_comment=rd_comment,
         act=ACTIVATIONS[opts.activation],
+        norm=f"nn.BatchNorm{dims}d(self.rd_channels, **factory)"
+        if opts.norm == "batchnorm"
+        else None,
+        hidden="self.bn(self.fc1(pooled))" if opts.norm == "batchnorm" else "self.fc1(pooled)",
         bias=opts.bias,
         path=path,
         pools=pools,
@@ -401,13 +444,27 @@ def spatial_block(
     cls: str, opts: specs.SpatialOptions, dims: int, description: str = ""
 ) -> SpatialBlock:
     k = opts.kernel_size
+    pools = [SPATIAL_POOLS[p] for p in opts.pooling]
+    if len(pools) == 1:
+        pooled, in_channels, how = pools[0], 1, f"({opts.pooling[0]})"
+    elif opts.pooling_merge == "average":
+        pooled, in_channels, how = (
+            f"0.5 * ({pools[0]} + {pools[1]})",
+            1,
+            "(the average of mean and max)",
+        )
+    else:
+        pooled = f"torch.cat([{', '.join(pools)}], dim=1)"
+        in_channels, how = 2, f"({' and '.join(opts.pooling)}, concatenated in that order)"
+    norm = opts.norm == "batchnorm"
+    conv_name = "``conv.conv`` and a batchnorm ``conv.bn``" if norm else "``conv``"
     doc = _paragraphs(
         "CBAM spatial attention (Woo et al., 2018).",
         description,
         _prose(
-            f"Pools ``x`` over its channels ({' and '.join(opts.pooling)}, concatenated in that order), "
-            f"runs a {'x'.join([str(k)] * dims)} conv ``conv`` with padding {k // 2} from "
-            f"{len(opts.pooling)} channel(s) to 1, and returns ``x * {opts.gate}(s)``."
+            f"Pools ``x`` over its channels {how}, runs a {'x'.join([str(k)] * dims)} conv "
+            f"{conv_name} with padding {k // 2} from {in_channels} channel(s) to 1, and returns "
+            f"``x * {opts.gate}(s)``."
         ),
         "Args:\n    channels: C, the number of input channels (checked on input).\n"
         "    device, dtype: factory kwargs for every parameter.",
@@ -417,21 +474,31 @@ def spatial_block(
         cls=cls,
         doc=docstring(doc, "    "),
         conv=f"nn.Conv{dims}d",
-        in_channels=len(opts.pooling),
+        in_channels=in_channels,
         kernel_size=k,
         padding=k // 2,
         bias=opts.bias,
-        pools=tuple(SPATIAL_POOLS[p] for p in opts.pooling),
+        norm=f"nn.BatchNorm{dims}d" if norm else None,
+        pooled=pooled,
         gate=GATES[opts.gate].format("s"),
         checks=_input_checks(cls, dims),
     )
 
 
-def _helpers(*pools: str, masks: bool = False) -> tuple[str, ...]:
-    """The module-level helpers the pooling expressions (and masks) call, in a fixed order."""
-    text = " ".join(pools)
-    wanted = {"mean": "_mean(" in text, "max_pool": "_max_pool(" in text, "merge_masks": masks}
+def _helpers(*code: str, masks: bool = False) -> tuple[str, ...]:
+    """The module-level helpers the generated expressions (and masks) call, in a fixed order."""
+    text = " ".join(code)
+    wanted = {
+        "mean": "_mean(" in text,
+        "max_pool": "_max_pool(" in text,
+        "make_divisible": "_make_divisible(" in text,
+        "merge_masks": masks,
+    }
     return tuple(name for name, used in wanted.items() if used)
+
+
+def _stdlib(*blocks: SpatialBlock) -> tuple[str, ...]:
+    return ("from collections import OrderedDict",) if any(b.norm for b in blocks) else ()
 
 
 def _functional(*gates: str) -> bool:
@@ -442,7 +509,10 @@ def _functional(*gates: str) -> bool:
 def _channel(spec: specs.ChannelSpec, base: dict[str, Any]) -> ChannelModule:
     block = channel_block(base["cls"], spec, spec.dims, spec.description)
     return ChannelModule(
-        **base, functional=_functional(spec.gate), helpers=_helpers(*block.pools), block=block
+        **base,
+        functional=_functional(spec.gate),
+        helpers=_helpers(*block.pools, block.rd_expr),
+        block=block,
     )
 
 
@@ -450,7 +520,10 @@ def _channel(spec: specs.ChannelSpec, base: dict[str, Any]) -> ChannelModule:
 def _spatial(spec: specs.SpatialSpec, base: dict[str, Any]) -> SpatialModule:
     block = spatial_block(base["cls"], spec, spec.dims, spec.description)
     return SpatialModule(
-        **base, functional=_functional(spec.gate), helpers=_helpers(*block.pools), block=block
+        **{**base, "stdlib_imports": _stdlib(block)},
+        functional=_functional(spec.gate),
+        helpers=_helpers(block.pooled),
+        block=block,
     )
 
 
@@ -469,9 +542,9 @@ def _cbam(spec: specs.CbamSpec, base: dict[str, Any]) -> CbamModule:
         *_image_doc(spec.dims),
     )
     return CbamModule(
-        **base,
+        **{**base, "stdlib_imports": _stdlib(spatial)},
         functional=_functional(spec.channel.gate, spec.spatial.gate),
-        helpers=_helpers(*channel.pools, *spatial.pools),
+        helpers=_helpers(*channel.pools, channel.rd_expr, spatial.pooled),
         doc=docstring(doc, "    "),
         channel=channel,
         spatial=spatial,
@@ -484,17 +557,31 @@ def _cbam(spec: specs.CbamSpec, base: dict[str, Any]) -> CbamModule:
 @builder("eca")
 def _eca(spec: specs.EcaSpec, base: dict[str, Any]) -> EcaModule:
     adaptive = spec.kernel_size is None
+    at_least = f", at least {spec.min_kernel_size}" if spec.min_kernel_size > 1 else ""
     size = (
-        f"the paper's adaptive size, t = int(|(log2(C) + {spec.beta!r}) / {spec.gamma!r}|) made odd"
+        f"the paper's adaptive size, t = int(|(log2(C) + {spec.beta!r}) / {spec.gamma!r}|) made odd{at_least}"
         if adaptive
         else f"{spec.kernel_size}, whatever C is"
     )
+    circular = spec.padding == "circular"
+    padding = (
+        " with circular padding (the last channels wrap around to the first)" if circular else ""
+    )
+    if spec.mlp:
+        rd_expr, rd_comment = hidden_width(spec.reduction, spec.divisor, 1, spec.round_limit)
+        what = (
+            f"runs a 1x1 conv ``conv`` from it to C' channels (C' = {rd_comment}), "
+            f"{spec.activation}, then a conv ``conv2`` back to one channel across the channel axis"
+        )
+    else:
+        rd_expr = rd_comment = ""
+        what = f"runs a 1D conv ``conv`` ({'with' if spec.bias else 'no'} bias) across its channel axis"
     doc = _paragraphs(
         "ECA: efficient channel attention (Wang et al., 2020).",
         spec.description,
         _prose(
-            "Average-pools ``x`` over its spatial dims, runs a 1D conv ``conv`` (no bias) across the "
-            f"channel axis of the pooled vector, kernel size {size}, and returns ``x * {spec.gate}(s)``."
+            f"Average-pools ``x`` over its spatial dims, {what}, kernel size {size}{padding}, and "
+            f"returns ``x * {spec.gate}(s)``."
         ),
         *_image_doc(spec.dims),
     )
@@ -502,14 +589,50 @@ def _eca(spec: specs.EcaSpec, base: dict[str, Any]) -> EcaModule:
     base = {**base, "stdlib_imports": ("import math",) if adaptive else ()}
     return EcaModule(
         **base,
-        functional=_functional(spec.gate),
-        helpers=_helpers(pool),
+        functional=_functional(spec.gate) or circular,
+        helpers=_helpers(pool, rd_expr),
         doc=docstring(doc, "    "),
         adaptive=adaptive,
         kernel_size=spec.kernel_size,
+        min_kernel_size=spec.min_kernel_size if spec.min_kernel_size > 1 else None,
         gamma=repr(spec.gamma),
         beta=repr(spec.beta),
+        circular=circular,
+        mlp=spec.mlp,
+        last_conv="conv2" if spec.mlp else "conv",
+        rd_expr=rd_expr,
+        rd_comment=rd_comment,
+        act=ACTIVATIONS[spec.activation],
+        bias=spec.bias,
         pool=pool,
+        gate=GATES[spec.gate].format("s"),
+        checks=_input_checks(base["cls"], spec.dims),
+    )
+
+
+@builder("ese")
+def _ese(spec: specs.EseSpec, base: dict[str, Any]) -> EseModule:
+    pools = [CHANNEL_POOLS[p][spec.dims] for p in spec.pooling]
+    pooled = pools[0] if len(pools) == 1 else f"0.5 * ({pools[0]} + {pools[1]})"
+    how = spec.pooling[0] if len(pools) == 1 else "the average of avg and max"
+    doc = _paragraphs(
+        "Effective squeeze-excitation (Lee and Park, 2020, CenterMask).",
+        spec.description,
+        _prose(
+            f"Pools ``x`` over its spatial dims ({how}), runs the pooled vector through one 1x1 "
+            f"conv ``fc`` (C -> C, {'with' if spec.bias else 'no'} bias: no reduction, so no "
+            f"information lost to a bottleneck), and returns ``x * {spec.gate}(s)``."
+        ),
+        *_image_doc(spec.dims),
+    )
+    return EseModule(
+        **base,
+        functional=_functional(spec.gate),
+        helpers=_helpers(pooled),
+        doc=docstring(doc, "    "),
+        conv=f"nn.Conv{spec.dims}d",
+        bias=spec.bias,
+        pooled=pooled,
         gate=GATES[spec.gate].format("s"),
         checks=_input_checks(base["cls"], spec.dims),
     )

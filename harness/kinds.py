@@ -29,6 +29,7 @@ from .spec import (
     ChannelOptions,
     ChannelSpec,
     EcaSpec,
+    EseSpec,
     ImageSpec,
     MhaSpec,
     SdpaSpec,
@@ -126,7 +127,7 @@ class Kind(Generic[S]):
         return case.shapes[0]
 
     def reference(
-        self, spec: S, params: references.Params, inputs: Inputs, *, training: bool = False
+        self, spec: S, params: references.State, inputs: Inputs, *, training: bool = False
     ) -> Tensor:
         """The independent reference; ``training`` selects the training-mode function (kinds whose
         modes differ deterministically, such as batch norm, use it)."""
@@ -135,7 +136,7 @@ class Kind(Generic[S]):
     def plain(self, spec: S, params: references.Params, inputs: Inputs) -> Tensor:
         """The plain PyTorch formulation (timm's, for the gating blocks): the yardstick of the
         low-precision rule, computed in the precision under test. Default: the reference."""
-        return self.reference(spec, params, inputs)
+        return self.reference(spec, dict(params), inputs)
 
     def param_shapes(self, spec: S, case: Case) -> dict[str, tuple[int, ...]]:
         """Every parameter's name and shape, from the spec alone (the layout users rely on)."""
@@ -215,14 +216,22 @@ def _channel_shapes(
     shapes = {f"{prefix}fc1.weight": (rd, c, *ones), f"{prefix}fc2.weight": (c, rd, *ones)}
     if opts.bias:
         shapes |= {f"{prefix}fc1.bias": (rd,), f"{prefix}fc2.bias": (c,)}
+    if opts.norm == "batchnorm":
+        shapes |= {f"{prefix}bn.weight": (rd,), f"{prefix}bn.bias": (rd,)}
     return shapes
 
 
 def _spatial_shapes(
     opts: SpatialOptions, dims: int, prefix: str = ""
 ) -> dict[str, tuple[int, ...]]:
-    shapes = {f"{prefix}conv.weight": (1, len(opts.pooling), *(opts.kernel_size,) * dims)}
-    return shapes | ({f"{prefix}conv.bias": (1,)} if opts.bias else {})
+    in_channels = 1 if opts.pooling_merge == "average" else len(opts.pooling)
+    conv = f"{prefix}conv.conv." if opts.norm == "batchnorm" else f"{prefix}conv."
+    shapes = {f"{conv}weight": (1, in_channels, *(opts.kernel_size,) * dims)}
+    if opts.bias:
+        shapes[f"{conv}bias"] = (1,)
+    if opts.norm == "batchnorm":
+        shapes |= {f"{prefix}conv.bn.weight": (1,), f"{prefix}conv.bn.bias": (1,)}
+    return shapes
 
 
 def _shape_name(s: tuple[int, ...]) -> str:
@@ -312,12 +321,12 @@ class Channel(_Image[ChannelSpec]):
     def reference(
         self,
         spec: ChannelSpec,
-        params: references.Params,
+        params: references.State,
         inputs: Inputs,
         *,
         training: bool = False,
     ) -> Tensor:
-        return references.channel_attention(inputs.args[0], params, spec)
+        return references.channel_attention(inputs.args[0], params, spec, training=training)
 
     def plain(self, spec: ChannelSpec, params: references.Params, inputs: Inputs) -> Tensor:
         return anchors.timm_channel(inputs.args[0], params, spec)
@@ -335,12 +344,12 @@ class Spatial(_Image[SpatialSpec]):
     def reference(
         self,
         spec: SpatialSpec,
-        params: references.Params,
+        params: references.State,
         inputs: Inputs,
         *,
         training: bool = False,
     ) -> Tensor:
-        return references.spatial_attention(inputs.args[0], params, spec)
+        return references.spatial_attention(inputs.args[0], params, spec, training=training)
 
     def plain(self, spec: SpatialSpec, params: references.Params, inputs: Inputs) -> Tensor:
         return anchors.timm_spatial(inputs.args[0], params, spec)
@@ -358,9 +367,9 @@ class Cbam(_Image[CbamSpec]):
         )
 
     def reference(
-        self, spec: CbamSpec, params: references.Params, inputs: Inputs, *, training: bool = False
+        self, spec: CbamSpec, params: references.State, inputs: Inputs, *, training: bool = False
     ) -> Tensor:
-        return references.cbam(inputs.args[0], params, spec)
+        return references.cbam(inputs.args[0], params, spec, training=training)
 
     def plain(self, spec: CbamSpec, params: references.Params, inputs: Inputs) -> Tensor:
         return anchors.timm_cbam(inputs.args[0], params, spec)
@@ -379,7 +388,7 @@ class Eca(_Image[EcaSpec]):
         return [*super().cases(spec), big]
 
     def reference(
-        self, spec: EcaSpec, params: references.Params, inputs: Inputs, *, training: bool = False
+        self, spec: EcaSpec, params: references.State, inputs: Inputs, *, training: bool = False
     ) -> Tensor:
         return references.eca(inputs.args[0], params, spec)
 
@@ -390,7 +399,35 @@ class Eca(_Image[EcaSpec]):
         return [_timm_anchor("timm EcaModule formulation", self, spec)]
 
     def param_shapes(self, spec: EcaSpec, case: Case) -> dict[str, tuple[int, ...]]:
-        return {"conv.weight": (1, 1, references.eca_kernel_size(case.ctor[0], spec))}
+        k = references.eca_kernel_size(case.ctor[0], spec)
+        if spec.mlp:
+            rd = references.eca_hidden(case.ctor[0], spec)
+            return {
+                "conv.weight": (rd, 1, 1),
+                "conv.bias": (rd,),
+                "conv2.weight": (1, rd, k),
+                "conv2.bias": (1,),
+            }
+        return {"conv.weight": (1, 1, k)} | ({"conv.bias": (1,)} if spec.bias else {})
+
+
+class Ese(_Image[EseSpec]):
+    name = "ese"
+
+    def param_shapes(self, spec: EseSpec, case: Case) -> dict[str, tuple[int, ...]]:
+        c = case.ctor[0]
+        return {"fc.weight": (c, c, *(1,) * spec.dims)} | ({"fc.bias": (c,)} if spec.bias else {})
+
+    def reference(
+        self, spec: EseSpec, params: references.State, inputs: Inputs, *, training: bool = False
+    ) -> Tensor:
+        return references.ese(inputs.args[0], params, spec)
+
+    def plain(self, spec: EseSpec, params: references.Params, inputs: Inputs) -> Tensor:
+        return anchors.timm_ese(inputs.args[0], params, spec)
+
+    def anchors(self, spec: EseSpec) -> list[Anchor]:
+        return [_timm_anchor("timm EffectiveSEModule formulation", self, spec)]
 
 
 # --- attention kinds (sdpa, mha) ---------------------------------------------------------------------
@@ -479,7 +516,7 @@ class Sdpa(_Attention[SdpaSpec]):
         return (*case.shapes[0][:-1], case.shapes[2][-1])
 
     def reference(
-        self, spec: SdpaSpec, params: references.Params, inputs: Inputs, *, training: bool = False
+        self, spec: SdpaSpec, params: references.State, inputs: Inputs, *, training: bool = False
     ) -> Tensor:
         q, k, v = inputs.args
         mask = inputs.kwargs.get("attn_mask")
@@ -663,7 +700,7 @@ class Mha(_Attention[MhaSpec]):
         return (b, lq, case.ctor[3] if len(case.ctor) > 3 else e)
 
     def reference(
-        self, spec: MhaSpec, params: references.Params, inputs: Inputs, *, training: bool = False
+        self, spec: MhaSpec, params: references.State, inputs: Inputs, *, training: bool = False
     ) -> Tensor:
         return output(self._reference(spec, params, inputs))
 
@@ -830,7 +867,7 @@ class Mha(_Attention[MhaSpec]):
 
 #: kind name -> its record.
 KIND_DB: dict[str, Kind[Any]] = {
-    k.name: k for k in (Channel(), Spatial(), Cbam(), Eca(), Sdpa(), Mha())
+    k.name: k for k in (Channel(), Spatial(), Cbam(), Eca(), Ese(), Sdpa(), Mha())
 }
 
 

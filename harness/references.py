@@ -17,7 +17,7 @@ where the mathematics does not.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -27,20 +27,67 @@ from .spec import (
     CbamSpec,
     ChannelOptions,
     EcaSpec,
+    EseSpec,
     MhaSpec,
     SpatialOptions,
 )
 
 Params = Mapping[str, Tensor]
+# Parameters and buffers by name. A reference in training mode writes a norm's updated running
+# statistics back into it, as the module updates its buffers.
+State = MutableMapping[str, Tensor]
+
+
+def make_divisible(v: float, divisor: int, min_value: int, round_limit: float = 0.0) -> int:
+    """timm's make_divisible (timm/layers/helpers.py), restated."""
+    rounded = max(min_value, int(v + divisor / 2) // divisor * divisor)
+    return rounded + divisor if rounded < round_limit * v else rounded
+
+
+def hidden_width(
+    channels: int,
+    reduction: int,
+    divisor: int | None,
+    min_channels: int = 1,
+    round_limit: float = 0.0,
+) -> int:
+    """floor(C / r) (the papers), or timm's make_divisible(C * (1 / r), d) as timm computes it."""
+    if divisor is None:
+        return max(min_channels, channels // reduction)
+    return make_divisible(
+        channels * (1 / reduction), divisor, max(min_channels, divisor), round_limit
+    )
 
 
 def reduced_channels(channels: int, opts: ChannelOptions) -> int:
-    """The hidden width of a channel MLP: floor(C / r), or timm's make_divisible(C / r, d)."""
-    v = channels / opts.reduction
-    if opts.divisor is None:
-        return max(opts.min_channels, math.floor(v))
-    d = opts.divisor
-    return max(opts.min_channels, d, int(v + d / 2) // d * d)
+    """The hidden width of a channel MLP."""
+    return hidden_width(channels, opts.reduction, opts.divisor, opts.min_channels, opts.round_limit)
+
+
+def batch_norm(
+    x: Tensor, state: State, prefix: str, training: bool, momentum: float = 0.1, eps: float = 1e-5
+) -> Tensor:
+    """Batch norm over every dim but the channels (dim 1), written out. In training: the batch's
+    mean and biased variance, and the running statistics updated in ``state`` (with the unbiased
+    variance, as PyTorch does); in eval: the running statistics."""
+    dims = [0, *range(2, x.ndim)]
+    shape = (1, -1, *[1] * (x.ndim - 2))
+    if training:
+        mean = x.mean(dims)
+        var = ((x - mean.reshape(shape)) ** 2).mean(dims)
+        n = x.numel() // x.shape[1]
+        for name, batch in (
+            (f"{prefix}running_mean", mean),
+            (f"{prefix}running_var", var * n / (n - 1)),
+        ):
+            state[name] = (1 - momentum) * state[name] + momentum * batch.detach().to(
+                state[name].dtype
+            )
+        state[f"{prefix}num_batches_tracked"] = state[f"{prefix}num_batches_tracked"] + 1
+    else:
+        mean, var = state[f"{prefix}running_mean"], state[f"{prefix}running_var"]
+    out = (x - mean.reshape(shape)) / torch.sqrt(var.reshape(shape) + eps)
+    return out * state[f"{prefix}weight"].reshape(shape) + state[f"{prefix}bias"].reshape(shape)
 
 
 def _logistic(s: Tensor) -> Tensor:
@@ -52,6 +99,10 @@ def _logistic(s: Tensor) -> Tensor:
 def activation(s: Tensor, name: str) -> Tensor:
     if name == "relu":
         return torch.where(s > 0, s, torch.zeros_like(s))
+    if name == "relu6":
+        return torch.clamp(s, 0.0, 6.0)
+    if name == "hard_swish":
+        return s * torch.clamp(s + 3, 0.0, 6.0) / 6
     if name == "silu":
         return s * _logistic(s)
     if name == "gelu":
@@ -67,8 +118,11 @@ def gate(s: Tensor, name: str) -> Tensor:
     raise ValueError(f"unknown gate {name!r}")
 
 
-def channel_attention(x: Tensor, params: Params, opts: ChannelOptions, prefix: str = "") -> Tensor:
-    """``x * gate(MLP(pool(x)))``, the MLP as two ``F.linear`` on (B, C) vectors."""
+def channel_attention(
+    x: Tensor, params: State, opts: ChannelOptions, prefix: str = "", training: bool = False
+) -> Tensor:
+    """``x * gate(MLP(pool(x)))``, the MLP as two ``F.linear`` on (B, C) vectors (its norm, when
+    there is one, between the first and the activation)."""
     b, c = x.shape[:2]
     flat = x.reshape(b, c, -1)
     pooled = {"avg": flat.mean(-1), "max": torch.max(flat, dim=-1).values}
@@ -77,7 +131,10 @@ def channel_attention(x: Tensor, params: Params, opts: ChannelOptions, prefix: s
     b1, b2 = params.get(f"{prefix}fc1.bias"), params.get(f"{prefix}fc2.bias")
 
     def mlp(v: Tensor) -> Tensor:
-        return F.linear(activation(F.linear(v, w1, b1), opts.activation), w2, b2)
+        hidden = F.linear(v, w1, b1)
+        if opts.norm == "batchnorm":
+            hidden = batch_norm(hidden, params, f"{prefix}bn.", training)
+        return F.linear(activation(hidden, opts.activation), w2, b2)
 
     if len(opts.pooling) == 2 and opts.pooling_merge == "before_mlp":
         s = mlp((pooled["avg"] + pooled["max"]) / 2)
@@ -86,27 +143,31 @@ def channel_attention(x: Tensor, params: Params, opts: ChannelOptions, prefix: s
     return x * gate(s, opts.gate).reshape(b, c, *([1] * (x.ndim - 2)))
 
 
-def spatial_attention(x: Tensor, params: Params, opts: SpatialOptions, prefix: str = "") -> Tensor:
-    """``x * gate(conv(cat(channel poolings)))`` with 'same' padding."""
+def spatial_attention(
+    x: Tensor, params: State, opts: SpatialOptions, prefix: str = "", training: bool = False
+) -> Tensor:
+    """``x * gate(norm(conv(channel poolings)))`` with 'same' padding; the poolings concatenated,
+    or averaged into one map."""
     maps = {
         "mean": x.mean(1, keepdim=True),
         "max": torch.max(x, dim=1, keepdim=True).values,
     }
-    s = torch.cat([maps[p] for p in opts.pooling], dim=1)
+    if opts.pooling_merge == "average" and len(opts.pooling) == 2:
+        s = (maps["mean"] + maps["max"]) / 2
+    else:
+        s = torch.cat([maps[p] for p in opts.pooling], dim=1)
     conv = {3: F.conv1d, 4: F.conv2d, 5: F.conv3d}[x.ndim]
-    s = conv(
-        s,
-        params[f"{prefix}conv.weight"],
-        params.get(f"{prefix}conv.bias"),
-        padding=opts.kernel_size // 2,
-    )
+    name = f"{prefix}conv.conv." if opts.norm == "batchnorm" else f"{prefix}conv."
+    s = conv(s, params[f"{name}weight"], params.get(f"{name}bias"), padding=opts.kernel_size // 2)
+    if opts.norm == "batchnorm":
+        s = batch_norm(s, params, f"{prefix}conv.bn.", training)
     return x * gate(s, opts.gate)
 
 
-def cbam(x: Tensor, params: Params, spec: CbamSpec) -> Tensor:
+def cbam(x: Tensor, params: State, spec: CbamSpec, training: bool = False) -> Tensor:
     steps = {
-        "channel": lambda t: channel_attention(t, params, spec.channel, "channel."),
-        "spatial": lambda t: spatial_attention(t, params, spec.spatial, "spatial."),
+        "channel": lambda t: channel_attention(t, params, spec.channel, "channel.", training),
+        "spatial": lambda t: spatial_attention(t, params, spec.spatial, "spatial.", training),
     }
     order = ("channel", "spatial") if spec.order == "channel_first" else ("spatial", "channel")
     for step in order:
@@ -115,21 +176,71 @@ def cbam(x: Tensor, params: Params, spec: CbamSpec) -> Tensor:
 
 
 def eca_kernel_size(channels: int, spec: EcaSpec) -> int:
-    """ECA's kernel size: explicit, or the paper's t = int(|(log2 C + b) / gamma|), made odd."""
+    """ECA's kernel size: explicit, or the paper's t = int(|(log2 C + b) / gamma|), made odd
+    (and at least ``min_kernel_size``)."""
     if spec.kernel_size is not None:
         return spec.kernel_size
     t = int(abs((math.log(channels, 2) + spec.beta) / spec.gamma))
-    return t if t % 2 else t + 1
+    return max(t if t % 2 else t + 1, spec.min_kernel_size)
+
+
+def eca_hidden(channels: int, spec: EcaSpec) -> int:
+    return hidden_width(channels, spec.reduction, spec.divisor, 1, spec.round_limit)
+
+
+def _shifted_conv(v: Tensor, w: Tensor, bias: Tensor | None, circular: bool) -> Tensor:
+    """A 1-in, 1-out conv across the last dim of (B, N) as a sum of shifted copies (no conv op)."""
+    half = w.numel() // 2
+    n = v.shape[-1]
+    if circular:
+        index = torch.arange(-half, n + half, device=v.device) % n
+        padded = v[:, index]
+    else:
+        padded = F.pad(v, (half, half))
+    out = torch.stack([w[j] * padded[:, j : j + n] for j in range(w.numel())]).sum(0)
+    return out if bias is None else out + bias
 
 
 def eca(x: Tensor, params: Params, spec: EcaSpec) -> Tensor:
-    """``x * gate(conv1d across channels of the avg-pooled vector)``, the conv as a sum of shifts."""
+    """``x * gate(conv1d across channels of the avg-pooled vector)``, every conv written out: the
+    k-wide one as a sum of shifts (circular padding by index arithmetic), the mlp's 1x1 as an outer
+    product."""
     b, c = x.shape[:2]
     pooled = x.reshape(b, c, -1).mean(-1)
-    w = params["conv.weight"].reshape(-1)
-    half = w.numel() // 2
-    padded = F.pad(pooled, (half, half))
-    s = torch.stack([w[j] * padded[:, j : j + c] for j in range(w.numel())]).sum(0)
+    circular = spec.padding == "circular"
+    if spec.mlp:
+        w1, b1 = params["conv.weight"].reshape(-1), params["conv.bias"]
+        hidden = activation(
+            pooled[:, None, :] * w1[None, :, None] + b1[None, :, None], spec.activation
+        )
+        w2 = params["conv2.weight"]  # (1, rd, k)
+        s = (
+            sum(
+                (
+                    _shifted_conv(hidden[:, i], w2[0, i], None, circular)
+                    for i in range(hidden.shape[1])
+                ),
+                torch.zeros_like(pooled),
+            )
+            + params["conv2.bias"]
+        )
+    else:
+        s = _shifted_conv(
+            pooled, params["conv.weight"].reshape(-1), params.get("conv.bias"), circular
+        )
+    return x * gate(s, spec.gate).reshape(b, c, *([1] * (x.ndim - 2)))
+
+
+def ese(x: Tensor, params: Params, spec: EseSpec) -> Tensor:
+    """``x * gate(W pool(x) + b)``, the 1x1 conv as ``F.linear`` on (B, C) vectors."""
+    b, c = x.shape[:2]
+    flat = x.reshape(b, c, -1)
+    pooled = flat.mean(-1)
+    if len(spec.pooling) == 2:
+        pooled = (pooled + torch.max(flat, dim=-1).values) / 2
+    elif spec.pooling == ("max",):
+        pooled = torch.max(flat, dim=-1).values
+    s = F.linear(pooled, params["fc.weight"].reshape(c, c), params.get("fc.bias"))
     return x * gate(s, spec.gate).reshape(b, c, *([1] * (x.ndim - 2)))
 
 

@@ -26,7 +26,8 @@ from pydantic import (
 )
 
 Gate = Literal["sigmoid", "hard_sigmoid"]
-Activation = Literal["relu", "silu", "gelu"]
+Activation = Literal["relu", "relu6", "silu", "gelu", "hard_swish"]
+Norm = Literal["none", "batchnorm"]
 
 
 def _integer(value: Any) -> Any:
@@ -73,7 +74,17 @@ class ChannelOptions(_Model):
         le=256,
         description=(
             "Rounding of the hidden width. null: floor(C / r), as in the SE and CBAM papers. "
-            "An integer d: timm's make_divisible(C / r, d), the nearest multiple of d, at least d."
+            "An integer d: timm's make_divisible(C * (1 / r), d, round_limit), computed as timm "
+            "does: the nearest multiple of d, at least d."
+        ),
+    )
+    round_limit: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description=(
+            "With a divisor: when rounding lost more than (1 - round_limit) of C / r, add d "
+            "(timm's make_divisible; its SE and CBAM pass 0.0, its default is 0.9)."
         ),
     )
     min_channels: int = Field(
@@ -95,10 +106,28 @@ class ChannelOptions(_Model):
         ),
     )
     activation: Activation = Field("relu", description="Activation between fc1 and fc2.")
+    norm: Norm = Field(
+        "none",
+        description=(
+            "Normalisation of the hidden layer, between fc1 and the activation (bn, as in timm's "
+            "SEModule norm_layer). batchnorm keeps running statistics: training and eval differ."
+        ),
+    )
     gate: Gate = Field("sigmoid", description="Gate applied to the MLP output before x * gate.")
     bias: bool = Field(True, description="Biases on fc1 and fc2.")
 
     _pooling_unique = field_validator("pooling")(_unique)
+
+    @model_validator(mode="after")
+    def _round_limit_needs_divisor(self) -> ChannelOptions:
+        if self.round_limit and self.divisor is None:
+            raise ValueError("round_limit applies only with a divisor")
+        if self.norm != "none" and len(self.pooling) == 2 and self.pooling_merge == "after_mlp":
+            raise ValueError(
+                "a norm in an MLP that each pooling goes through separately is not supported "
+                "(batch statistics of which?); use pooling_merge: before_mlp"
+            )
+        return self
 
 
 class SpatialOptions(_Model):
@@ -115,6 +144,20 @@ class SpatialOptions(_Model):
         description=(
             "Poolings over the channel dim, in concatenation order: [mean, max] as in the CBAM "
             "paper and timm, [max, mean] as in the original CBAM code."
+        ),
+    )
+    pooling_merge: Literal["concat", "average"] = Field(
+        "concat",
+        description=(
+            "With two poolings: concat feeds both maps to the conv as channels (CBAM); average "
+            "feeds their mean, one channel (timm's LightSpatialAttn)."
+        ),
+    )
+    norm: Norm = Field(
+        "none",
+        description=(
+            "batchnorm: a BatchNorm after the conv, as timm's SpatialAttn (ConvNormAct); the conv "
+            "and the norm are then conv.conv and conv.bn."
         ),
     )
     gate: Gate = Field("sigmoid", description="Gate applied to the conv output before x * gate.")
@@ -227,6 +270,43 @@ class EcaSpec(_Spatial, _Variant):
     beta: float = Field(
         1.0, ge=-16, le=16, description="beta of the adaptive kernel size (kernel_size null only)."
     )
+    min_kernel_size: int = Field(
+        1,
+        ge=1,
+        le=31,
+        description="Lower bound on the adaptive size (timm's EcaModule and CecaModule use 3).",
+    )
+    padding: Literal["zeros", "circular"] = Field(
+        "zeros",
+        description=(
+            "How the conv sees past the first and last channel: zeros, or circular (the last "
+            "channels wrap around to the first: timm's CecaModule)."
+        ),
+    )
+    mlp: bool = Field(
+        False,
+        description=(
+            "timm's ecam: a 1x1 conv from the pooled vector to a hidden width (conv), the "
+            "activation, then the k-wide conv back to one (conv2), both with biases."
+        ),
+    )
+    reduction: int = Field(
+        8,
+        ge=1,
+        le=1024,
+        description="With mlp: the hidden width is C / reduction (rounded, see divisor).",
+    )
+    divisor: int = Field(8, ge=1, le=256, description="With mlp: timm's make_divisible divisor.")
+    round_limit: float = Field(
+        0.9, ge=0.0, lt=1.0, description="With mlp: timm's make_divisible round_limit."
+    )
+    activation: Activation = Field(
+        "relu", description="With mlp: the activation between the convs."
+    )
+    bias: bool = Field(
+        False,
+        description="Without mlp: a bias on the conv (timm's CecaModule has one when given an act_layer).",
+    )
     gate: Gate = Field("sigmoid", description="Gate applied to the conv output before x * gate.")
 
     @field_validator("kernel_size")
@@ -253,11 +333,41 @@ class EcaSpec(_Spatial, _Variant):
 
     @model_validator(mode="after")
     def _adaptive_only(self) -> EcaSpec:
-        if self.kernel_size is not None and (self.gamma, self.beta) != (2.0, 1.0):
+        if self.kernel_size is not None and (
+            (self.gamma, self.beta, self.min_kernel_size) != (2.0, 1.0, 1)
+        ):
             raise ValueError(
-                "gamma and beta set the adaptive size: give them only with kernel_size null"
+                "gamma, beta and min_kernel_size set the adaptive size: give them only with "
+                "kernel_size null"
             )
+        defaults = {"reduction": 8, "divisor": 8, "round_limit": 0.9, "activation": "relu"}
+        changed = [f for f, v in defaults.items() if getattr(self, f) != v]
+        if changed and not self.mlp:
+            raise ValueError(f"{', '.join(changed)} apply only with mlp: true")
+        if self.mlp and self.bias:
+            raise ValueError("bias applies only without mlp (timm's mlp convs always have biases)")
         return self
+
+
+class EseSpec(_Spatial, _Variant):
+    kind: Literal["ese"] = Field(
+        description="Effective squeeze-excitation (Lee and Park, 2020): one C -> C conv, no reduction."
+    )
+    pooling: tuple[Literal["avg", "max"], ...] = Field(
+        ("avg",),
+        strict=False,  # YAML gives a list
+        min_length=1,
+        max_length=2,
+        description=(
+            "Global poolings over the spatial dims; with both, their average (timm's add_maxpool)."
+        ),
+    )
+    gate: Gate = Field(
+        "hard_sigmoid", description="Gate applied to the conv output before x * gate."
+    )
+    bias: bool = Field(True, description="Bias on the conv fc.")
+
+    _pooling_unique = field_validator("pooling")(_unique)
 
 
 class AttentionOptions(_Model):
@@ -350,8 +460,8 @@ class MhaSpec(AttentionOptions, _Variant):
         return self
 
 
-AnySpec = ChannelSpec | SpatialSpec | CbamSpec | EcaSpec | SdpaSpec | MhaSpec
-ImageSpec = ChannelSpec | SpatialSpec | CbamSpec | EcaSpec
+AnySpec = ChannelSpec | SpatialSpec | CbamSpec | EcaSpec | EseSpec | SdpaSpec | MhaSpec
+ImageSpec = ChannelSpec | SpatialSpec | CbamSpec | EcaSpec | EseSpec
 SPEC_ADAPTER: TypeAdapter[AnySpec] = TypeAdapter(Annotated[AnySpec, Field(discriminator="kind")])
 #: kind name -> its spec model. The kind names, in the order the README lists them.
 MODELS: dict[str, type[_Variant]] = {
@@ -359,6 +469,7 @@ MODELS: dict[str, type[_Variant]] = {
     "spatial": SpatialSpec,
     "cbam": CbamSpec,
     "eca": EcaSpec,
+    "ese": EseSpec,
     "sdpa": SdpaSpec,
     "mha": MhaSpec,
 }

@@ -3,17 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from attnforge import spec as specs
 from pydantic import ValidationError
 
-BASE = {
-    "channel": {"name": "v", "kind": "channel"},
-    "spatial": {"name": "v", "kind": "spatial"},
-    "cbam": {"name": "v", "kind": "cbam"},
-    "eca": {"name": "v", "kind": "eca"},
-    "sdpa": {"name": "v", "kind": "sdpa"},
-    "mha": {"name": "v", "kind": "mha"},
-}
+from attnforge import spec as specs
+
+BASE = {kind: {"name": "v", "kind": kind} for kind in specs.MODELS}
 
 # (kind, field, a valid value, an invalid value)
 FIELDS = [
@@ -34,6 +28,11 @@ FIELDS = [
     ("channel", "activation", "silu", "swish"),
     ("channel", "gate", "hard_sigmoid", "tanh"),
     ("channel", "bias", False, "false"),
+    ("channel", "norm", "batchnorm", "layernorm"),
+    ("channel", "round_limit", 0.0, 0.9),  # without a divisor
+    ("channel", "round_limit", 0.0, 1.0),
+    ("channel", "activation", "relu6", "relu7"),
+    ("channel", "activation", "hard_swish", "hardswish"),
     ("spatial", "kernel_size", 1, 2),
     ("spatial", "kernel_size", 31, 33),
     ("spatial", "pooling", ["max", "mean"], ["max", "max"]),
@@ -41,6 +40,8 @@ FIELDS = [
     ("spatial", "gate", "sigmoid", "relu"),
     ("spatial", "bias", True, 1),
     ("spatial", "dims", 1, 0),
+    ("spatial", "pooling_merge", "average", "sum"),
+    ("spatial", "norm", "batchnorm", "groupnorm"),
     ("cbam", "channel", {"reduction": 8}, {"reduction": 0}),
     ("cbam", "channel", {"pooling": ["avg"]}, {"kernel_size": 3}),
     ("cbam", "spatial", {"kernel_size": 3}, {"kernel_size": 4}),
@@ -52,6 +53,18 @@ FIELDS = [
     ("eca", "beta", 0.5, 100),
     ("eca", "gate", "hard_sigmoid", "relu"),
     ("eca", "dims", 1, 4),
+    ("eca", "min_kernel_size", 3, 0),
+    ("eca", "padding", "circular", "reflect"),
+    ("eca", "mlp", True, "yes"),
+    ("eca", "reduction", 8, 4),  # without mlp
+    ("eca", "divisor", 8, 1),  # without mlp
+    ("eca", "round_limit", 0.9, 0.5),  # without mlp
+    ("eca", "activation", "relu", "silu"),  # without mlp
+    ("eca", "bias", True, 1),
+    ("ese", "dims", 3, 0),
+    ("ese", "pooling", ["avg", "max"], ["max", "max"]),
+    ("ese", "gate", "sigmoid", "tanh"),
+    ("ese", "bias", False, None),
     ("sdpa", "causal_alignment", "top_left", "bottom_right"),  # bottom_right needs causal: true
     ("sdpa", "causal_alignment", "top_left", "center"),
     ("mha", "causal_alignment", "top_left", "bottom"),
@@ -125,6 +138,22 @@ def test_a_partial_cbam_channel_mapping_keeps_cbam_defaults():
 
 def test_cross_field_rules():
     assert specs.validate({**BASE["sdpa"], "causal": True, "causal_alignment": "bottom_right"})
-    with pytest.raises(ValidationError, match="gamma and beta set the adaptive size"):
+    with pytest.raises(
+        ValidationError, match="gamma, beta and min_kernel_size set the adaptive size"
+    ):
         specs.validate({**BASE["eca"], "kernel_size": 3, "gamma": 3})
+    with pytest.raises(ValidationError, match="reduction, activation apply only with mlp: true"):
+        specs.validate({**BASE["eca"], "reduction": 4, "activation": "silu"})
+    with pytest.raises(ValidationError, match="bias applies only without mlp"):
+        specs.validate({**BASE["eca"], "mlp": True, "bias": True})
+    with pytest.raises(ValidationError, match="use pooling_merge: before_mlp"):
+        specs.validate({**BASE["channel"], "pooling": ["avg", "max"], "norm": "batchnorm"})
+    assert specs.validate(
+        {
+            **BASE["channel"],
+            "pooling": ["avg", "max"],
+            "pooling_merge": "before_mlp",
+            "norm": "batchnorm",
+        }
+    )
     assert specs.validate({**BASE["mha"], "heads": 6, "kv_heads": 3}).kv_heads == 3

@@ -13,8 +13,10 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from attnforge import checks, registry
 from torch import nn
+
+from attnforge import checks, registry
+from attnforge.spec import KIND_NAMES
 
 
 def _base(name: str) -> type:
@@ -345,6 +347,60 @@ class SeNoInputCheck(_base("se_resnet")):
         return x * torch.sigmoid(self.fc2(self.act(self.fc1(x.mean((2, 3), keepdim=True)))))
 
 
+class SeBnFrozen(_base("se_bn")):
+    """Runs its batchnorm on the running statistics in training too (eval-mode BN always): eval is
+    right, training normalises with the wrong statistics and never updates them."""
+
+    def forward(self, x):
+        bn = self.bn
+        h = F.batch_norm(
+            self.fc1(x.mean((2, 3), keepdim=True)),
+            bn.running_mean,
+            bn.running_var,
+            bn.weight,
+            bn.bias,
+            False,
+            0.0,
+            bn.eps,
+        )
+        return x * torch.sigmoid(self.fc2(self.act(h)))
+
+
+class EseSigmoidGate(_base("ese_timm")):
+    """timm's ese gates with a hard sigmoid; a plain sigmoid is a different function."""
+
+    def forward(self, x):
+        return x * torch.sigmoid(self.fc(x.mean((2, 3), keepdim=True)))
+
+
+class CecaZeroPadding(_base("ceca_timm")):
+    """Zero-pads the channel axis where the spec says circular (the point of CECA)."""
+
+    def forward(self, x):
+        pooled = x.mean((2, 3), keepdim=True)
+        y = F.pad(pooled.view(x.shape[0], 1, -1), (self.padding, self.padding))
+        return x * torch.sigmoid(self.conv(y).view_as(pooled))
+
+
+class EcamSkipsActivation(_base("ecam_timm")):
+    """Drops the activation between the two convs of ECA's MLP."""
+
+    def forward(self, x):
+        pooled = x.mean((2, 3), keepdim=True)
+        s = self.conv2(self.conv(pooled.view(x.shape[0], 1, -1))).view_as(pooled)
+        return x * torch.sigmoid(s)
+
+
+class CbamTimmSpatialNoNorm(_base("cbam_timm")):
+    """Skips the spatial half's batchnorm (timm's CBAM has one; the paper's does not)."""
+
+    def forward(self, x):
+        x = self.channel(x)
+        sp = self.spatial
+        s = sp.conv.conv(torch.cat([x.mean(1, keepdim=True), x.amax(1, keepdim=True)], dim=1))
+        return x * torch.sigmoid(s)
+
+
 ACT = "act_b1_c448_21x22"
 F16, BF16, F32, F64 = torch.float16, torch.bfloat16, torch.float32, torch.float64
 
@@ -389,6 +445,12 @@ SEEDED = [
     (SeTrainScale, "se_resnet", "train", "b2_c32_7x5", F64, {}),
     (SeAutocastDowncast, "se_resnet", "autocast", "b2_c32_7x5", BF16, {}),
     (SeNoInputCheck, "se_resnet", "errors", "wrong_channels", F32, {}),
+    # The timm options: a norm with running statistics, circular padding, the MLP, the gate.
+    (SeBnFrozen, "se_bn", "train", "b2_c32_7x5", F64, {}),
+    (EseSigmoidGate, "ese_timm", "reference", "b2_c32_7x5", F64, {}),
+    (CecaZeroPadding, "ceca_timm", "reference", "b2_c32_7x5", F64, {}),
+    (EcamSkipsActivation, "ecam_timm", "reference", "b2_c32_7x5", F64, {}),
+    (CbamTimmSpatialNoNorm, "cbam_timm", "reference", "b2_c32_7x5", F64, {}),
 ]
 # The dtype-only bugs pass where they do not bite: the same case in the other dtypes.
 DTYPE_ONLY = [
@@ -425,3 +487,7 @@ def test_dtype_only_bugs_pass_in_the_other_dtypes(broken, variant, case, dtypes)
 
 def test_every_check_is_shown_to_fail_on_something():
     assert {check for _, _, check, _, _, _ in SEEDED} == set(checks.CHECKS)
+
+
+def test_every_kind_has_a_seeded_bug():
+    assert {registry.spec_of(variant).kind for _, variant, *_ in SEEDED} == set(KIND_NAMES)

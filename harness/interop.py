@@ -1,0 +1,322 @@
+"""Weight compatibility with timm: describe a timm attention module as a spec, and load its weights
+into the generated variant that computes the same function.
+
+    import timm.layers, attnforge
+    se = timm.layers.create_attn("se", 64)
+    attnforge.spec_from_timm(se, "my_se")       # {'name': 'my_se', 'kind': 'channel', ...}
+    mine = attnforge.from_timm("se_timm", se)   # a SeTimm(64) holding se's weights
+
+The configuration is read from the module itself (its layers, their widths, its flags), never from
+how it was built. Our parameter and buffer names equal timm's, so a timm ``state_dict`` loads with
+``strict=True``. timm is not a dependency: this module only reads attributes of what it is given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from . import registry
+
+#: Activation and gate modules by class name (timm's own, torch's, and timm's memory-efficient ones).
+_ACTIVATIONS = {
+    "ReLU": "relu",
+    "ReLU6": "relu6",
+    "SiLU": "silu",
+    "Swish": "silu",
+    "SwishMe": "silu",
+    "GELU": "gelu",
+    "Hardswish": "hard_swish",
+    "HardSwish": "hard_swish",
+    "HardSwishMe": "hard_swish",
+}
+_GATES = {
+    "Sigmoid": "sigmoid",
+    "Hardsigmoid": "hard_sigmoid",
+    "HardSigmoid": "hard_sigmoid",
+    "HardSigmoidMe": "hard_sigmoid",
+}
+# Fields that fix a width or a kernel from the channel count: they need not be spelled the same,
+# only give the same shapes at the module's width (checked on the state_dict).
+WIDTH_FIELDS = frozenset(
+    {
+        "reduction",
+        "divisor",
+        "round_limit",
+        "min_channels",
+        "kernel_size",
+        "gamma",
+        "beta",
+        "min_kernel_size",
+    }
+)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What a timm module is, in our vocabulary: the kind, the spec fields, the channel count."""
+
+    kind: str
+    fields: dict[str, Any]
+    channels: int
+
+
+def _name(module: nn.Module | None) -> str:
+    return type(module).__name__
+
+
+def _activation(module: nn.Module, where: str) -> str:
+    name = _name(module)
+    if name == "GELU" and getattr(module, "approximate", "none") != "none":
+        raise ValueError(f"{where}: GELU(approximate={module.approximate!r}) is not supported")
+    if name not in _ACTIVATIONS:
+        raise ValueError(
+            f"{where}: activation {name} is not supported (supported: {', '.join(sorted(set(_ACTIVATIONS.values())))})"
+        )
+    return _ACTIVATIONS[name]
+
+
+def _gate(module: nn.Module, where: str) -> str:
+    if _name(module) not in _GATES:
+        raise ValueError(
+            f"{where}: gate {_name(module)} is not supported (sigmoid and hard_sigmoid are)"
+        )
+    return _GATES[_name(module)]
+
+
+def _norm(module: nn.Module, where: str) -> str:
+    if isinstance(module, nn.Identity):
+        return "none"
+    if isinstance(module, nn.BatchNorm2d):
+        plain = (
+            module.eps == 1e-5
+            and module.momentum == 0.1
+            and module.affine
+            and module.track_running_stats
+            and _name(getattr(module, "act", nn.Identity())) == "Identity"
+            and _name(getattr(module, "drop", nn.Identity())) == "Identity"
+        )
+        if not plain:
+            raise ValueError(
+                f"{where}: BatchNorm2d(eps={module.eps}, momentum={module.momentum}, affine="
+                f"{module.affine}, track_running_stats={module.track_running_stats}) is not "
+                "supported (eps 1e-5, momentum 0.1, affine, tracked statistics, no activation are)"
+            )
+        return "batchnorm"
+    raise ValueError(f"{where}: norm {_name(module)} is not supported (BatchNorm2d is)")
+
+
+def _reduction(
+    channels: int, hidden: int, divisor: int | None, round_limit: float, default: int, where: str
+) -> dict[str, Any]:
+    """A reduction (and divisor) giving ``hidden`` at ``channels`` with timm's rounding. A module
+    records neither its ratio nor its divisor, only the width they made: prefer the class's default
+    divisor, then the reduction nearest the class's default."""
+    from .references import hidden_width
+
+    divisors = [divisor, *(d for d in (1, 2, 4, 8, 16, 32, 64) if d != divisor)]
+    reductions = sorted(range(1, 1025), key=lambda r: (abs(r - default), r))
+    for d in divisors:
+        for r in reductions:
+            if hidden_width(channels, r, d, 1, round_limit) == hidden:
+                fields: dict[str, Any] = {"reduction": r}
+                if d is not None:
+                    fields["divisor"] = d
+                if round_limit:
+                    fields["round_limit"] = round_limit
+                return fields
+    raise ValueError(
+        f"{where}: a hidden width of {hidden} at {channels} channels is not one that make_divisible "
+        f"reaches with round_limit {round_limit}"
+    )
+
+
+def _conv_bias(conv: nn.Module) -> bool:
+    return getattr(conv, "bias", None) is not None
+
+
+def _se(m: Any) -> Layout:
+    c, rd = m.fc1.in_channels, m.fc1.out_channels
+    fields = {
+        **_reduction(c, rd, 8, 0.0, 16, "SEModule"),
+        "activation": _activation(m.act, "SEModule.act"),
+        "norm": _norm(m.bn, "SEModule.bn"),
+        "gate": _gate(m.gate, "SEModule.gate"),
+        "bias": _conv_bias(m.fc1),
+    }
+    if m.add_maxpool:
+        fields |= {"pooling": ["avg", "max"], "pooling_merge": "before_mlp"}
+    return Layout("channel", fields, c)
+
+
+def _ese(m: Any) -> Layout:
+    fields: dict[str, Any] = {
+        "gate": _gate(m.gate, "EffectiveSEModule.gate"),
+        "bias": _conv_bias(m.fc),
+    }
+    if m.add_maxpool:
+        fields["pooling"] = ["avg", "max"]
+    return Layout("ese", fields, m.fc.in_channels)
+
+
+def _eca(m: Any, circular: bool, channels: int | None) -> Layout:
+    where = _name(m)
+    last = m.conv2 if getattr(m, "conv2", None) is not None else m.conv
+    fields: dict[str, Any] = {
+        "kernel_size": last.kernel_size[0],
+        "gate": _gate(m.gate, f"{where}.gate"),
+    }
+    if circular:
+        fields["padding"] = "circular"
+    if getattr(m, "conv2", None) is not None:
+        if channels is None:
+            raise ValueError(
+                f"{where} with use_mlp does not record its channel count, which sized its hidden "
+                "width: give channels=C"
+            )
+        hidden = _reduction(channels, m.conv.out_channels, 8, 0.9, 8, where)
+        fields |= {"mlp": True, "activation": _activation(m.act, f"{where}.act"), **hidden}
+        if "divisor" in hidden and hidden["divisor"] != 8:
+            fields["divisor"] = hidden["divisor"]
+    elif _conv_bias(m.conv):
+        fields["bias"] = True
+    return Layout("eca", fields, -1)  # ECA's width comes from the input; the caller supplies it
+
+
+def _channel_half(m: Any, light: bool) -> dict[str, Any]:
+    where = _name(m)
+    c, rd = m.fc1.in_channels, m.fc1.out_channels
+    fields = {
+        **_reduction(c, rd, 1, 0.0, 16, where),
+        "pooling": ["avg", "max"],
+        "activation": _activation(m.act, f"{where}.act"),
+        # LightChannelAttn gates with F.sigmoid whatever gate_layer says (timm's own quirk).
+        "gate": "sigmoid" if light else _gate(m.gate, f"{where}.gate"),
+        "bias": _conv_bias(m.fc1),
+    }
+    if light:
+        fields["pooling_merge"] = "before_mlp"
+    return fields
+
+
+def _spatial_half(m: Any, light: bool) -> dict[str, Any]:
+    where = _name(m)
+    conv = m.conv.conv
+    return {
+        "kernel_size": conv.kernel_size[0],
+        "pooling": ["mean", "max"],
+        "pooling_merge": "average" if light else "concat",
+        "norm": _norm(m.conv.bn, f"{where}.conv.bn"),
+        "gate": _gate(m.gate, f"{where}.gate"),
+        "bias": _conv_bias(conv),
+    }
+
+
+def _cbam(m: Any, light: bool) -> Layout:
+    fields = {
+        "channel": _channel_half(m.channel, light),
+        "spatial": _spatial_half(m.spatial, light),
+    }
+    return Layout("cbam", fields, m.channel.fc1.in_channels)
+
+
+#: timm class name -> how to read it. Checked against the class's module: timm's own classes only.
+CONVERTERS: dict[str, Callable[[Any, int | None], Layout]] = {
+    "SEModule": lambda m, c: _se(m),
+    "EffectiveSEModule": lambda m, c: _ese(m),
+    "EcaModule": lambda m, c: _eca(m, False, c),
+    "CecaModule": lambda m, c: _eca(m, True, c),
+    "CbamModule": lambda m, c: _cbam(m, light=False),
+    "LightCbamModule": lambda m, c: _cbam(m, light=True),
+}
+
+
+def layout(module: nn.Module, channels: int | None = None) -> Layout:
+    """``module`` in our vocabulary; ``ValueError`` naming what is not supported."""
+    cls = type(module)
+    if not cls.__module__.startswith("timm.") or cls.__name__ not in CONVERTERS:
+        supported = ", ".join(sorted(CONVERTERS))
+        raise ValueError(
+            f"{cls.__module__}.{cls.__name__} is not a timm attention module attnforge reads "
+            f"(supported: {supported})"
+        )
+    return CONVERTERS[cls.__name__](module, channels)
+
+
+def spec_from_timm(module: nn.Module, name: str, *, channels: int | None = None) -> dict[str, Any]:
+    """The spec (a plain, YAML-serialisable mapping that validates) describing ``module``.
+
+    Generating it gives a variant that ``from_timm(name, module)`` loads the module's weights into.
+    ECA modules with an MLP do not record the channel count that sized it: give ``channels``.
+    """
+    found = layout(module, channels)
+    spec = {"name": name, "kind": found.kind, **found.fields}
+    try:
+        from .spec import validate
+    except ImportError:  # pydantic absent: the mapping is still right, just not checked here
+        return spec
+    validate(spec)
+    return spec
+
+
+def _differences(ours: dict[str, Any], theirs: dict[str, Any], prefix: str = "") -> list[str]:
+    out = []
+    for field, value in theirs.items():
+        if field in WIDTH_FIELDS:
+            continue
+        mine = ours.get(field)
+        if isinstance(value, dict) and isinstance(mine, dict):
+            out += _differences(mine, value, f"{prefix}{field}.")
+        elif mine != value and not (isinstance(mine, list | tuple) and list(mine) == value):
+            out.append(f"{prefix}{field}: {mine!r} here, {value!r} in the module")
+    return out
+
+
+def from_timm(
+    name: str,
+    module: nn.Module,
+    catalogue: registry.Catalogue | None = None,
+    *,
+    channels: int | None = None,
+) -> nn.Module:
+    """An instance of variant ``name`` holding ``module``'s parameters and buffers, in its mode.
+
+    ``ValueError`` names every option where the variant's spec and the module differ, or the first
+    parameter whose shape differs (a width or a kernel size that the spec computes otherwise at
+    this channel count). ECA modules do not record their channel count (their kernel was sized
+    from it): give it as ``channels``.
+    """
+    catalogue = catalogue or registry.default
+    found = layout(module, channels)
+    ours = catalogue.spec_dict(name)
+    if ours["kind"] != found.kind:
+        raise ValueError(f"{name} is a {ours['kind']} variant; the module is {found.kind}")
+    differ = _differences(ours, found.fields)
+    if ours.get("dims", 2) != 2:
+        differ.append(f"dims: {ours['dims']} here, 2 in the module")
+    if differ:
+        raise ValueError(f"{name} does not match {_name(module)}: " + "; ".join(differ))
+    state = module.state_dict()
+    if found.channels > 0:
+        channels = found.channels
+    elif channels is None:
+        raise ValueError(
+            f"{_name(module)} does not record its channel count: from_timm({name!r}, module, "
+            "channels=C)"
+        )
+    weight = next(iter(state.values()))
+    block = catalogue.build(name, channels, device=weight.device, dtype=weight.dtype)
+    mine = block.state_dict()
+    for key, tensor in state.items():
+        if key not in mine:
+            raise ValueError(f"{name} has no {key} (the module's state has it)")
+        if mine[key].shape != tensor.shape:
+            raise ValueError(
+                f"{name} at {channels} channels: {key} is {tuple(mine[key].shape)}, "
+                f"{tuple(tensor.shape)} in the module"
+            )
+    block.load_state_dict(state, strict=True)
+    return block.train(module.training)
