@@ -6,7 +6,8 @@
 - timm's, written out as functions of the module's parameters and buffers: SE, ESE, CBAM, ECA
   after ``timm/layers/squeeze_excite.py`` (SEModule, EffectiveSEModule), ``cbam.py`` (ChannelAttn,
   SpatialAttn and the Light ones) and ``eca.py`` (EcaModule, CecaModule): pooling with
-  ``mean``/``amax``, the MLP as 1x1 convs, CBAM's channel MLP called once per pooling. timm is not
+  ``mean``/``amax``, the MLP as 1x1 convs, CBAM's channel MLP called once per pooling; GE and GC
+  after ``gather_excite.py`` (GatherExcite) and ``global_context.py`` (GlobalContext). timm is not
   a dependency; ``tests/timm_interop`` compares the generated modules with timm itself.
 """
 
@@ -27,6 +28,8 @@ from .spec import (
     ChannelOptions,
     EcaSpec,
     EseSpec,
+    GcSpec,
+    GeSpec,
     MhaSpec,
     SdpaSpec,
     SpatialOptions,
@@ -240,6 +243,87 @@ def timm_ese(x: Tensor, params: Params, spec: EseSpec) -> Tensor:
         x_se = 0.5 * x_se + 0.5 * x.amax(dims, keepdim=True)
     s = _CONV[x.ndim](x_se, params["fc.weight"], params.get("fc.bias"))
     return x * _timm_gate(s, spec.gate)
+
+
+_AVG_POOL: dict[int, Callable[..., Tensor]] = {3: F.avg_pool1d, 4: F.avg_pool2d, 5: F.avg_pool3d}
+_MAX_POOL: dict[int, Callable[..., Tensor]] = {3: F.max_pool1d, 4: F.max_pool2d, 5: F.max_pool3d}
+
+
+def timm_ge(x: Tensor, params: Params, spec: GeSpec) -> Tensor:
+    """GatherExcite: mean (and amax) over space at extent 0; F.avg_pool (count_include_pad=False)
+    and F.max_pool over (2e - 1)-wide windows with stride e; or the gather Sequential (depthwise
+    convs, eval-mode batch norms, the activation between them); ConvMlp as 1x1 convs;
+    F.interpolate back to the input's size where the map is not 1x1; the gate, ``x * gate``."""
+    conv, c = _CONV[x.ndim], x.shape[1]
+    if spec.extra_params:
+        if spec.extent == 0:
+            assert spec.feat_size is not None
+            layers = [(1, [(k - 1) // 2 for k in spec.feat_size])]
+        else:
+            layers = [(2, [1] * spec.dims)] * (spec.extent.bit_length() - 1)
+        x_ge = x
+        for i, (stride, padding) in enumerate(layers, 1):
+            if i > 1:
+                x_ge = _ACT[spec.activation](x_ge)
+            w = params[f"gather.conv{i}.weight"]
+            x_ge = conv(x_ge, w, None, stride=stride, padding=padding, groups=c)
+            if spec.norm == "batchnorm":
+                x_ge = _bn(x_ge, params, f"gather.norm{i}.")
+    elif spec.extent == 0:
+        dims = tuple(range(2, x.ndim))
+        x_ge = x.mean(dims, keepdim=True) if "avg" in spec.pooling else x.amax(dims, keepdim=True)
+        if len(spec.pooling) == 2:
+            x_ge = 0.5 * x_ge + 0.5 * x.amax(dims, keepdim=True)
+    else:
+        k, e = 2 * spec.extent - 1, spec.extent
+        avg = _AVG_POOL[x.ndim](x, k, stride=e, padding=k // 2, count_include_pad=False)
+        mx = _MAX_POOL[x.ndim](x, k, stride=e, padding=k // 2)
+        if spec.pooling == ("avg",):
+            x_ge = avg
+        elif spec.pooling == ("max",):
+            x_ge = mx
+        else:
+            x_ge = 0.5 * avg + 0.5 * mx
+    if spec.mlp:
+        hidden = conv(x_ge, params["mlp.fc1.weight"], params["mlp.fc1.bias"])
+        x_ge = conv(_ACT[spec.activation](hidden), params["mlp.fc2.weight"], params["mlp.fc2.bias"])
+    if any(n != 1 for n in x_ge.shape[2:]):
+        x_ge = F.interpolate(x_ge, size=x.shape[2:])
+    return x * _timm_gate(x_ge, spec.gate)
+
+
+def timm_gc(x: Tensor, params: Params, spec: GcSpec) -> Tensor:
+    """GlobalContext: softmax of conv_attn's logits over the positions and a batched matmul with
+    ``x`` (or the mean); each ConvMlp as 1x1 convs with LayerNorm2d (F.layer_norm on channels
+    last, eps 1e-6) between fc1 and the activation; ``x * gate(mlp_scale)``, then ``+ mlp_add``."""
+    b, c = x.shape[:2]
+    conv = _CONV[x.ndim]
+    ones = [1] * (x.ndim - 2)
+    if spec.context == "attention":
+        attn = conv(x, params["conv_attn.weight"], params["conv_attn.bias"]).reshape(b, 1, -1)
+        attn = F.softmax(attn, dim=-1).unsqueeze(3)
+        context = (x.reshape(b, c, -1).unsqueeze(1) @ attn).view(b, c, *ones)
+    else:
+        context = x.mean(tuple(range(2, x.ndim)), keepdim=True)
+
+    def mlp(prefix: str) -> Tensor:
+        h = conv(context, params[f"{prefix}fc1.weight"], params[f"{prefix}fc1.bias"])
+        h = F.layer_norm(
+            h.movedim(1, -1),
+            h.shape[1:2],
+            params[f"{prefix}norm.weight"],
+            params[f"{prefix}norm.bias"],
+            1e-6,
+        ).movedim(-1, 1)
+        return conv(
+            _ACT[spec.activation](h), params[f"{prefix}fc2.weight"], params[f"{prefix}fc2.bias"]
+        )
+
+    if spec.fuse_scale:
+        x = x * _timm_gate(mlp("mlp_scale."), spec.gate)
+    if spec.fuse_add:
+        x = x + mlp("mlp_add.")
+    return x
 
 
 def formulation_anchor(name: str, fn: AnchorFn) -> Anchor:

@@ -135,6 +135,9 @@ IMAGE_ROWS: list[tuple[str, tuple[str, dict[str, Any]] | None]] = [
     ("cbam_paper", None),
     ("cbam_timm", ("cbam", {})),
     ("lcbam_timm", ("lcbam", {})),
+    ("ge_timm", ("ge", {})),
+    ("gc_timm", ("gc", {})),
+    ("gca_timm", ("gca", {})),
 ]
 IMAGE = (32, 256, 28, 28)
 
@@ -144,13 +147,14 @@ def _timm_module(timm: tuple[str, dict[str, Any]] | None, channels: int) -> nn.M
     if timm is None:
         return None
     try:
-        from timm.layers import create_attn, get_norm_layer
+        from timm.layers import get_norm_layer
     except ImportError:
         return None
+    from .interop import timm_create_attn  # create_attn, around timm's GatherExcite bug
+
     attn, kwargs = timm
     kwargs = {k: get_norm_layer(v) if k == "norm_layer" else v for k, v in kwargs.items()}
-    module: nn.Module = create_attn(attn, channels, **kwargs)
-    return module
+    return timm_create_attn(attn, channels, **kwargs)
 
 
 def image_case(

@@ -750,14 +750,19 @@ def _compiled(
 
 
 def _export_cases(subject: Subject) -> list[Case]:
-    """The first unmasked case whose dynamic dims are all >= 2 (0/1 sizes are specialised)."""
+    """The first unmasked case whose dynamic dims are all at least the kind's ``export_min`` (2:
+    0/1 sizes are specialised)."""
     kind, spec = subject.kind, subject.spec
     for case in kind.cases(spec):
         dims = kind.dynamic_dims(spec, case)
         if (
             not case.masks
             and not case.realistic
-            and all(case.shapes[i][d] >= 2 for i, named in enumerate(dims) for d in named)
+            and all(
+                case.shapes[i][d] >= kind.export_min(spec, n)
+                for i, named in enumerate(dims)
+                for d, n in named.items()
+            )
         ):
             return [case]
     return []
@@ -784,7 +789,7 @@ def check_export(
     gen = _generator(seed)
     module = subject.build(case, device=device, dtype=dtype, gen=gen)
     inputs = kind.inputs(spec, case, dtype, device, gen)
-    symbols = {n: torch.export.Dim(n, min=2, max=4096) for n in names}
+    symbols = {n: torch.export.Dim(n, min=kind.export_min(spec, n), max=4096) for n in names}
     dynamic = [{d: symbols[n] for d, n in dims.items()} for dims in named]
     try:
         program = torch.export.export(module, tuple(inputs.args), dynamic_shapes=dynamic)
@@ -988,7 +993,7 @@ CHECKS: dict[str, Check] = {
         Check("anchor", check_anchor, lambda k, s: bool(k.anchors(s)), _anchored, F64),
         Check("gradcheck", check_gradcheck, _always, _tiny, F64),
         Check("layout", check_layout, _always, _first, EXACT),
-        Check("gate_bound", check_gate_bound, lambda k, s: k.gated, _all, ALL_DTYPES),
+        Check("gate_bound", check_gate_bound, lambda k, s: k.gated(s), _all, ALL_DTYPES),
         Check(
             "permutation",
             check_permutation,

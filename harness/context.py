@@ -271,6 +271,40 @@ class EseModule(Module):
 
 
 @dataclass(frozen=True)
+class GeModule(Module):
+    doc: str
+    factory: bool  # the constructor builds layers: a factory dict for them
+    gather_comment: tuple[str, ...]  # comment lines
+    gather_setup: str  # a line before the gather (the strided convs' shared arguments), or ""
+    gather: tuple[str, ...]  # the gather Sequential's entries, laid out: "conv1=nn.Conv2d(...)"
+    rd_expr: str  # the MLP's hidden width ("" without an MLP)
+    rd_comment: str
+    conv: str
+    act: str
+    size_test: str | None  # true when a dim is too small for an even gather kernel
+    size_text: str
+    body: tuple[str, ...]  # forward's lines between the input checks and the return
+    gate: str
+    checks: InputChecks
+
+
+@dataclass(frozen=True)
+class GcModule(Module):
+    doc: str
+    attention: bool
+    conv: str
+    norm_cls: str  # the channel layer norm class the module defines
+    rd_expr: str
+    rd_comment: str
+    act: str
+    mlps: tuple[str, ...]  # the transforms, in timm's registration order: mlp_add, mlp_scale
+    init: tuple[str, ...]  # reset_parameters' lines (none: no method)
+    body: tuple[str, ...]  # forward's lines between the input checks and the return
+    returns: str
+    checks: InputChecks
+
+
+@dataclass(frozen=True)
 class Causality:
     """How causality is applied: SDPA's is_causal (top-left, when no mask is built) or a mask."""
 
@@ -635,6 +669,291 @@ def _ese(spec: specs.EseSpec, base: dict[str, Any]) -> EseModule:
         pooled=pooled,
         gate=GATES[spec.gate].format("s"),
         checks=_input_checks(base["cls"], spec.dims),
+    )
+
+
+# --- ge, gc --------------------------------------------------------------------------------------------
+
+
+def py_call(func: str, args: list[str], indent: int, prefix: int = 0, suffix: int = 0) -> str:
+    """``func(args)`` as the formatter lays it out at ``indent``, after ``prefix`` columns and before
+    ``suffix`` ones: on one line when it fits, else the arguments on one line of their own, else one
+    argument a line with a trailing comma."""
+    joined = ", ".join(args)
+    flat = f"{func}({joined})"
+    if indent + prefix + width(flat) + suffix <= LINE_LENGTH:
+        return flat
+    inner = " " * (indent + 4)
+    if indent + 4 + width(joined) <= LINE_LENGTH:
+        return f"{func}(\n{inner}{joined}\n{' ' * indent})"
+    return f"{func}(\n" + "".join(f"{inner}{a},\n" for a in args) + " " * indent + ")"
+
+
+def _sizes(sizes: tuple[int, ...]) -> str:
+    """A kernel size or padding as a conv takes it: an int when every dim agrees, else a tuple."""
+    return str(sizes[0]) if len(set(sizes)) == 1 else repr(tuple(sizes))
+
+
+def _cross(sizes: tuple[int, ...]) -> str:
+    return "x".join(map(str, sizes))
+
+
+def _gather_layers(spec: specs.GeSpec) -> tuple[list[str], str, str]:
+    """The gather Sequential's entries, laid out at the template's indent, a line of shared
+    arguments before it (or ""), and what the gather does."""
+    dims, conv = spec.dims, f"nn.Conv{spec.dims}d"
+    norm = f"nn.BatchNorm{dims}d(channels, **factory)" if spec.norm == "batchnorm" else None
+    entries: list[str] = []
+    if spec.extent == 0:
+        assert spec.feat_size is not None  # the spec's rule
+        k = spec.feat_size
+        pad = tuple((s - 1) // 2 for s in k)
+        args = ["channels", "channels", _sizes(k), f"padding={_sizes(pad)}"]
+        args += ["groups=channels", "bias=False", "**factory"]
+        entries.append("conv1=" + py_call(conv, args, 16, len("conv1="), 1))
+        if norm:
+            entries.append(f"norm1={norm}")
+        what = (
+            f"one depthwise {_cross(k)} conv ``gather.conv1``"
+            f"{' and a batchnorm ``gather.norm1``' if norm else ''}, padded {_sizes(pad)} on each "
+            f"side as timm pads it, so each position gathers the {_cross(k)} window around itself "
+            "(the paper's global GE-theta is unpadded: one value per channel)"
+        )
+        return entries, "", what
+    n = spec.extent.bit_length() - 1
+    for i in range(1, n + 1):
+        entries.append(f"conv{i}={conv}(channels, channels, **depthwise, **factory)")
+        if norm:
+            entries.append(f"norm{i}={norm}")
+        if i < n:
+            entries.append(f"act{i}={ACTIVATIONS[spec.activation]}")
+    setup = (
+        'depthwise = {"kernel_size": 3, "stride": 2, "padding": 1, "groups": channels, '
+        '"bias": False}'
+    )
+    kernel = _cross((3,) * dims)
+    convs = "``gather.conv1``" + (f" .. ``gather.conv{n}``" if n > 1 else "")
+    what = (
+        f"{n} depthwise {kernel} conv{'s' if n > 1 else ''} with stride 2 and padding 1 {convs}"
+        f"{', each followed by a batchnorm' if norm else ''}"
+        f"{f', {spec.activation} between them' if n > 1 else ''}"
+    )
+    return entries, setup, what
+
+
+def _pool_window(spec: specs.GeSpec) -> tuple[str, str]:
+    """The gather's pooling over each position's neighbourhood (extent > 0, no parameters)."""
+    k, e, d = 2 * spec.extent - 1, spec.extent, spec.dims
+    avg = f"F.avg_pool{d}d(x, {k}, stride={e}, padding={e - 1}, count_include_pad=False)"
+    mx = f"F.max_pool{d}d(x, {k}, stride={e}, padding={e - 1})"
+    if d == 1:  # see _MAX_POOL1D_NOTE
+        mx = f"F.max_pool1d(x, {k}, stride={e}, padding={e - 1}, return_indices=True)[0]"
+    return avg, mx
+
+
+# F.max_pool1d without indices makes torch.export specialise the length (2.13); with them it
+# stays dynamic, and the values are the same.
+_MAX_POOL1D_NOTE = "# With indices: plain max_pool1d makes torch.export specialise the length."
+
+
+@builder("ge")
+def _ge(spec: specs.GeSpec, base: dict[str, Any]) -> GeModule:
+    cls, dims = base["cls"], spec.dims
+    gather: tuple[str, ...] = ()
+    gather_comment: tuple[str, ...] = ()
+    gather_setup = ""
+    body: list[str] = []
+    resize = spec.extent > 0
+    size_test, size_text = None, ""
+    if spec.extra_params:
+        entries, gather_setup, gather_what = _gather_layers(spec)
+        gather = tuple(entries)
+        gather_comment = tuple(
+            textwrap.wrap(f"Gather: {gather_what}.", width=LINE_LENGTH - 10, break_on_hyphens=False)
+        )
+        pooled = "self.gather(x)"
+        if spec.extent == 0:
+            assert spec.feat_size is not None
+            even = [i for i, s in enumerate(spec.feat_size) if s % 2 == 0]
+            resize = bool(even)  # an even kernel loses one position per dim
+            if even:
+                size_test = " or ".join(f"x.shape[{2 + i}] < 2" for i in even)
+                size_text = (
+                    f"at least 2 positions in {', '.join(SPATIAL_NAMES[dims][i] for i in even)} "
+                    f"(the {_cross(spec.feat_size)} gather kernel is even there)"
+                )
+        how = f"through {gather_what}"
+    elif spec.extent == 0:
+        pools = [CHANNEL_POOLS[p][dims] for p in spec.pooling]
+        pooled = pools[0] if len(pools) == 1 else f"0.5 * ({pools[0]} + {pools[1]})"
+        merged = spec.pooling[0] if len(pools) == 1 else "the average of avg and max"
+        how = f"over its whole spatial extent ({merged}, as SE)"
+    else:
+        avg, mx = _pool_window(spec)
+        k, e = 2 * spec.extent - 1, spec.extent
+        window = "x".join([str(k)] * dims)
+        if len(spec.pooling) == 2:
+            body += [
+                f"# Gather: each position's {window} neighbourhood, stride {e}: the average (padding",
+                "# not counted) and the maximum, averaged.",
+                f"avg = {avg}",
+            ]
+            if dims == 1:
+                body.append(_MAX_POOL1D_NOTE)
+            pooled = f"0.5 * (avg + {mx})"
+            what = "mean and max averaged, padding not counted in the mean"
+        else:
+            body.append(
+                f"# Gather: each position's {window} neighbourhood, stride {e}"
+                + (" (padding not counted)." if spec.pooling == ("avg",) else ".")
+            )
+            if dims == 1 and spec.pooling == ("max",):
+                body.append(_MAX_POOL1D_NOTE)
+            pooled = avg if spec.pooling == ("avg",) else mx
+            what = "average, padding not counted" if spec.pooling == ("avg",) else "maximum"
+        how = f"over each position's {window} neighbourhood with stride {e} ({what})"
+    if spec.mlp:
+        rd_expr, rd_comment = hidden_width(spec.reduction, spec.divisor, 1, spec.round_limit)
+        mlp_what = (
+            f", runs that through a 1x1-conv MLP ``mlp.fc1`` (C -> C') -> {spec.activation} -> "
+            f"``mlp.fc2`` (C' -> C), C' = {rd_comment}"
+        )
+        excite = f"self.mlp({'pooled' if body else pooled})"
+    else:
+        rd_expr = rd_comment = ""
+        mlp_what = ""
+        excite = "pooled" if body else pooled
+    if body:
+        body.append(f"pooled = {pooled}")
+    if resize:
+        body += [
+            "# Excite: the gate map back to the input's size (nearest neighbour).",
+            f's = F.interpolate({excite}, size=x.shape[2:], mode="nearest")',
+        ]
+    else:
+        body.append(f"s = {excite}")
+    resized = ", resizes the map to the input's size (nearest neighbour)" if resize else ""
+    doc = _paragraphs(
+        "Gather-excite (Hu et al., 2018).",
+        spec.description,
+        _prose(f"Gathers ``x`` {how}{mlp_what}{resized}, and returns ``x * {spec.gate}(s)``."),
+        *_image_doc(dims),
+    )
+    code = [*body, rd_expr]
+    return GeModule(
+        **{
+            **base,
+            "stdlib_imports": ("from collections import OrderedDict",)
+            if gather or spec.mlp
+            else (),
+        },
+        functional=_functional(spec.gate) or any("F." in line for line in body),
+        helpers=_helpers(*code),
+        doc=docstring(doc, "    "),
+        factory=bool(gather) or spec.mlp,
+        gather_comment=gather_comment,
+        gather_setup=gather_setup,
+        gather=gather,
+        rd_expr=rd_expr,
+        rd_comment=rd_comment,
+        conv=f"nn.Conv{dims}d",
+        act=ACTIVATIONS[spec.activation],
+        size_test=size_test,
+        size_text=size_text,
+        body=tuple(body),
+        gate=GATES[spec.gate].format("s"),
+        checks=_input_checks(cls, dims),
+    )
+
+
+@builder("gc")
+def _gc(spec: specs.GcSpec, base: dict[str, Any]) -> GcModule:
+    cls, dims = base["cls"], spec.dims
+    rd_expr, rd_comment = hidden_width(spec.reduction, spec.divisor, 1, spec.round_limit)
+    attention = spec.context == "attention"
+    positions = "*".join(SPATIAL_NAMES[dims])
+    if attention:
+        flat = "x" if dims == 1 else "x.flatten(2)"
+        tail = {1: "", 2: "[..., None]", 3: "[..., None, None]"}[dims]
+        logits = "self.conv_attn(x)" if dims == 1 else "self.conv_attn(x).flatten(2)"
+        body: tuple[str, ...] = (
+            f"# Context: softmax over the {positions} positions of conv_attn's logits, then the",
+            "# weighted sum of x (one C-vector per sample).",
+            f"weights = torch.softmax({logits}, dim=-1)",
+            f"context = ({flat} @ weights.mT){tail}" if tail else "context = x @ weights.mT",
+        )
+        context_what = (
+            f"a 1x1 conv ``conv_attn`` gives one logit per position, softmax over the {positions} "
+            "positions, and the context is the weighted sum of ``x``"
+        )
+    else:
+        body = (f"context = {CHANNEL_POOLS['avg'][dims]}",)
+        context_what = "the context is the spatial mean of ``x``"
+    mlps = tuple(
+        name for name, on in (("mlp_add", spec.fuse_add), ("mlp_scale", spec.fuse_scale)) if on
+    )
+    gate = GATES[spec.gate].format("self.mlp_scale(context)")
+    if spec.fuse_scale and spec.fuse_add:
+        body += (f"out = x * {gate}",)
+        returns = "out + self.mlp_add(context)"
+        fusion = (
+            f"``x * {spec.gate}(mlp_scale(context)) + mlp_add(context)`` (both fusions, scale "
+            "first, as timm applies them)"
+        )
+    elif spec.fuse_scale:
+        returns = f"x * {gate}"
+        fusion = f"``x * {spec.gate}(mlp_scale(context))`` (fusion by scaling, timm's gc)"
+    else:
+        returns = "x + self.mlp_add(context)"
+        fusion = "``x + mlp_add(context)`` (fusion by addition, the paper's and timm's gca)"
+    init = []
+    if attention:
+        init.append(
+            'nn.init.kaiming_normal_(self.conv_attn.weight, mode="fan_in", nonlinearity="relu")'
+        )
+    if spec.fuse_add:
+        init.append("nn.init.zeros_(self.mlp_add.fc2.weight)")
+    names = " and ".join(f"``{m}``" for m in mlps)
+    init_doc = ""
+    if init:
+        parts = []
+        if attention:
+            parts.append("``conv_attn.weight`` Kaiming-normal (fan_in, relu)")
+        if spec.fuse_add:
+            parts.append(
+                "``mlp_add.fc2.weight`` zeros, so a fresh block adds only fc2's bias (timm does "
+                "this whatever its init_last_zero says, a flag it stores and never reads)"
+            )
+        init_doc = _prose(
+            "Initialised as timm initialises GlobalContext: " + "; ".join(parts) + "."
+        )
+    doc = _paragraphs(
+        "Global context block (Cao et al., 2019, GCNet).",
+        spec.description,
+        _prose(
+            f"Context modelling: {context_what}. Transform{'s' if len(mlps) > 1 else ''} {names}: "
+            f"a 1x1 conv ``fc1`` (C -> C', C' = {rd_comment}), a layer norm ``norm`` over C' "
+            f"(eps 1e-6), {spec.activation}, a 1x1 conv ``fc2`` (C' -> C). Returns {fusion}."
+        ),
+        init_doc,
+        *_image_doc(dims),
+    )
+    return GcModule(
+        **{**base, "stdlib_imports": ("from collections import OrderedDict",)},
+        functional=True,  # the channel layer norm is F.layer_norm
+        helpers=_helpers(*body, rd_expr),
+        doc=docstring(doc, "    "),
+        attention=attention,
+        conv=f"nn.Conv{dims}d",
+        norm_cls="ChannelLayerNorm",
+        rd_expr=rd_expr,
+        rd_comment=rd_comment,
+        act=ACTIVATIONS[spec.activation],
+        mlps=mlps,
+        init=tuple(init),
+        body=body,
+        returns=returns,
+        checks=_input_checks(cls, dims),
     )
 
 

@@ -8,7 +8,8 @@ into the generated variant that computes the same function.
 
 The configuration is read from the module itself (its layers, their widths, its flags), never from
 how it was built. Our parameter and buffer names equal timm's, so a timm ``state_dict`` loads with
-``strict=True``. timm is not a dependency: this module only reads attributes of what it is given.
+``strict=True``. timm is not a dependency: this module only reads attributes of what it is given,
+except ``timm_create_attn``, which imports timm to build a module (working around a timm bug).
 """
 
 from __future__ import annotations
@@ -114,10 +115,13 @@ def _reduction(
 ) -> dict[str, Any]:
     """A reduction (and divisor) giving ``hidden`` at ``channels`` with timm's rounding. A module
     records neither its ratio nor its divisor, only the width they made: prefer the class's default
-    divisor, then the reduction nearest the class's default."""
+    divisor, then the reduction nearest the class's default. A width no reduction reaches with those
+    divisors (a fixed rd_channels) is reached with itself as the divisor, make_divisible's floor."""
     from .references import hidden_width
 
     divisors = [divisor, *(d for d in (1, 2, 4, 8, 16, 32, 64) if d != divisor)]
+    if hidden <= 256 and hidden not in divisors:  # the spec's bound on divisor
+        divisors.append(hidden)
     reductions = sorted(range(1, 1025), key=lambda r: (abs(r - default), r))
     for d in divisors:
         for r in reductions:
@@ -223,6 +227,100 @@ def _cbam(m: Any, light: bool) -> Layout:
     return Layout("cbam", fields, m.channel.fc1.in_channels)
 
 
+def _mlp_width(mlp: Any, where: str) -> tuple[int, int]:
+    """A timm ConvMlp's (in, hidden) widths; ValueError unless it is fc1, act, fc2 with biases,
+    out = in, and no dropout."""
+    fc1, fc2 = mlp.fc1, mlp.fc2
+    if fc2.out_channels != fc1.in_channels:
+        raise ValueError(
+            f"{where}: out_features {fc2.out_channels} != in_features {fc1.in_channels} is not "
+            "supported"
+        )
+    if not (_conv_bias(fc1) and _conv_bias(fc2)):
+        raise ValueError(f"{where}: a ConvMlp without biases is not supported")
+    if getattr(getattr(mlp, "drop", None), "p", 0.0):
+        raise ValueError(f"{where}: dropout {mlp.drop.p} is not supported")
+    return fc1.in_channels, fc1.out_channels
+
+
+def _ge(m: Any, channels: int | None) -> Layout:
+    where = "GatherExcite"
+    fields: dict[str, Any] = {"gate": _gate(m.gate, f"{where}.gate")}
+    acts: list[str] = []
+    c = -1  # unknown until a layer records it
+    gather = m.gather
+    if gather is not None:
+        layers = dict(gather.named_children())
+        convs = [layer for n, layer in layers.items() if n.startswith("conv")]
+        c = convs[0].in_channels
+        extent = 0 if m.extent == 0 else 2 ** len(convs)
+        for i, conv in enumerate(convs, 1):
+            k = tuple(conv.kernel_size)
+            stride, padding = (1, 1), tuple((s - 1) // 2 for s in k)
+            if extent:
+                stride, padding = (2, 2), (1, 1)
+            got = (tuple(conv.stride), tuple(conv.padding), conv.groups, _conv_bias(conv))
+            if got != (stride, padding, c, False) or (extent and k != (3, 3)):
+                raise ValueError(
+                    f"{where}.gather.conv{i}: a {k} conv with stride {conv.stride}, padding "
+                    f"{conv.padding}, groups {conv.groups} is not the depthwise conv timm builds"
+                )
+        norms = [n for n in layers if n.startswith("norm")]
+        fields |= {
+            "extent": extent,
+            "extra_params": True,
+            "norm": _norm(gather.norm1, f"{where}.gather.norm1") if norms else "none",
+        }
+        if extent == 0:
+            fields["feat_size"] = list(convs[0].kernel_size)
+        acts += [
+            _activation(a, f"{where}.gather.{n}") for n, a in layers.items() if n.startswith("act")
+        ]
+    else:
+        fields |= {"extent": m.extent, "extra_params": False}
+        fields["pooling"] = ["avg", "max"] if m.add_maxpool else ["avg"]
+    if isinstance(m.mlp, nn.Identity):
+        fields["mlp"] = False
+    else:
+        c, rd = _mlp_width(m.mlp, f"{where}.mlp")
+        if not isinstance(m.mlp.norm, nn.Identity):
+            raise ValueError(f"{where}.mlp.norm: {_name(m.mlp.norm)} is not supported (none is)")
+        fields |= {"mlp": True, **_reduction(c, rd, 1, 0.0, 16, f"{where}.mlp")}
+        acts.append(_activation(m.mlp.act, f"{where}.mlp.act"))
+    if len(set(acts)) > 1:
+        raise ValueError(f"{where}: different activations {sorted(set(acts))} are not supported")
+    if acts:
+        fields["activation"] = acts[0]
+    return Layout("ge", fields, c)
+
+
+def _gc(m: Any) -> Layout:
+    where = "GlobalContext"
+    mlps = {n: mlp for n in ("mlp_add", "mlp_scale") if (mlp := getattr(m, n)) is not None}
+    fields: dict[str, Any] = {
+        "context": "attention" if m.conv_attn is not None else "avg",
+        "fuse_scale": "mlp_scale" in mlps,
+        "fuse_add": "mlp_add" in mlps,
+    }
+    widths, acts = set(), set()
+    for n, mlp in mlps.items():
+        widths.add(_mlp_width(mlp, f"{where}.{n}"))
+        acts.add(_activation(mlp.act, f"{where}.{n}.act"))
+        norm = mlp.norm
+        if _name(norm) != "LayerNorm2d" or norm.eps != 1e-6 or not norm.elementwise_affine:
+            raise ValueError(
+                f"{where}.{n}.norm: {_name(norm)} is not supported (LayerNorm2d, eps 1e-6, "
+                "affine, is)"
+            )
+    if len(widths) > 1 or len(acts) > 1:
+        raise ValueError(f"{where}: mlp_add and mlp_scale of different widths or activations")
+    (c, rd), act = widths.pop(), acts.pop()
+    fields |= {**_reduction(c, rd, 1, 0.0, 8, where), "activation": act}
+    if fields["fuse_scale"]:
+        fields["gate"] = _gate(m.gate, f"{where}.gate")
+    return Layout("gc", fields, c)
+
+
 #: timm class name -> how to read it. Checked against the class's module: timm's own classes only.
 CONVERTERS: dict[str, Callable[[Any, int | None], Layout]] = {
     "SEModule": lambda m, c: _se(m),
@@ -231,6 +329,8 @@ CONVERTERS: dict[str, Callable[[Any, int | None], Layout]] = {
     "CecaModule": lambda m, c: _eca(m, True, c),
     "CbamModule": lambda m, c: _cbam(m, light=False),
     "LightCbamModule": lambda m, c: _cbam(m, light=True),
+    "GatherExcite": _ge,
+    "GlobalContext": lambda m, c: _gc(m),
 }
 
 
@@ -307,8 +407,9 @@ def from_timm(
             f"{_name(module)} does not record its channel count: from_timm({name!r}, module, "
             "channels=C)"
         )
-    weight = next(iter(state.values()))
-    block = catalogue.build(name, channels, device=weight.device, dtype=weight.dtype)
+    weight = next(iter(state.values()), None)  # None: a block without parameters or buffers
+    factory = {} if weight is None else {"device": weight.device, "dtype": weight.dtype}
+    block = catalogue.build(name, channels, **factory)
     mine = block.state_dict()
     for key, tensor in state.items():
         if key not in mine:
@@ -320,3 +421,92 @@ def from_timm(
             )
     block.load_state_dict(state, strict=True)
     return block.train(module.training)
+
+
+def timm_create_attn(attn: str, channels: int, **kwargs: Any) -> nn.Module:
+    """timm's ``create_attn(attn, channels, **kwargs)`` (timm must be installed), except that a
+    GatherExcite timm cannot build is built as its constructor means to build it.
+
+    timm 1.0.31's GatherExcite passes its factory kwargs as ``*dd`` (the dict's keys, "device" and
+    "dtype", as positional arguments): ``ConvMlp(channels, rd, act_layer=..., *dd)`` raises
+    ``TypeError: got multiple values for argument 'act_layer'``, so every ``use_mlp=True`` (the
+    default) fails, and ``create_conv2d(..., kernel_size=..., *dd)`` raises the same for
+    ``kernel_size``, so every ``extra_params=True`` fails (its ``nn.BatchNorm2d(channels, *dd)``
+    would make eps "device"). Here those submodules are built with ``**dd`` instead, in the
+    constructor's order (gather, mlp, gate), so timm's own forward runs on them.
+    """
+    from timm.layers import create_attn
+
+    try:
+        module: nn.Module = create_attn(attn, channels, **kwargs)
+        return module
+    except TypeError as exc:
+        if attn.lower() != "ge" or "multiple values for argument" not in str(exc):
+            raise
+    return _timm_gather_excite(channels, **kwargs)
+
+
+def _timm_gather_excite(
+    channels: int,
+    feat_size: Any = None,
+    extra_params: bool = False,
+    extent: int = 0,
+    use_mlp: bool = True,
+    rd_ratio: float = 1.0 / 16,
+    rd_channels: int | None = None,
+    rd_divisor: int = 1,
+    add_maxpool: bool = False,
+    act_layer: Any = nn.ReLU,
+    norm_layer: Any = nn.BatchNorm2d,
+    gate_layer: Any = "sigmoid",
+    device: Any = None,
+    dtype: Any = None,
+) -> nn.Module:
+    """GatherExcite.__init__ of timm 1.0.31 with ``**dd`` where it says ``*dd``."""
+    import math
+
+    from timm.layers import ConvMlp, GatherExcite, create_conv2d, get_act_layer, make_divisible
+
+    dd = {"device": device, "dtype": dtype}
+    # What timm builds without the bug: gate, extent, add_maxpool (and the pooling sizes).
+    module = GatherExcite(
+        channels,
+        extent=extent,
+        use_mlp=False,
+        add_maxpool=add_maxpool,
+        gate_layer=gate_layer,
+        **dd,
+    )
+    act_layer = get_act_layer(act_layer)
+    gate = module.gate
+    del module.mlp, module.gate  # re-registered below, after the gather, as timm orders them
+    if extra_params:
+        gather = nn.Sequential()
+        if extent == 0:
+            assert feat_size is not None, "feat_size is needed for global extent with params"
+            conv = create_conv2d(
+                channels, channels, kernel_size=feat_size, stride=1, depthwise=True, **dd
+            )
+            gather.add_module("conv1", conv)
+            if norm_layer:
+                gather.add_module("norm1", nn.BatchNorm2d(channels, **dd))
+        else:
+            assert extent % 2 == 0
+            num_conv = int(math.log2(extent))
+            for i in range(num_conv):
+                conv = create_conv2d(
+                    channels, channels, kernel_size=3, stride=2, depthwise=True, **dd
+                )
+                gather.add_module(f"conv{i + 1}", conv)
+                if norm_layer:
+                    gather.add_module(f"norm{i + 1}", nn.BatchNorm2d(channels, **dd))
+                if i != num_conv - 1:
+                    gather.add_module(f"act{i + 1}", act_layer(inplace=True))
+        module.gather = gather
+    if not rd_channels:
+        rd_channels = make_divisible(channels * rd_ratio, rd_divisor, round_limit=0.0)
+    module.mlp = (
+        ConvMlp(channels, rd_channels, act_layer=act_layer, **dd) if use_mlp else nn.Identity()
+    )
+    module.gate = gate
+    return module

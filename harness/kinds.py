@@ -30,6 +30,8 @@ from .spec import (
     ChannelSpec,
     EcaSpec,
     EseSpec,
+    GcSpec,
+    GeSpec,
     ImageSpec,
     MhaSpec,
     SdpaSpec,
@@ -101,13 +103,16 @@ class Kind(Generic[S]):
     name: ClassVar[str]
     dtypes: ClassVar[tuple[torch.dtype, ...]] = ALL_DTYPES
     factory_kwargs: ClassVar[bool] = True  # the constructor takes device= and dtype=
-    gated: ClassVar[bool] = False  # the output is x * gate with gate in [0, 1]
     channels_last: ClassVar[bool] = False  # an image kind: channels_last inputs must not matter
     # Under torch.autocast: True, the output keeps the input's dtype (the last op multiplies x by a
     # gate, which autocast leaves alone, as timm's blocks do); False, it is the autocast dtype (the
     # last op is a projection or SDPA, as with nn.Linear and nn.MultiheadAttention).
     autocast_keeps_dtype: ClassVar[bool] = True
     attention: ClassVar[bool] = False  # queries attend over keys: the attention properties apply
+
+    def gated(self, spec: S) -> bool:
+        """The output is x * gate with the gate in [0, 1] (the gate_bound check applies)."""
+        return False
 
     def cases(self, spec: S) -> list[Case]:
         raise NotImplementedError
@@ -152,6 +157,12 @@ class Kind(Generic[S]):
         """Per positional input, the dims that may vary under ``torch.export`` and their names."""
         raise NotImplementedError
 
+    def export_min(self, spec: S, dim: str) -> int:
+        """The least size ``torch.export`` may assume for the dynamic dim named ``dim``. 2 (0 and 1
+        are specialised); more where a smaller input makes an intermediate map 1 wide (symbolic
+        shapes specialise that too, so a program traced with it wider cannot cover those sizes)."""
+        return 2
+
     # Attention traits.
     def causal(self, spec: S) -> str | None:
         """The causal alignment (top_left, bottom_right), or None where attention is not causal."""
@@ -187,7 +198,7 @@ class Kind(Generic[S]):
         return None
 
 
-# --- image kinds (channel, spatial, cbam, eca) ------------------------------------------------------
+# --- image kinds (channel, spatial, cbam, eca, ese, ge, gc) ---------------------------------------
 
 # The first case has 32 channels, so a reduction of 16 leaves two hidden units (with one, a dead
 # ReLU would hide the MLP from every check for half of all seeds).
@@ -239,8 +250,10 @@ def _shape_name(s: tuple[int, ...]) -> str:
 
 
 class _Image(Kind[Img]):
-    gated = True
     channels_last = True
+
+    def gated(self, spec: Img) -> bool:
+        return True
 
     def cases(self, spec: Img) -> list[Case]:
         act = _ACTIVATION[spec.dims]
@@ -428,6 +441,123 @@ class Ese(_Image[EseSpec]):
 
     def anchors(self, spec: EseSpec) -> list[Anchor]:
         return [_timm_anchor("timm EffectiveSEModule formulation", self, spec)]
+
+
+class Ge(_Image[GeSpec]):
+    name = "ge"
+
+    @staticmethod
+    def _even_dims(spec: GeSpec) -> list[int]:
+        """The spatial dims (0-based) where the gather kernel is even: inputs need 2 positions there."""
+        return [i for i, k in enumerate(spec.feat_size or ()) if k % 2 == 0]
+
+    def cases(self, spec: GeSpec) -> list[Case]:
+        # An even gather kernel padded (k - 1) // 2 a side needs 2 positions along its dim.
+        even = self._even_dims(spec)
+        cases = [c for c in super().cases(spec) if all(c.shapes[0][2 + i] >= 2 for i in even)]
+        low = [self.export_min(spec, f"d{i}") for i in range(spec.dims)]
+        if not any(all(n >= m for n, m in zip(c.shapes[0][2:], low, strict=True)) for c in cases):
+            # A map wide enough that the gathered map is at least 2 wide (the export check's).
+            shape = (2, 8, *(m + i for i, m in enumerate(low)))
+            cases.append(Case(_shape_name(shape), (8,), (shape,)))
+        return cases
+
+    def export_min(self, spec: GeSpec, dim: str) -> int:
+        # A gather with stride e leaves 1 + (n - 1) // e positions of n: 2 from n = e + 1 on. An
+        # even kernel with timm's padding leaves n - 1.
+        if dim.startswith("d") and spec.extent:
+            return spec.extent + 1
+        if dim.startswith("d") and int(dim[1:]) in self._even_dims(spec):
+            return 3
+        return 2
+
+    def param_shapes(self, spec: GeSpec, case: Case) -> dict[str, tuple[int, ...]]:
+        c, ones = case.ctor[0], (1,) * spec.dims
+        shapes: dict[str, tuple[int, ...]] = {}
+        if spec.extra_params:
+            kernels = (
+                [tuple(spec.feat_size or ())]
+                if spec.extent == 0
+                else [(3,) * spec.dims] * (spec.extent.bit_length() - 1)
+            )
+            for i, kernel in enumerate(kernels, 1):
+                shapes[f"gather.conv{i}.weight"] = (c, 1, *kernel)
+                if spec.norm == "batchnorm":
+                    shapes |= {f"gather.norm{i}.weight": (c,), f"gather.norm{i}.bias": (c,)}
+        if spec.mlp:
+            rd = references.hidden_width(c, spec.reduction, spec.divisor, 1, spec.round_limit)
+            shapes |= {
+                "mlp.fc1.weight": (rd, c, *ones),
+                "mlp.fc1.bias": (rd,),
+                "mlp.fc2.weight": (c, rd, *ones),
+                "mlp.fc2.bias": (c,),
+            }
+        return shapes
+
+    def reference(
+        self, spec: GeSpec, params: references.State, inputs: Inputs, *, training: bool = False
+    ) -> Tensor:
+        return references.gather_excite(inputs.args[0], params, spec, training=training)
+
+    def plain(self, spec: GeSpec, params: references.Params, inputs: Inputs) -> Tensor:
+        return anchors.timm_ge(inputs.args[0], params, spec)
+
+    def anchors(self, spec: GeSpec) -> list[Anchor]:
+        return [_timm_anchor("timm GatherExcite formulation", self, spec)]
+
+    def error_inputs(self, spec: GeSpec) -> list[ErrorInput]:
+        errors = super().error_inputs(spec)
+        even = self._even_dims(spec)
+        if even:
+            small = tuple(1 if i in even else 5 for i in range(spec.dims))
+            shape = (2, 8, *small)
+            names = ", ".join(_SPATIAL_NAMES[spec.dims].split(", ")[i] for i in even)
+            errors.append(
+                ErrorInput(
+                    "too_small_for_even_kernel",
+                    lambda f, d: f(8, device=d)(torch.randn(shape, device=d)),
+                    rf"^{{cls}}: expected at least 2 positions in {names} \(.*\), got "
+                    rf"\({', '.join(map(str, shape))}\)$",
+                )
+            )
+        return errors
+
+
+class Gc(_Image[GcSpec]):
+    name = "gc"
+
+    def gated(self, spec: GcSpec) -> bool:
+        # x + mlp_add(context) is no gate: the output may exceed x anywhere.
+        return not spec.fuse_add
+
+    def param_shapes(self, spec: GcSpec, case: Case) -> dict[str, tuple[int, ...]]:
+        c, ones = case.ctor[0], (1,) * spec.dims
+        rd = references.hidden_width(c, spec.reduction, spec.divisor, 1, spec.round_limit)
+        shapes: dict[str, tuple[int, ...]] = {}
+        if spec.context == "attention":
+            shapes |= {"conv_attn.weight": (1, c, *ones), "conv_attn.bias": (1,)}
+        for mlp, on in (("mlp_add", spec.fuse_add), ("mlp_scale", spec.fuse_scale)):
+            if on:
+                shapes |= {
+                    f"{mlp}.fc1.weight": (rd, c, *ones),
+                    f"{mlp}.fc1.bias": (rd,),
+                    f"{mlp}.norm.weight": (rd,),
+                    f"{mlp}.norm.bias": (rd,),
+                    f"{mlp}.fc2.weight": (c, rd, *ones),
+                    f"{mlp}.fc2.bias": (c,),
+                }
+        return shapes
+
+    def reference(
+        self, spec: GcSpec, params: references.State, inputs: Inputs, *, training: bool = False
+    ) -> Tensor:
+        return references.global_context(inputs.args[0], params, spec)
+
+    def plain(self, spec: GcSpec, params: references.Params, inputs: Inputs) -> Tensor:
+        return anchors.timm_gc(inputs.args[0], params, spec)
+
+    def anchors(self, spec: GcSpec) -> list[Anchor]:
+        return [_timm_anchor("timm GlobalContext formulation", self, spec)]
 
 
 # --- attention kinds (sdpa, mha) ---------------------------------------------------------------------
@@ -867,7 +997,7 @@ class Mha(_Attention[MhaSpec]):
 
 #: kind name -> its record.
 KIND_DB: dict[str, Kind[Any]] = {
-    k.name: k for k in (Channel(), Spatial(), Cbam(), Eca(), Ese(), Sdpa(), Mha())
+    k.name: k for k in (Channel(), Spatial(), Cbam(), Eca(), Ese(), Ge(), Gc(), Sdpa(), Mha())
 }
 
 

@@ -16,8 +16,10 @@ where the mathematics does not.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping, MutableMapping, Sequence
+from types import EllipsisType
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +30,8 @@ from .spec import (
     ChannelOptions,
     EcaSpec,
     EseSpec,
+    GcSpec,
+    GeSpec,
     MhaSpec,
     SpatialOptions,
 )
@@ -242,6 +246,137 @@ def ese(x: Tensor, params: Params, spec: EseSpec) -> Tensor:
         pooled = torch.max(flat, dim=-1).values
     s = F.linear(pooled, params["fc.weight"].reshape(c, c), params.get("fc.bias"))
     return x * gate(s, spec.gate).reshape(b, c, *([1] * (x.ndim - 2)))
+
+
+def _windows(n: int, extent: int) -> Tensor:
+    """(out, n): True where input position i lies in output o's window, |i - o * e| <= e - 1 (a
+    (2e - 1)-wide window with stride e and e - 1 positions of padding on each side)."""
+    out = (n - 1) // extent + 1
+    o = torch.arange(out)[:, None] * extent
+    return (torch.arange(n)[None, :] - o).abs() <= extent - 1
+
+
+def ge_window_pool(x: Tensor, extent: int, how: str) -> Tensor:
+    """GE's parameter-free gather over each position's neighbourhood, one spatial dim at a time
+    (the window is a box, so its mean and max separate): the mean as a matrix of 1 / count
+    weights per dim (positions outside the map are not counted), the max as a masked max."""
+    for dim in range(2, x.ndim):
+        inside = _windows(x.shape[dim], extent).to(x.device)
+        t = x.movedim(dim, -1)
+        if how == "avg":
+            t = t @ (inside.to(x.dtype) / inside.sum(1, keepdim=True)).T
+        else:
+            t = torch.max(t[..., None, :].masked_fill(~inside, float("-inf")), dim=-1).values
+        x = t.movedim(-1, dim)
+    return x
+
+
+def nearest_resize(x: Tensor, size: Sequence[int]) -> Tensor:
+    """Nearest-neighbour resize of the spatial dims: output i takes input floor(i * n_in / n_out)."""
+    for dim, n in zip(range(2, x.ndim), size, strict=True):
+        index = torch.arange(n, device=x.device) * x.shape[dim] // n
+        x = x.index_select(dim, index)
+    return x
+
+
+def depthwise_conv(x: Tensor, w: Tensor, stride: int, padding: Sequence[int]) -> Tensor:
+    """A depthwise conv (one k-sized kernel per channel, no bias) as a sum over the kernel's
+    offsets of strided slices of the zero-padded input (no conv op)."""
+    c, kernel = x.shape[1], w.shape[2:]
+    padded = F.pad(x, [p for pad in reversed(padding) for p in (pad, pad)])
+    out = [(n - k) // stride + 1 for n, k in zip(padded.shape[2:], kernel, strict=True)]
+    total = torch.zeros((*x.shape[:2], *out), dtype=x.dtype, device=x.device)
+    taps = w[:, 0].movedim(0, -1)  # (*kernel, C)
+    for offset in itertools.product(*(range(k) for k in kernel)):
+        steps: tuple[EllipsisType | slice, ...] = (
+            ...,
+            *(slice(o, o + stride * (m - 1) + 1, stride) for o, m in zip(offset, out, strict=True)),
+        )
+        tap = taps[offset]  # (C,): each channel's weight at this offset
+        total = total + padded[steps] * tap.reshape(1, c, *[1] * len(out))
+    return total
+
+
+def gather_excite(x: Tensor, params: State, spec: GeSpec, training: bool = False) -> Tensor:
+    """Gather-excite from the paper: gather (GE-theta-minus: a mean, or max, over each position's
+    (2e - 1)-wide neighbourhood with stride e, or over the whole map; GE-theta: depthwise convs,
+    with batch norm and the activation), excite (the MLP as ``F.linear`` on each gathered
+    position's C-vector), nearest-neighbour resize to the input's size, ``x * gate``."""
+    b, c = x.shape[:2]
+    spatial = x.shape[2:]
+    if spec.extra_params:
+        g = x
+        if spec.extent == 0:
+            assert spec.feat_size is not None
+            layers = [(1, [(k - 1) // 2 for k in spec.feat_size])]
+        else:
+            layers = [(2, [1] * spec.dims)] * (spec.extent.bit_length() - 1)
+        for i, (stride, padding) in enumerate(layers, 1):
+            if i > 1:
+                g = activation(g, spec.activation)
+            g = depthwise_conv(g, params[f"gather.conv{i}.weight"], stride, padding)
+            if spec.norm == "batchnorm":
+                g = batch_norm(g, params, f"gather.norm{i}.", training)
+    elif spec.extent == 0:
+        flat = x.reshape(b, c, -1)
+        pooled = {"avg": flat.mean(-1), "max": torch.max(flat, dim=-1).values}
+        g = torch.stack([pooled[p] for p in spec.pooling]).mean(0)
+        g = g.reshape(b, c, *[1] * spec.dims)
+    else:
+        g = torch.stack([ge_window_pool(x, spec.extent, p) for p in spec.pooling]).mean(0)
+    if spec.mlp:
+        rows = g.movedim(1, -1)  # (B, ..., C): each gathered position's vector
+        hidden = F.linear(rows, params["mlp.fc1.weight"].flatten(1), params["mlp.fc1.bias"])
+        rows = F.linear(
+            activation(hidden, spec.activation),
+            params["mlp.fc2.weight"].flatten(1),
+            params["mlp.fc2.bias"],
+        )
+        g = rows.movedim(-1, 1)
+    return x * gate(nearest_resize(g, spatial), spec.gate)
+
+
+def _layer_norm(t: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
+    """Layer norm over the last dim, written out: (t - mean) / sqrt(biased variance + eps)."""
+    centred = t - t.sum(-1, keepdim=True) / t.shape[-1]
+    var = (centred * centred).sum(-1, keepdim=True) / t.shape[-1]
+    return centred / torch.sqrt(var + eps) * weight + bias
+
+
+def global_context(x: Tensor, params: Params, spec: GcSpec) -> Tensor:
+    """The GC block from the paper: context modelling (softmax(W_k x_j) over positions j as an
+    explicit exp / sum, the weighted sum by einsum; or the mean), each transform as ``F.linear``
+    on (B, C) vectors with its layer norm written out, fusion by ``x * gate(.)`` and/or ``x + .``."""
+    b, c = x.shape[:2]
+    flat = x.reshape(b, c, -1)  # (B, C, N)
+    if spec.context == "attention":
+        logits = torch.einsum("c,bcn->bn", params["conv_attn.weight"].reshape(c), flat)
+        logits = logits + params["conv_attn.bias"]
+        e = torch.exp(logits - torch.max(logits, dim=-1, keepdim=True).values)
+        context = torch.einsum("bcn,bn->bc", flat, e / e.sum(-1, keepdim=True))
+    else:
+        context = flat.mean(-1)
+
+    def transform(prefix: str) -> Tensor:
+        hidden = F.linear(
+            context, params[f"{prefix}fc1.weight"].flatten(1), params[f"{prefix}fc1.bias"]
+        )
+        hidden = _layer_norm(
+            hidden, params[f"{prefix}norm.weight"], params[f"{prefix}norm.bias"], 1e-6
+        )
+        out = F.linear(
+            activation(hidden, spec.activation),
+            params[f"{prefix}fc2.weight"].flatten(1),
+            params[f"{prefix}fc2.bias"],
+        )
+        return out.reshape(b, c, *[1] * (x.ndim - 2))
+
+    out = x
+    if spec.fuse_scale:
+        out = out * gate(transform("mlp_scale."), spec.gate)
+    if spec.fuse_add:
+        out = out + transform("mlp_add.")
+    return out
 
 
 def causal_allowed(

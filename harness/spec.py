@@ -370,6 +370,221 @@ class EseSpec(_Spatial, _Variant):
     _pooling_unique = field_validator("pooling")(_unique)
 
 
+def _is_power_of_two(n: int) -> bool:
+    return n > 0 and n & (n - 1) == 0
+
+
+class GeSpec(_Spatial, _Variant):
+    kind: Literal["ge"] = Field(
+        description=(
+            "Gather-excite (Hu et al., 2018): gather each position's context over an extent, "
+            "excite with a gate (timm's GatherExcite)."
+        )
+    )
+    extent: int = Field(
+        0,
+        ge=0,
+        le=32,
+        description=(
+            "How far the gather reaches. 0: global (the whole map, as SE). An even e: a (2e - 1)-wide "
+            "average with stride e, padding not counted (extra_params: log2(e) depthwise 3x3 convs "
+            "with stride 2), and the gate map resized back to the input's size by nearest-neighbour "
+            "interpolation."
+        ),
+    )
+    extra_params: bool = Field(
+        False,
+        description=(
+            "GE-theta: gather with depthwise convs (gather.conv1, gather.norm1, gather.act1, "
+            "gather.conv2 ...) instead of parameter-free pooling. With extent 0 one conv whose "
+            "kernel is feat_size, padded (k - 1) // 2 on each side as timm pads it: each position "
+            "then gathers a feat_size window around itself."
+        ),
+    )
+    feat_size: tuple[Annotated[int, Field(ge=1, le=128)], ...] | None = Field(
+        None,
+        strict=False,  # YAML gives a list
+        min_length=1,
+        max_length=3,
+        description=(
+            "With extra_params and extent 0 (and only then): the kernel of the gather conv, one "
+            "size per spatial dim (timm's feat_size, the feature map's size). An even size needs "
+            "inputs of at least 2 positions along its dim."
+        ),
+    )
+    norm: Norm = Field(
+        "batchnorm",
+        description=(
+            "With extra_params: a batchnorm after each gather conv (timm's, whatever norm_layer "
+            "names, or none for norm_layer None). batchnorm keeps running statistics."
+        ),
+    )
+    pooling: tuple[Literal["avg", "max"], ...] = Field(
+        ("avg",),
+        strict=False,  # YAML gives a list
+        min_length=1,
+        max_length=2,
+        description=(
+            "Without extra_params: the gather's pooling, avg, max, or both averaged (timm's "
+            "add_maxpool)."
+        ),
+    )
+    mlp: bool = Field(
+        True,
+        description=(
+            "A 1x1-conv MLP between gather and gate: mlp.fc1 (C -> C'), the activation, mlp.fc2 "
+            "(C' -> C), both with biases (timm's use_mlp, a ConvMlp). false: the gate sees the "
+            "gathered map itself."
+        ),
+    )
+    reduction: int = Field(
+        16, ge=1, le=1024, description="With mlp: C' = C / reduction (rounded, see divisor)."
+    )
+    divisor: int | None = Field(
+        1,
+        ge=1,
+        le=256,
+        description=(
+            "With mlp: timm's make_divisible(C / reduction, divisor) (round_limit below), the "
+            "nearest multiple, at least divisor; null: floor(C / reduction), at least 1."
+        ),
+    )
+    round_limit: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="With mlp and a divisor: timm's make_divisible round_limit (GatherExcite passes 0).",
+    )
+    activation: Activation = Field(
+        "relu",
+        description=(
+            "In the MLP between fc1 and fc2, and between the gather convs (extra_params with "
+            "extent 4 or more)."
+        ),
+    )
+    gate: Gate = Field("sigmoid", description="Gate applied to the excite map before x * gate.")
+
+    _pooling_unique = field_validator("pooling")(_unique)
+
+    @field_validator("extent")
+    @classmethod
+    def _even(cls, value: int) -> int:
+        if value % 2:
+            raise ValueError(f"extent must be 0 (global) or even, got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _options_apply(self) -> GeSpec:
+        if self.extra_params and self.extent and not _is_power_of_two(self.extent):
+            raise ValueError(
+                f"extra_params gathers with log2(extent) stride-2 convs: extent must be a power "
+                f"of two, got {self.extent}"
+            )
+        needs_feat = self.extra_params and self.extent == 0
+        if needs_feat and self.feat_size is None:
+            raise ValueError(
+                "extra_params with extent 0 needs feat_size (the gather conv's kernel)"
+            )
+        if not needs_feat and self.feat_size is not None:
+            raise ValueError("feat_size applies only with extra_params: true and extent 0")
+        if self.feat_size is not None and len(self.feat_size) != self.dims:
+            raise ValueError(
+                f"feat_size needs one size per spatial dim ({self.dims}), got {list(self.feat_size)}"
+            )
+        if self.norm != "batchnorm" and not self.extra_params:
+            raise ValueError("norm applies only with extra_params: true (to the gather convs)")
+        if self.pooling != ("avg",) and self.extra_params:
+            raise ValueError("pooling applies only without extra_params (the convs gather then)")
+        if self.dims == 3 and self.extent and not self.extra_params:
+            raise ValueError(
+                "extent > 0 without extra_params pools with avg_pool3d in 3D, which PyTorch refuses "
+                "for inputs smaller than its kernel, padding or not: use dims 1 or 2, extent 0 or "
+                "extra_params"
+            )
+        defaults = {"reduction": 16, "divisor": 1, "round_limit": 0.0}
+        changed = [f for f, v in defaults.items() if getattr(self, f) != v]
+        if changed and not self.mlp:
+            raise ValueError(f"{', '.join(changed)} apply only with mlp: true")
+        if self.round_limit and self.divisor is None:
+            raise ValueError("round_limit applies only with a divisor")
+        gather_act = self.extra_params and self.extent >= 4
+        if self.activation != "relu" and not (self.mlp or gather_act):
+            raise ValueError(
+                "activation applies only with mlp: true or between gather convs (extra_params, "
+                "extent 4 or more)"
+            )
+        return self
+
+
+class GcSpec(_Spatial, _Variant):
+    kind: Literal["gc"] = Field(
+        description=(
+            "Global context (Cao et al., 2019, GCNet): one context vector per sample, transformed "
+            "and fused into every position by scale and/or add (timm's GlobalContext)."
+        )
+    )
+    context: Literal["attention", "avg"] = Field(
+        "attention",
+        description=(
+            "Context modelling: attention, a 1x1 conv conv_attn to one logit per position, softmax "
+            "over the positions, the weighted sum of x (timm's use_attn); avg, the spatial mean."
+        ),
+    )
+    fuse_scale: bool = Field(
+        True,
+        description=("x * gate(mlp_scale(context)): the SE-like fusion (timm's fuse_scale; gc)."),
+    )
+    fuse_add: bool = Field(
+        False,
+        description=(
+            "x + mlp_add(context), after the scale when both: the paper's fusion (timm's "
+            "fuse_add; gca). The output is then not x times a gate."
+        ),
+    )
+    reduction: int = Field(
+        8,
+        ge=1,
+        le=1024,
+        description=(
+            "The transforms' hidden width C' = C / reduction (rounded, see divisor): each is fc1 "
+            "(C -> C'), a layer norm over C' (eps 1e-6), the activation, fc2 (C' -> C)."
+        ),
+    )
+    divisor: int | None = Field(
+        1,
+        ge=1,
+        le=256,
+        description=(
+            "timm's make_divisible(C / reduction, divisor) (round_limit below), the nearest "
+            "multiple, at least divisor; null: floor(C / reduction), at least 1."
+        ),
+    )
+    round_limit: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="With a divisor: timm's make_divisible round_limit (GlobalContext passes 0).",
+    )
+    activation: Activation = Field(
+        "relu", description="In each transform, between the layer norm and fc2."
+    )
+    gate: Gate = Field(
+        "sigmoid", description="With fuse_scale: gate applied to mlp_scale's output."
+    )
+
+    @model_validator(mode="after")
+    def _fusion(self) -> GcSpec:
+        if not (self.fuse_scale or self.fuse_add):
+            raise ValueError(
+                "fuse_scale and fuse_add both false would return x unchanged: set at least one"
+            )
+        if self.gate != "sigmoid" and not self.fuse_scale:
+            raise ValueError("gate applies only with fuse_scale: true")
+        if self.round_limit and self.divisor is None:
+            raise ValueError("round_limit applies only with a divisor")
+        return self
+
+
 class AttentionOptions(_Model):
     """What scaled dot-product attention and multi-head attention share."""
 
@@ -460,8 +675,10 @@ class MhaSpec(AttentionOptions, _Variant):
         return self
 
 
-AnySpec = ChannelSpec | SpatialSpec | CbamSpec | EcaSpec | EseSpec | SdpaSpec | MhaSpec
-ImageSpec = ChannelSpec | SpatialSpec | CbamSpec | EcaSpec | EseSpec
+AnySpec = (
+    ChannelSpec | SpatialSpec | CbamSpec | EcaSpec | EseSpec | GeSpec | GcSpec | SdpaSpec | MhaSpec
+)
+ImageSpec = ChannelSpec | SpatialSpec | CbamSpec | EcaSpec | EseSpec | GeSpec | GcSpec
 SPEC_ADAPTER: TypeAdapter[AnySpec] = TypeAdapter(Annotated[AnySpec, Field(discriminator="kind")])
 #: kind name -> its spec model. The kind names, in the order the README lists them.
 MODELS: dict[str, type[_Variant]] = {
@@ -470,6 +687,8 @@ MODELS: dict[str, type[_Variant]] = {
     "cbam": CbamSpec,
     "eca": EcaSpec,
     "ese": EseSpec,
+    "ge": GeSpec,
+    "gc": GcSpec,
     "sdpa": SdpaSpec,
     "mha": MhaSpec,
 }

@@ -105,6 +105,67 @@ attention_opts = {
 }
 
 
+ge_mlp_opts = st.fixed_dictionaries(
+    {},
+    optional={
+        "reduction": st.integers(1, 64),
+        "divisor": st.none() | st.integers(1, 16),
+        "activation": st.sampled_from(["relu", "silu", "gelu"]),
+    },
+)
+ge_gathers = st.one_of(
+    # global or windowed pooling (3D pools globally only)
+    st.fixed_dictionaries(
+        {"extent": st.sampled_from([0, 2, 4, 6]), "pooling": channel_pools.map(sorted)},
+        optional={"dims": st.sampled_from([1, 2])},
+    ),
+    st.fixed_dictionaries({"dims": st.just(3), "pooling": channel_pools.map(sorted)}),
+    # strided depthwise convs
+    st.fixed_dictionaries(
+        {"extra_params": st.just(True), "extent": st.sampled_from([2, 4, 8])},
+        optional={
+            "norm": st.sampled_from(["batchnorm", "none"]),
+            "dims": st.sampled_from([1, 2, 3]),
+        },
+    ),
+    # timm's padded feat_size conv, one size per dim
+    st.integers(1, 3).flatmap(
+        lambda d: st.fixed_dictionaries(
+            {
+                "extra_params": st.just(True),
+                "dims": st.just(d),
+                "feat_size": st.lists(st.integers(1, 9), min_size=d, max_size=d),
+            },
+            optional={"norm": st.sampled_from(["batchnorm", "none"])},
+        )
+    ),
+)
+ge_opts = st.tuples(
+    ge_gathers, st.booleans(), ge_mlp_opts, st.fixed_dictionaries({}, optional={"gate": gates})
+).map(lambda t: {**t[0], "mlp": t[1], **(t[2] if t[1] else {}), **t[3]})
+gc_opts = st.tuples(
+    st.sampled_from([(True, False), (False, True), (True, True)]),
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "context": st.sampled_from(["attention", "avg"]),
+            "reduction": st.integers(1, 64),
+            "divisor": st.none() | st.integers(1, 16),
+            "activation": st.sampled_from(["relu", "silu", "gelu"]),
+            "dims": st.sampled_from([1, 2, 3]),
+        },
+    ),
+    gates,
+).map(
+    lambda t: {
+        "fuse_scale": t[0][0],
+        "fuse_add": t[0][1],
+        **t[1],
+        **({"gate": t[2]} if t[0][0] else {}),
+    }
+)
+
+
 def _variant(kind: str, body: st.SearchStrategy) -> st.SearchStrategy:
     return st.tuples(names, descriptions, body).map(
         lambda t: {"name": t[0], "kind": kind, "description": t[1], **t[2]}
@@ -141,6 +202,8 @@ variants = st.one_of(
             st.fixed_dictionaries({}, optional={"gate": gates}),
         ).map(lambda t: {**t[0], **t[1], **t[2]}),
     ),
+    _variant("ge", ge_opts),
+    _variant("gc", gc_opts),
     _variant("sdpa", st.fixed_dictionaries({}, optional=attention_opts)),
     _variant(
         "mha",
@@ -165,7 +228,7 @@ _packages = itertools.count()
 
 
 def _inputs(spec) -> tuple[tuple, tuple]:
-    if spec.kind in ("channel", "spatial", "cbam", "eca"):
+    if spec.kind in ("channel", "spatial", "cbam", "eca", "ese", "ge", "gc"):
         return (6,), (torch.randn(2, 6, *[3] * spec.dims),)
     if spec.kind == "sdpa":
         return (), (torch.randn(2, 3, 8), torch.randn(2, 5, 8), torch.randn(2, 5, 4))

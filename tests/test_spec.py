@@ -65,6 +65,30 @@ FIELDS = [
     ("ese", "pooling", ["avg", "max"], ["max", "max"]),
     ("ese", "gate", "sigmoid", "tanh"),
     ("ese", "bias", False, None),
+    ("ge", "dims", 1, 4),
+    ("ge", "extent", 4, 3),  # odd
+    ("ge", "extent", 32, 34),
+    ("ge", "extra_params", False, "true"),
+    ("ge", "feat_size", None, [7, 7]),  # without extra_params
+    ("ge", "norm", "batchnorm", "none"),  # without extra_params
+    ("ge", "pooling", ["avg", "max"], ["avg", "avg"]),
+    ("ge", "pooling", ["max"], ["mean"]),
+    ("ge", "mlp", False, 1),
+    ("ge", "reduction", 8, 0),
+    ("ge", "divisor", None, 0),
+    ("ge", "divisor", 8, 257),
+    ("ge", "round_limit", 0.0, 1.0),
+    ("ge", "activation", "silu", "tanh"),
+    ("ge", "gate", "hard_sigmoid", "relu"),
+    ("gc", "dims", 3, 0),
+    ("gc", "context", "avg", "max"),
+    ("gc", "fuse_scale", True, False),  # and fuse_add false: nothing fused
+    ("gc", "fuse_add", True, "yes"),
+    ("gc", "reduction", 16, 1025),
+    ("gc", "divisor", None, 0),
+    ("gc", "round_limit", 0.9, -0.1),
+    ("gc", "activation", "gelu", "swish"),
+    ("gc", "gate", "hard_sigmoid", "softmax"),
     ("sdpa", "causal_alignment", "top_left", "bottom_right"),  # bottom_right needs causal: true
     ("sdpa", "causal_alignment", "top_left", "center"),
     ("mha", "causal_alignment", "top_left", "bottom"),
@@ -157,3 +181,52 @@ def test_cross_field_rules():
         }
     )
     assert specs.validate({**BASE["mha"], "heads": 6, "kv_heads": 3}).kv_heads == 3
+
+
+def test_gather_excite_rules():
+    ge = BASE["ge"]
+    ok = [
+        {"extent": 8, "extra_params": True},
+        {"extra_params": True, "feat_size": [6, 8]},
+        {"extra_params": True, "feat_size": [7], "dims": 1, "norm": "none"},
+        {"extent": 4, "extra_params": True, "dims": 3, "mlp": False, "activation": "silu"},
+        {"extent": 6, "pooling": ["max"]},  # any even extent pools without parameters
+        {"mlp": False, "gate": "hard_sigmoid"},
+    ]
+    for fields in ok:
+        assert specs.validate({**ge, **fields})
+    rules = [
+        ({"extent": 3}, "extent must be 0 .global. or even, got 3"),
+        ({"extent": 6, "extra_params": True}, "extent must be a power of two, got 6"),
+        ({"extra_params": True}, "extra_params with extent 0 needs feat_size"),
+        ({"extent": 2, "extra_params": True, "feat_size": [3, 3]}, "feat_size applies only"),
+        ({"extra_params": True, "feat_size": [7]}, r"feat_size needs one size per spatial dim"),
+        ({"norm": "none"}, "norm applies only with extra_params: true"),
+        (
+            {"extent": 2, "extra_params": True, "pooling": ["avg", "max"]},
+            "pooling applies only without extra_params",
+        ),
+        ({"extent": 2, "dims": 3}, "PyTorch refuses for inputs smaller than its kernel"),
+        ({"mlp": False, "reduction": 4, "divisor": 8}, "reduction, divisor apply only with mlp"),
+        ({"divisor": None, "round_limit": 0.5}, "round_limit applies only with a divisor"),
+        ({"mlp": False, "activation": "silu"}, "activation applies only with mlp: true or"),
+        (
+            {"mlp": False, "extent": 2, "extra_params": True, "activation": "silu"},
+            "activation applies only",  # one stride-2 conv: no activation between convs
+        ),
+    ]
+    for fields, message in rules:
+        with pytest.raises(ValidationError, match=message):
+            specs.validate({**ge, **fields})
+
+
+def test_global_context_rules():
+    gc = BASE["gc"]
+    assert specs.validate({**gc, "fuse_add": True})  # both fusions: scale, then add
+    assert specs.validate({**gc, "fuse_add": True, "fuse_scale": False, "context": "avg"})
+    with pytest.raises(ValidationError, match="fuse_scale and fuse_add both false"):
+        specs.validate({**gc, "fuse_scale": False})
+    with pytest.raises(ValidationError, match="gate applies only with fuse_scale: true"):
+        specs.validate({**gc, "fuse_scale": False, "fuse_add": True, "gate": "hard_sigmoid"})
+    with pytest.raises(ValidationError, match="round_limit applies only with a divisor"):
+        specs.validate({**gc, "divisor": None, "round_limit": 0.5})

@@ -401,6 +401,76 @@ class CbamTimmSpatialNoNorm(_base("cbam_timm")):
         return x * torch.sigmoid(s)
 
 
+class GeCountsPadding(_base("ge_extent4")):
+    """Averages each window with the padding counted (avg_pool2d's default), where GE, as timm,
+    divides by the positions inside the map: wrong at every border."""
+
+    def forward(self, x):
+        pooled = F.avg_pool2d(x, 7, stride=4, padding=3)
+        return x * torch.sigmoid(F.interpolate(pooled, size=x.shape[2:], mode="nearest"))
+
+
+class GeBilinearResize(_base("ge_extent2_mlp")):
+    """Resizes the gate map bilinearly where GE (and timm) take the nearest neighbour."""
+
+    def forward(self, x):
+        avg = F.avg_pool2d(x, 3, stride=2, padding=1, count_include_pad=False)
+        pooled = 0.5 * (avg + F.max_pool2d(x, 3, stride=2, padding=1))
+        s = F.interpolate(self.mlp(pooled), size=x.shape[2:], mode="bilinear")
+        return x * torch.sigmoid(s)
+
+
+class GeGatherNormFrozen(_base("ge_params")):
+    """Runs the gather's batchnorms on their running statistics in training too."""
+
+    def forward(self, x):
+        g = x
+        for layer in self.gather:
+            if isinstance(layer, nn.BatchNorm2d):
+                g = F.batch_norm(
+                    g, layer.running_mean, layer.running_var, layer.weight, layer.bias, False
+                )
+            else:
+                g = layer(g)
+        s = F.interpolate(self.mlp(g), size=x.shape[2:], mode="nearest")
+        return x * torch.sigmoid(s)
+
+
+def _gc_context(module, x):
+    weights = torch.softmax(module.conv_attn(x).flatten(2), dim=-1)
+    return (x.flatten(2) @ weights.mT)[..., None]
+
+
+class GcSoftmaxOverChannels(_base("gc_timm")):
+    """Softmax over conv_attn's one output channel instead of the positions: every weight is 1,
+    the context a sum instead of a weighted mean."""
+
+    def forward(self, x):
+        weights = torch.softmax(self.conv_attn(x).flatten(2), dim=1)
+        context = (x.flatten(2) @ weights.mT)[..., None]
+        return x * torch.sigmoid(self.mlp_scale(context))
+
+
+class GcAddThroughGate(_base("gca_timm")):
+    """Gates the added context (x + sigmoid(mlp_add)): GCNet adds the transform itself."""
+
+    def forward(self, x):
+        return x + torch.sigmoid(self.mlp_add(_gc_context(self, x)))
+
+
+class GcNormOverBatch(_base("gc_timm")):
+    """Normalises the transform's hidden layer over the batch and channels (a batch norm in
+    disguise), where GC's layer norm takes each sample alone."""
+
+    def forward(self, x):
+        mlp = self.mlp_scale
+        h = mlp.fc1(_gc_context(self, x))
+        mean, var = h.mean((0, 1), keepdim=True), h.var((0, 1), unbiased=False, keepdim=True)
+        h = (h - mean) / torch.sqrt(var + 1e-6)
+        h = h * mlp.norm.weight[:, None, None] + mlp.norm.bias[:, None, None]
+        return x * torch.sigmoid(mlp.fc2(mlp.act(h)))
+
+
 ACT = "act_b1_c448_21x22"
 F16, BF16, F32, F64 = torch.float16, torch.bfloat16, torch.float32, torch.float64
 
@@ -451,6 +521,14 @@ SEEDED = [
     (CecaZeroPadding, "ceca_timm", "reference", "b2_c32_7x5", F64, {}),
     (EcamSkipsActivation, "ecam_timm", "reference", "b2_c32_7x5", F64, {}),
     (CbamTimmSpatialNoNorm, "cbam_timm", "reference", "b2_c32_7x5", F64, {}),
+    # Gather-excite and global context: the gather's pooling, resize and norm; the context's
+    # softmax, the fusion, the transform's norm.
+    (GeCountsPadding, "ge_extent4", "reference", "b2_c32_7x5", F64, {}),
+    (GeBilinearResize, "ge_extent2_mlp", "reference", "b2_c32_7x5", F64, {}),
+    (GeGatherNormFrozen, "ge_params", "train", "b2_c32_7x5", F64, {}),
+    (GcSoftmaxOverChannels, "gc_timm", "reference", "b2_c32_7x5", F64, {}),
+    (GcAddThroughGate, "gca_timm", "reference", "b2_c32_7x5", F64, {}),
+    (GcNormOverBatch, "gc_timm", "layout", "b2_c32_7x5", F64, {}),
 ]
 # The dtype-only bugs pass where they do not bite: the same case in the other dtypes.
 DTYPE_ONLY = [

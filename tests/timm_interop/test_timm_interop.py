@@ -16,6 +16,7 @@ from torch import nn
 import attnforge
 from attnforge import Catalogue
 from attnforge.generate import generate
+from attnforge.interop import timm_create_attn
 
 create_attn = pytest.importorskip(
     "timm.layers",
@@ -58,12 +59,48 @@ CONFIGS: list[tuple[str, dict]] = [
     ("lcbam", {}),
     ("lcbam", {"rd_ratio": 1 / 4, "spatial_kernel_size": 5}),
     ("lcbam", {"gate_layer": "hard_sigmoid"}),  # LightChannelAttn gates with sigmoid regardless
+    # GatherExcite: timm 1.0.31 cannot build use_mlp=True (its default) nor extra_params=True (it
+    # passes *dd for **dd); attnforge.interop.timm_create_attn builds those submodules as the
+    # constructor means to and timm's own forward runs. The input is 7 x 9: no extent divides it,
+    # so the gate map is always resized from a map that does not tile the input.
+    ("ge", {}),
+    ("ge", {"use_mlp": False}),
+    ("ge", {"add_maxpool": True}),
+    ("ge", {"rd_ratio": 1 / 8, "rd_divisor": 8}),
+    ("ge", {"rd_channels": 6}),
+    ("ge", {"act_layer": nn.SiLU}),
+    ("ge", {"act_layer": "gelu"}),  # timm's GELU, which takes inplace= (nn.GELU does not)
+    ("ge", {"gate_layer": "hard_sigmoid"}),
+    ("ge", {"extent": 2}),
+    ("ge", {"extent": 4, "use_mlp": False}),
+    ("ge", {"extent": 8}),  # 7 x 9 gathers to 1 x 2
+    ("ge", {"extent": 2, "add_maxpool": True}),
+    ("ge", {"extent": 6, "use_mlp": False}),  # an 11-wide window, stride 6
+    ("ge", {"extra_params": True, "feat_size": 7}),  # an odd kernel keeps the size
+    ("ge", {"extra_params": True, "feat_size": (6, 8)}),  # even: one position lost, resized
+    ("ge", {"extra_params": True, "feat_size": 5, "norm_layer": None}),
+    ("ge", {"extra_params": True, "extent": 2}),
+    ("ge", {"extra_params": True, "extent": 4}),
+    ("ge", {"extra_params": True, "extent": 8, "act_layer": nn.SiLU, "use_mlp": False}),
+    ("ge", {"extra_params": True, "extent": 4, "norm_layer": None}),
+    ("ge", {"extra_params": True, "extent": 6}),  # int(log2(6)) = 2 convs: extent 4 here
+    ("gc", {}),
+    ("gca", {}),
+    ("gc", {"use_attn": False}),
+    ("gca", {"use_attn": False}),
+    ("gc", {"fuse_add": True}),  # both fusions
+    ("gc", {"rd_ratio": 1 / 4}),
+    ("gc", {"rd_divisor": 8}),
+    ("gc", {"rd_channels": 12}),
+    ("gc", {"act_layer": nn.SiLU}),
+    ("gc", {"gate_layer": "hard_sigmoid"}),
+    ("gca", {"init_last_zero": True}),  # an initialisation flag timm stores and never reads
 ]
 CASES = [(i, attn, kwargs, c) for i, (attn, kwargs) in enumerate(CONFIGS) for c in CHANNELS]
 
 
 def _timm_module(attn: str, kwargs: dict, channels: int, seed: int) -> nn.Module:
-    module = create_attn(attn, channels, **kwargs).to(torch.float64)
+    module = timm_create_attn(attn, channels, **kwargs).to(torch.float64)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in module.parameters():
@@ -100,7 +137,13 @@ def catalogue(tmp_path_factory: pytest.TempPathFactory) -> Catalogue:
 
 
 def _compare(
-    ours: nn.Module, theirs: nn.Module, channels: int, seed: int, label: str, errors: list
+    ours: nn.Module,
+    theirs: nn.Module,
+    channels: int,
+    seed: int,
+    label: str,
+    errors: list,
+    size: tuple[int, int] = (7, 9),
 ) -> float:
     """Forward, input gradient and every parameter gradient, then (train) the buffers; float64.
 
@@ -109,7 +152,7 @@ def _compare(
     relative), where ours divides relu6(s + 3) by 6 exactly.
     """
     gen = torch.Generator().manual_seed(seed + 1)
-    x = torch.randn(3, channels, 7, 9, generator=gen, dtype=torch.float64) + torch.randn(
+    x = torch.randn(3, channels, *size, generator=gen, dtype=torch.float64) + torch.randn(
         3, channels, 1, 1, generator=gen, dtype=torch.float64
     )
     xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
@@ -175,6 +218,15 @@ def test_from_timm_equals_timm(
         ("ceca_timm", "ceca", {}),
         ("cbam_timm", "cbam", {}),
         ("lcbam_timm", "lcbam", {}),
+        ("ge_timm", "ge", {}),
+        ("ge_extent4", "ge", {"extent": 4, "use_mlp": False}),
+        ("ge_extent2_mlp", "ge", {"extent": 2, "add_maxpool": True}),
+        ("ge_params", "ge", {"extra_params": True, "extent": 8}),
+        ("ge_params_global", "ge", {"extra_params": True, "feat_size": 7}),
+        ("gc_timm", "gc", {}),
+        ("gca_timm", "gca", {}),
+        ("gc_both", "gc", {"fuse_add": True, "rd_ratio": 1 / 4}),
+        ("gc_avg", "gca", {"use_attn": False}),
     ],
 )
 @pytest.mark.parametrize("channels", [32, 64, 256])
@@ -206,3 +258,68 @@ def test_a_different_configuration_is_a_clear_error():
         attnforge.from_timm("eca_timm", create_attn("eca", 64))
     with pytest.raises(ValueError, match="activation Tanh is not supported"):
         attnforge.spec_from_timm(create_attn("se", 64, act_layer=nn.Tanh), "x")
+    with pytest.raises(
+        ValueError,
+        match=r"gc_timm does not match GlobalContext: fuse_scale: True here, False in the module; "
+        r"fuse_add: False here, True in the module",
+    ):
+        attnforge.from_timm("gc_timm", create_attn("gca", 64))
+    with pytest.raises(
+        ValueError, match=r"ge_extent4 does not match GatherExcite: extent: 4 here, 2 in the module"
+    ):
+        attnforge.from_timm("ge_extent4", create_attn("ge", 64, extent=2, use_mlp=False))
+    with pytest.raises(ValueError, match=r"GlobalContext.mlp_scale.act: activation Tanh"):
+        attnforge.spec_from_timm(create_attn("gc", 64, act_layer=nn.Tanh), "x")
+
+
+@pytest.mark.parametrize(
+    ("variant", "kwargs"),
+    [
+        ("ge_extent4", {"extent": 4, "use_mlp": False}),
+        ("ge_extent2_mlp", {"extent": 2, "add_maxpool": True}),
+        ("ge_params", {"extra_params": True, "extent": 8}),
+        ("ge_params_global", {"extra_params": True, "feat_size": 7}),
+    ],
+)
+@pytest.mark.parametrize("size", [(1, 3), (2, 2), (5, 11), (13, 6), (16, 16), (17, 31)])
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_gather_excite_resizes_as_timm_at_any_size(
+    variant: str, kwargs: dict, size: tuple[int, int], mode: str, errors: list
+):
+    """The gathered map back to the input's size (F.interpolate, nearest) at sizes that are and
+    are not multiples of the stride, down to a map smaller than one window."""
+    theirs = _timm_module("ge", kwargs, 32, 11).train(mode == "train")
+    ours = attnforge.from_timm(variant, theirs, channels=32)
+    _compare(
+        copy.deepcopy(ours),
+        copy.deepcopy(theirs),
+        32,
+        11,
+        f"{variant} {size} {mode}",
+        errors,
+        size=size,
+    )
+
+
+def test_gather_excite_without_the_workaround_is_timms_bug():
+    """Documents the timm 1.0.31 bug timm_create_attn works around; fails (so the workaround can
+    go) once timm builds these itself."""
+    for kwargs, argument in (
+        ({}, "act_layer"),
+        ({"extra_params": True, "extent": 2}, "kernel_size"),
+    ):
+        with pytest.raises(TypeError, match=f"multiple values for argument '{argument}'"):
+            create_attn("ge", 64, **kwargs)
+
+
+def test_global_context_initialises_as_timm():
+    """A fresh gca block adds only fc2's bias (mlp_add.fc2.weight zeros, as timm's); conv_attn is
+    Kaiming-normal (fan_in, relu) in both: std sqrt(2 / C)."""
+    channels = 4096
+    torch.manual_seed(0)
+    ours, theirs = attnforge.build("gca_timm", channels), create_attn("gca", channels)
+    for module in (ours, theirs):
+        assert torch.count_nonzero(module.mlp_add.fc2.weight) == 0
+        std = module.conv_attn.weight.std().item()
+        assert abs(std - (2 / channels) ** 0.5) < 0.05 * (2 / channels) ** 0.5, std
+    assert torch.count_nonzero(attnforge.build("gc_timm", 64).mlp_scale.fc2.weight) > 0
