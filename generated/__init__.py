@@ -245,4 +245,30 @@ VARIANTS: dict[str, tuple[str, str, str, str]] = {
         "SeTutorial",
         "The tutorial's SELayer(channel, reduction=4), with its bugs fixed.",
     ),
+    "sge": ("sge", "sge.yaml", "Sge", "SGE with the paper's 64 groups, as in SGE-ResNet."),
+    "sge_g8": (
+        "sge",
+        "sge.yaml",
+        "SgeG8",
+        "SGE with 8 groups of more channels each, for narrower layers.",
+    ),
+    "sge_seq": ("sge", "sge.yaml", "SgeSeq", "SGE over sequences (B, C, L), 64 groups."),
+    "simam": (
+        "simam",
+        "simam.yaml",
+        "Simam",
+        "SimAM with the lambda of the paper and its code, 1e-4.",
+    ),
+    "simam_3d": (
+        "simam",
+        "simam.yaml",
+        "Simam3d",
+        "SimAM over (B, C, D, H, W) feature maps (video, volumes); lambda 1e-4.",
+    ),
+    "simam_l0p1": (
+        "simam",
+        "simam.yaml",
+        "SimamL0p1",
+        "SimAM with lambda 0.1, a smoother gate (closer to sigmoid(1/2) everywhere).",
+    ),
 }

@@ -8,10 +8,14 @@
   SpatialAttn and the Light ones) and ``eca.py`` (EcaModule, CecaModule): pooling with
   ``mean``/``amax``, the MLP as 1x1 convs, CBAM's channel MLP called once per pooling. timm is not
   a dependency; ``tests/timm_interop`` compares the generated modules with timm itself.
+- The zoo's, for blocks timm does not have: SimAM and SGE after their official code (ZjjConan/SimAM,
+  implus/PytorchInsight), which External-Attention-pytorch repeats: flattened views, ``mean`` and
+  ``pow(2)``, ``adaptive_avg_pool`` and ``std``, written for any number of spatial dims.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -29,6 +33,8 @@ from .spec import (
     EseSpec,
     MhaSpec,
     SdpaSpec,
+    SgeSpec,
+    SimamSpec,
     SpatialOptions,
 )
 
@@ -240,6 +246,53 @@ def timm_ese(x: Tensor, params: Params, spec: EseSpec) -> Tensor:
         x_se = 0.5 * x_se + 0.5 * x.amax(dims, keepdim=True)
     s = _CONV[x.ndim](x_se, params["fc.weight"], params.get("fc.bias"))
     return x * _timm_gate(s, spec.gate)
+
+
+# --- the zoo's formulations (blocks timm does not have) ------------------------------------------------
+
+
+def zoo_simam(x: Tensor, params: Params, spec: SimamSpec) -> Tensor:
+    """simam_module.forward (ZjjConan/SimAM; External-Attention-pytorch's SimAM): n = h * w - 1,
+    the squared deviations from the spatial mean, ``y = d / (4 * (d.sum / n + e_lambda)) + 0.5``,
+    ``x * sigmoid(y)``."""
+    dims = tuple(range(2, x.ndim))  # the code's [2, 3], for any number of spatial dims
+    n = math.prod(x.shape[2:]) - 1
+    x_minus_mu_square = (x - x.mean(dim=dims, keepdim=True)).pow(2)
+    y = (
+        x_minus_mu_square
+        / (4 * (x_minus_mu_square.sum(dim=dims, keepdim=True) / n + spec.e_lambda))
+        + 0.5
+    )
+    return x * torch.sigmoid(y)
+
+
+_ADAPTIVE_AVG_POOL: dict[int, Callable[..., Tensor]] = {
+    3: F.adaptive_avg_pool1d,
+    4: F.adaptive_avg_pool2d,
+    5: F.adaptive_avg_pool3d,
+}
+
+
+def zoo_sge(x: Tensor, params: Params, spec: SgeSpec) -> Tensor:
+    """SpatialGroupEnhance.forward (implus/PytorchInsight; External-Attention-pytorch's SGE): the
+    groups folded into the batch, ``x * avg_pool(x)`` summed over the group's channels, centred and
+    divided by ``t.std(dim=1) + 1e-5`` (unbiased), ``t * weight + bias``, ``x * sigmoid(t)``. The
+    code's ``view`` calls are ``reshape`` here, so non-contiguous inputs work too."""
+    b, c = x.shape[:2]
+    spatial = x.shape[2:]
+    g = spec.groups
+    x = x.reshape(b * g, -1, *spatial)
+    xn = x * _ADAPTIVE_AVG_POOL[x.ndim](x, 1)
+    xn = xn.sum(dim=1, keepdim=True)
+    t = xn.reshape(b * g, -1)
+    t = t - t.mean(dim=1, keepdim=True)
+    std = t.std(dim=1, keepdim=True) + 1e-5
+    t = t / std
+    t = t.reshape(b, g, *spatial)
+    t = t * params["weight"] + params["bias"]
+    t = t.reshape(b * g, 1, *spatial)
+    x = x * torch.sigmoid(t)
+    return x.reshape(b, c, *spatial)
 
 
 def formulation_anchor(name: str, fn: AnchorFn) -> Anchor:

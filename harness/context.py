@@ -271,6 +271,39 @@ class EseModule(Module):
 
 
 @dataclass(frozen=True)
+class PositionsCheck:
+    """A block whose statistics divide by (positions - 1) refuses a single position (the
+    check_positions macro)."""
+
+    cls: str
+    single_test: str  # true when every spatial dim is 1
+    spatial_names: str
+    reason: str  # why one position is not enough, for the message
+
+
+@dataclass(frozen=True)
+class SimamModule(Module):
+    doc: str
+    count: str  # the number of positions, an expression: "x.shape[2] * x.shape[3]"
+    dims: str  # the spatial dims, "(2, 3)"
+    e_lambda: str
+    checks: InputChecks
+    positions: PositionsCheck
+
+
+@dataclass(frozen=True)
+class SgeModule(Module):
+    doc: str
+    groups: int
+    param_shape: str  # "1, 64, 1, 1": one scale and one shift per group
+    grouped_shape: str  # the grouped view's shape, "(B, 64, C / 64, H, W)"
+    group_dims: str  # its spatial dims, "(3, 4)"
+    dims: str  # the spatial dims of the (B, G, ...) scores, "(2, 3)"
+    checks: InputChecks
+    positions: PositionsCheck
+
+
+@dataclass(frozen=True)
 class Causality:
     """How causality is applied: SDPA's is_causal (top-left, when no mask is built) or a mask."""
 
@@ -635,6 +668,117 @@ def _ese(spec: specs.EseSpec, base: dict[str, Any]) -> EseModule:
         pooled=pooled,
         gate=GATES[spec.gate].format("s"),
         checks=_input_checks(base["cls"], spec.dims),
+    )
+
+
+# --- simam, sge: statistics over the positions ---------------------------------------------------------
+
+
+def _positions_check(cls: str, dims: int, reason: str) -> PositionsCheck:
+    return PositionsCheck(
+        cls=cls,
+        single_test=" and ".join(f"x.shape[{2 + i}] == 1" for i in range(dims)),
+        spatial_names=", ".join(SPATIAL_NAMES[dims]),
+        reason=reason,
+    )
+
+
+def _positions(dims: int) -> str:
+    """The number of positions as the formulas print it: H * W."""
+    return " * ".join(SPATIAL_NAMES[dims])
+
+
+def _shifted_dims(dims: int, by: int) -> str:
+    return "(" + ", ".join(str(by + i) for i in range(dims)) + ("," if dims == 1 else "") + ")"
+
+
+_HALF_STATISTICS = (
+    "Statistics are computed in float32 for float16 and bfloat16 inputs (the gate is rounded "
+    "back to the input's dtype): {what} overflow float16 at the magnitudes of real activations."
+)
+
+
+@builder("simam")
+def _simam(spec: specs.SimamSpec, base: dict[str, Any]) -> SimamModule:
+    dims = spec.dims
+    m = _positions(dims)
+    e_lambda = _scalar_literal(spec.e_lambda)
+    doc = _paragraphs(
+        "SimAM: a simple, parameter-free attention module (Yang et al., ICML 2021).",
+        spec.description,
+        "Gates every neuron by how much it stands out of its channel; no parameters. Per "
+        f"channel,\nover its {m} positions:\n\n"
+        f"    n = {m} - 1\n"
+        "    d = (x - mean(x))^2\n"
+        "    v = sum(d) / n\n"
+        f"    1 / e* = d / (4 (v + lambda)) + 1/2,  lambda = {e_lambda}\n\n"
+        "and returns ``x * sigmoid(1 / e*)``, e* being the neuron's minimal energy.",
+        _prose(
+            f"v divides by n = {m} - 1, as the paper's PyTorch-style code and the official code "
+            f"do (the text of its closed form averages over all {m} positions). One position "
+            f"leaves v undefined (n = 0), so an input with {m} = 1 raises ValueError rather "
+            "than returning NaN. " + _HALF_STATISTICS.format(what="squared deviations above 256")
+        ),
+        "Args:\n    channels: C, the number of input channels (checked on input).\n"
+        "    device, dtype: accepted for the common constructor; SimAM has no parameters or\n"
+        "        buffers.",
+        f"Shape:\n    x: {_shape(dims)}, {m} >= 2; returns the same shape and dtype.",
+    )
+    return SimamModule(
+        **base,
+        functional=False,
+        helpers=_helpers("_mean("),
+        doc=docstring(doc, "    "),
+        count=" * ".join(f"x.shape[{2 + i}]" for i in range(dims)),
+        dims=SPATIAL_DIMS[dims],
+        e_lambda=e_lambda,
+        checks=_input_checks(base["cls"], dims),
+        positions=_positions_check(base["cls"], dims, f"SimAM's variance divides by {m} - 1"),
+    )
+
+
+@builder("sge")
+def _sge(spec: specs.SgeSpec, base: dict[str, Any]) -> SgeModule:
+    dims, g = spec.dims, spec.groups
+    m = _positions(dims)
+    groups = "one group of C channels" if g == 1 else f"{g} groups of C / {g} channels"
+    doc = _paragraphs(
+        "Spatial group-wise enhance (Li, Hu and Yang, 2019).",
+        spec.description,
+        f"Splits the C channels into {groups}. Per group, over its\n{m} positions i "
+        "with feature vectors x_i:\n\n"
+        "    g = mean_i(x_i)                          the group's mean vector (average pooling)\n"
+        "    c_i = g . x_i                            each position's similarity with it\n"
+        "    n_i = (c_i - mean(c)) / (std(c) + 1e-5)  normalised over the positions\n"
+        "    a_i = weight * n_i + bias                one weight and one bias per group\n\n"
+        "and returns ``x_i * sigmoid(a_i)``: one spatial gate shared by the group's channels.",
+        _prose(
+            "As in the official code (PytorchInsight): std is the unbiased standard deviation, "
+            f"dividing by {m} - 1 (torch.std; the paper's text divides by {m}), eps is added to "
+            "it, not under the square root, and ``weight`` starts at 0 and ``bias`` at 1, so "
+            "every gate starts at sigmoid(1) (External-Attention-pytorch starts ``bias`` at 0). "
+            f"One position leaves std undefined (it divides by zero), so an input with {m} = 1 "
+            "raises ValueError rather than returning NaN. "
+            + _HALF_STATISTICS.format(what="the products of x with its mean and their sums")
+        ),
+        f"Args:\n    channels: C, divisible by {g}.\n"
+        "    device, dtype: factory kwargs for every parameter.",
+        f"Shape:\n    x: {_shape(dims)}, {m} >= 2; returns the same shape and dtype.",
+    )
+    return SgeModule(
+        **base,
+        functional=False,
+        helpers=_helpers("_mean("),
+        doc=docstring(doc, "    "),
+        groups=g,
+        param_shape=", ".join(["1", str(g), *["1"] * dims]),
+        grouped_shape=_shape(dims).replace("C", f"{g}, C / {g}"),
+        group_dims=_shifted_dims(dims, 3),
+        dims=SPATIAL_DIMS[dims],
+        checks=_input_checks(base["cls"], dims),
+        positions=_positions_check(
+            base["cls"], dims, f"the standard deviation over positions divides by {m} - 1"
+        ),
     )
 
 

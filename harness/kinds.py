@@ -13,6 +13,7 @@ reference.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar
@@ -33,6 +34,8 @@ from .spec import (
     ImageSpec,
     MhaSpec,
     SdpaSpec,
+    SgeSpec,
+    SimamSpec,
     SpatialOptions,
     SpatialSpec,
 )
@@ -241,16 +244,31 @@ def _shape_name(s: tuple[int, ...]) -> str:
 class _Image(Kind[Img]):
     gated = True
     channels_last = True
+    # Blocks whose statistics divide by (positions - 1), a variance or an unbiased std, need two
+    # positions: their single-position cases get two (along the last dim), and a single-position
+    # input must raise (error input single_position).
+    min_positions: ClassVar[int] = 1
+
+    def case_channels(self, spec: Img, channels: int) -> int:
+        """The channel count the cases use for ``channels`` (a block with groups needs multiples)."""
+        return channels
+
+    def _fit(self, spec: Img, shape: tuple[int, ...]) -> tuple[int, ...]:
+        b, c, *spatial = shape
+        if math.prod(spatial) < self.min_positions:
+            spatial[-1] = self.min_positions
+        return (b, self.case_channels(spec, c), *spatial)
 
     def cases(self, spec: Img) -> list[Case]:
-        act = _ACTIVATION[spec.dims]
+        act = self._fit(spec, _ACTIVATION[spec.dims])
+        sizes = [self._fit(spec, s) for s in _SIZES[spec.dims]]
         return [
-            *(Case(_shape_name(s), (s[1],), (s,)) for s in _SIZES[spec.dims]),
+            *(Case(_shape_name(s), (s[1],), (s,)) for s in sizes),
             Case("act_" + _shape_name(act), (act[1],), (act,), magnitudes=(_ACTIVATION_MAGNITUDE,)),
         ]
 
     def tiny(self, spec: Img) -> Case:
-        s = _TINY[spec.dims]
+        s = self._fit(spec, _TINY[spec.dims])
         return Case("tiny", (s[1],), (s,))
 
     def inputs(
@@ -274,20 +292,22 @@ class _Image(Kind[Img]):
     def error_inputs(self, spec: Img) -> list[ErrorInput]:
         dims = spec.dims
         names = _SPATIAL_NAMES[dims]
-        rank = (2, 8, *[5] * (dims + 1))
-        width = (2, 6, *[5] * dims)
-        ok = (2, 8, *[5] * dims)
-        empty = (2, 8, *[5] * (dims - 1), 0)
-        expected = rf"\(B, 8, {names}\)"
-        return [
+        c = self.case_channels(spec, 8)
+        rank = (2, c, *[5] * (dims + 1))
+        width = (2, c - 2, *[5] * dims)
+        ok = (2, c, *[5] * dims)
+        empty = (2, c, *[5] * (dims - 1), 0)
+        single = (2, c, *[1] * dims)
+        expected = rf"\(B, {c}, {names}\)"
+        errors = [
             ErrorInput(
                 "wrong_rank",
-                lambda f, d: f(8, device=d)(torch.randn(rank, device=d)),
+                lambda f, d: f(c, device=d)(torch.randn(rank, device=d)),
                 rf"^{{cls}}: expected input of shape {expected}, got \({', '.join(map(str, rank))}\)$",
             ),
             ErrorInput(
                 "wrong_channels",
-                lambda f, d: f(8, device=d)(torch.randn(width, device=d)),
+                lambda f, d: f(c, device=d)(torch.randn(width, device=d)),
                 rf"^{{cls}}: expected input of shape {expected}, got \({', '.join(map(str, width))}\)$",
             ),
             ErrorInput(
@@ -297,15 +317,24 @@ class _Image(Kind[Img]):
             ),
             ErrorInput(
                 "integer_input",
-                lambda f, d: f(8, device=d)(torch.ones(ok, dtype=torch.int64, device=d)),
+                lambda f, d: f(c, device=d)(torch.ones(ok, dtype=torch.int64, device=d)),
                 r"^{cls}: expected a floating-point input, got torch.int64$",
             ),
             ErrorInput(
                 "empty_spatial",
-                lambda f, d: f(8, device=d)(torch.randn(empty, device=d)),
+                lambda f, d: f(c, device=d)(torch.randn(empty, device=d)),
                 rf"^{{cls}}: expected at least one position in {names}, got \({', '.join(map(str, empty))}\)$",
             ),
         ]
+        if self.min_positions > 1:
+            errors.append(
+                ErrorInput(
+                    "single_position",
+                    lambda f, d: f(c, device=d)(torch.randn(single, device=d)),
+                    rf"^{{cls}}: expected at least two positions in {names} \(.+\), got \({', '.join(map(str, single))}\)$",
+                )
+            )
+        return errors
 
 
 def _timm_anchor(name: str, kind: Kind[Any], spec: Any) -> Anchor:
@@ -428,6 +457,77 @@ class Ese(_Image[EseSpec]):
 
     def anchors(self, spec: EseSpec) -> list[Anchor]:
         return [_timm_anchor("timm EffectiveSEModule formulation", self, spec)]
+
+
+def _statistics_in_float32(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+    """``fn(x)``; for float16 and bfloat16 ``x``, ``fn`` run in float32 and its output rounded back.
+
+    The zoo's code run in float16 overflows on realistic activations (SimAM's squared deviations,
+    SGE's products of x with its mean: above 65504) and would leave the low-precision rule no
+    yardstick. In float32 it is the yardstick the generated modules must keep up with: they, too,
+    compute their statistics in float32 and round only the gate and the product.
+    """
+    if x.dtype in (torch.float16, torch.bfloat16):
+        return fn(x.float()).to(x.dtype)
+    return fn(x)
+
+
+class Simam(_Image[SimamSpec]):
+    name = "simam"
+    min_positions = 2  # the variance divides by H * W - 1
+
+    def param_shapes(self, spec: SimamSpec, case: Case) -> dict[str, tuple[int, ...]]:
+        return {}
+
+    def reference(
+        self, spec: SimamSpec, params: references.State, inputs: Inputs, *, training: bool = False
+    ) -> Tensor:
+        return references.simam(inputs.args[0], spec)
+
+    def plain(self, spec: SimamSpec, params: references.Params, inputs: Inputs) -> Tensor:
+        return _statistics_in_float32(lambda x: anchors.zoo_simam(x, params, spec), inputs.args[0])
+
+    def anchors(self, spec: SimamSpec) -> list[Anchor]:
+        return [_timm_anchor("SimAM's official code (simam_module) formulation", self, spec)]
+
+
+class Sge(_Image[SgeSpec]):
+    name = "sge"
+    min_positions = 2  # the unbiased std divides by H * W - 1
+
+    def case_channels(self, spec: SgeSpec, channels: int) -> int:
+        # A multiple of the groups, with at least two channels a group: the similarity then sums
+        # over channels and the grouping's order matters.
+        g = spec.groups
+        return g * max(2, -(-channels // g))
+
+    def param_shapes(self, spec: SgeSpec, case: Case) -> dict[str, tuple[int, ...]]:
+        shape = (1, spec.groups, *(1,) * spec.dims)
+        return {"weight": shape, "bias": shape}
+
+    def reference(
+        self, spec: SgeSpec, params: references.State, inputs: Inputs, *, training: bool = False
+    ) -> Tensor:
+        return references.sge(inputs.args[0], params, spec)
+
+    def plain(self, spec: SgeSpec, params: references.Params, inputs: Inputs) -> Tensor:
+        return _statistics_in_float32(lambda x: anchors.zoo_sge(x, params, spec), inputs.args[0])
+
+    def anchors(self, spec: SgeSpec) -> list[Anchor]:
+        return [_timm_anchor("SGE's official code (SpatialGroupEnhance) formulation", self, spec)]
+
+    def error_inputs(self, spec: SgeSpec) -> list[ErrorInput]:
+        g = spec.groups
+        errors = super().error_inputs(spec)
+        if g > 1:
+            errors.append(
+                ErrorInput(
+                    "indivisible_channels",
+                    lambda f, d: f(g + 1, device=d),
+                    rf"^{{cls}}: channels must be divisible by {g} groups, got {g + 1}$",
+                )
+            )
+        return errors
 
 
 # --- attention kinds (sdpa, mha) ---------------------------------------------------------------------
@@ -867,7 +967,7 @@ class Mha(_Attention[MhaSpec]):
 
 #: kind name -> its record.
 KIND_DB: dict[str, Kind[Any]] = {
-    k.name: k for k in (Channel(), Spatial(), Cbam(), Eca(), Ese(), Sdpa(), Mha())
+    k.name: k for k in (Channel(), Spatial(), Cbam(), Eca(), Ese(), Simam(), Sge(), Sdpa(), Mha())
 }
 
 

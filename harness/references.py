@@ -29,6 +29,8 @@ from .spec import (
     EcaSpec,
     EseSpec,
     MhaSpec,
+    SgeSpec,
+    SimamSpec,
     SpatialOptions,
 )
 
@@ -242,6 +244,38 @@ def ese(x: Tensor, params: Params, spec: EseSpec) -> Tensor:
         pooled = torch.max(flat, dim=-1).values
     s = F.linear(pooled, params["fc.weight"].reshape(c, c), params.get("fc.bias"))
     return x * gate(s, spec.gate).reshape(b, c, *([1] * (x.ndim - 2)))
+
+
+def simam(x: Tensor, spec: SimamSpec) -> Tensor:
+    """SimAM from the paper's minimal energy, e* = 4 (s^2 + lambda) / ((t - mu)^2 + 2 s^2 + 2 lambda)
+    per neuron t, then ``x * sigmoid(1 / e*)``; mu and s^2 the channel's mean and variance over its
+    M positions, the variance by ``torch.var`` with M - 1 as the paper's code divides."""
+    b, c = x.shape[:2]
+    flat = x.reshape(b, c, -1)
+    mu = flat.mean(-1, keepdim=True)
+    var = torch.var(flat, dim=-1, correction=1, keepdim=True)
+    lam = spec.e_lambda
+    energy = 4 * (var + lam) / ((flat - mu) ** 2 + 2 * var + 2 * lam)
+    return x * gate(1 / energy, "sigmoid").reshape(x.shape)
+
+
+def sge(x: Tensor, params: Params, spec: SgeSpec) -> Tensor:
+    """SGE as the paper writes it, per group of C / G channels and its m positions x_i: the mean
+    vector g = (1 / m) sum_i x_i, similarities c_i = g . x_i (an einsum), normalised as
+    (c_i - mean) / (std + 1e-5) with the std by the unbiased sum of squares (the paper's code:
+    torch.std), a_i = weight * that + bias, and ``x_i * sigmoid(a_i)``."""
+    b, c = x.shape[:2]
+    groups = spec.groups
+    flat = x.reshape(b, groups, c // groups, -1)  # (B, G, C / G, m)
+    m = flat.shape[-1]
+    mean_vector = flat.sum(-1) / m
+    sim = torch.einsum("bgkm,bgk->bgm", flat, mean_vector)
+    centred = sim - sim.sum(-1, keepdim=True) / m
+    std = torch.sqrt((centred * centred).sum(-1, keepdim=True) / (m - 1))
+    weight = params["weight"].reshape(1, groups, 1)
+    bias = params["bias"].reshape(1, groups, 1)
+    a = centred / (std + 1e-5) * weight + bias
+    return (flat * gate(a, "sigmoid")[:, :, None, :]).reshape(x.shape)
 
 
 def causal_allowed(

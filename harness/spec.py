@@ -370,6 +370,45 @@ class EseSpec(_Spatial, _Variant):
     _pooling_unique = field_validator("pooling")(_unique)
 
 
+class SimamSpec(_Spatial, _Variant):
+    kind: Literal["simam"] = Field(
+        description=(
+            "SimAM (Yang et al., 2021): parameter-free attention, each neuron gated by the inverse "
+            "of its minimal energy within its channel."
+        )
+    )
+    e_lambda: float = Field(
+        1e-4,
+        ge=1e-8,
+        le=100.0,
+        description=(
+            "lambda, the energy's regulariser: the gate is sigmoid(d / (4 (v + lambda)) + 1/2), d a "
+            "position's squared deviation from its channel's mean, v = sum(d) / (positions - 1). "
+            "Positive, so a constant channel gets sigmoid(1/2), not 0 / 0; larger values flatten "
+            "every gate towards that."
+        ),
+    )
+
+
+class SgeSpec(_Spatial, _Variant):
+    kind: Literal["sge"] = Field(
+        description=(
+            "Spatial group-wise enhance (Li et al., 2019): per channel group, a spatial gate from "
+            "each position's similarity with the group's mean vector."
+        )
+    )
+    groups: int = Field(
+        64,
+        ge=1,
+        le=1024,
+        description=(
+            "G, the number of channel groups (64 in the paper); each group has its own scale "
+            "``weight`` and shift ``bias``. The channel count must be divisible by G (checked when "
+            "the module is built)."
+        ),
+    )
+
+
 class AttentionOptions(_Model):
     """What scaled dot-product attention and multi-head attention share."""
 
@@ -460,8 +499,18 @@ class MhaSpec(AttentionOptions, _Variant):
         return self
 
 
-AnySpec = ChannelSpec | SpatialSpec | CbamSpec | EcaSpec | EseSpec | SdpaSpec | MhaSpec
-ImageSpec = ChannelSpec | SpatialSpec | CbamSpec | EcaSpec | EseSpec
+AnySpec = (
+    ChannelSpec
+    | SpatialSpec
+    | CbamSpec
+    | EcaSpec
+    | EseSpec
+    | SimamSpec
+    | SgeSpec
+    | SdpaSpec
+    | MhaSpec
+)
+ImageSpec = ChannelSpec | SpatialSpec | CbamSpec | EcaSpec | EseSpec | SimamSpec | SgeSpec
 SPEC_ADAPTER: TypeAdapter[AnySpec] = TypeAdapter(Annotated[AnySpec, Field(discriminator="kind")])
 #: kind name -> its spec model. The kind names, in the order the README lists them.
 MODELS: dict[str, type[_Variant]] = {
@@ -470,6 +519,8 @@ MODELS: dict[str, type[_Variant]] = {
     "cbam": CbamSpec,
     "eca": EcaSpec,
     "ese": EseSpec,
+    "simam": SimamSpec,
+    "sge": SgeSpec,
     "sdpa": SdpaSpec,
     "mha": MhaSpec,
 }

@@ -65,6 +65,15 @@ FIELDS = [
     ("ese", "pooling", ["avg", "max"], ["max", "max"]),
     ("ese", "gate", "sigmoid", "tanh"),
     ("ese", "bias", False, None),
+    ("simam", "dims", 3, 0),
+    ("simam", "e_lambda", 1e-4, 0.0),  # must stay positive: a constant channel's 0 / (4 lambda)
+    ("simam", "e_lambda", 1e-8, 5e-9),
+    ("simam", "e_lambda", 100, 100.5),
+    ("simam", "e_lambda", 1e-8, "1e-4"),
+    ("sge", "dims", 1, 4),
+    ("sge", "groups", 8, 0),
+    ("sge", "groups", 1024, 1025),
+    ("sge", "groups", 64, 64.0),
     ("sdpa", "causal_alignment", "top_left", "bottom_right"),  # bottom_right needs causal: true
     ("sdpa", "causal_alignment", "top_left", "center"),
     ("mha", "causal_alignment", "top_left", "bottom"),

@@ -401,6 +401,82 @@ class CbamTimmSpatialNoNorm(_base("cbam_timm")):
         return x * torch.sigmoid(s)
 
 
+# --- the zoo's blocks (SimAM, SGE) ------------------------------------------------------------------
+
+
+class SimamPaperVariance(_base("simam")):
+    """Divides the variance by H * W, as the text of the paper's closed form, where the spec (and the
+    paper's own code) divide by H * W - 1."""
+
+    def forward(self, x):
+        d = (x - x.mean((2, 3), keepdim=True)).square()
+        v = d.mean((2, 3), keepdim=True)
+        return x * torch.sigmoid(d / (4 * (v + 1e-4)) + 0.5)
+
+
+class SimamNoPositionCheck(_base("simam")):
+    """Drops the single-position check: a 1x1 map returns NaN (0 / 0) instead of raising."""
+
+    def forward(self, x):
+        n = x.shape[2] * x.shape[3] - 1
+        d = (x - x.mean((2, 3), keepdim=True)).square()
+        return x * torch.sigmoid(d / (4 * (d.sum((2, 3), keepdim=True) / n + 1e-4)) + 0.5)
+
+
+class SimamHalfStatistics(_base("simam")):
+    """The official code as written, its statistics in the input's dtype: right in float64, float32
+    and bfloat16; in float16 the squared deviations of realistic activations (above 256) overflow
+    and the gate turns NaN."""
+
+    def forward(self, x):
+        n = x.shape[2] * x.shape[3] - 1
+        x_minus_mu_square = (x - x.mean(dim=(2, 3), keepdim=True)).pow(2)
+        y = x_minus_mu_square / (4 * (x_minus_mu_square.sum((2, 3), keepdim=True) / n + 1e-4))
+        return x * torch.sigmoid(y + 0.5)
+
+
+class SgeBiasedStd(_base("sge")):
+    """Normalises by the biased standard deviation (the paper's text) where the spec, after the
+    official code, takes torch.std's unbiased one."""
+
+    def forward(self, x):
+        groups = x.unflatten(1, (64, -1))
+        c = (groups * groups.mean((3, 4), keepdim=True)).sum(2)
+        c = c - c.mean((2, 3), keepdim=True)
+        c = c / (c.std((2, 3), correction=0, keepdim=True) + 1e-5)
+        gate = torch.sigmoid(c * self.weight + self.bias)
+        return (groups * gate.unsqueeze(2)).flatten(1, 2)
+
+
+class SgeGroupsInterleaved(_base("sge_g8")):
+    """Groups channels c, c + 8, c + 16 ... (unflatten into (C / 8, 8)) where the official code
+    groups contiguous channels."""
+
+    def forward(self, x):
+        groups = x.unflatten(1, (-1, 8)).transpose(1, 2)
+        c = (groups * groups.mean((3, 4), keepdim=True)).sum(2)
+        c = c - c.mean((2, 3), keepdim=True)
+        c = c / (c.std((2, 3), keepdim=True) + 1e-5)
+        gate = torch.sigmoid(c * self.weight + self.bias)
+        return (groups * gate.unsqueeze(2)).transpose(1, 2).flatten(1, 2)
+
+
+class SgeHalfStatistics(_base("sge")):
+    """The official code as written (views, avg_pool, std), in the input's dtype: right in
+    float64, float32 and bfloat16; in float16 the products of realistic activations with their
+    means, summed over a group, overflow."""
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        x = x.view(b * 64, -1, h, w)
+        xn = (x * F.adaptive_avg_pool2d(x, 1)).sum(dim=1, keepdim=True)
+        t = xn.view(b * 64, -1)
+        t = t - t.mean(dim=1, keepdim=True)
+        t = t / (t.std(dim=1, keepdim=True) + 1e-5)
+        t = t.view(b, 64, h, w) * self.weight + self.bias
+        return (x * torch.sigmoid(t.view(b * 64, 1, h, w))).view(b, c, h, w)
+
+
 ACT = "act_b1_c448_21x22"
 F16, BF16, F32, F64 = torch.float16, torch.bfloat16, torch.float32, torch.float64
 
@@ -451,12 +527,21 @@ SEEDED = [
     (CecaZeroPadding, "ceca_timm", "reference", "b2_c32_7x5", F64, {}),
     (EcamSkipsActivation, "ecam_timm", "reference", "b2_c32_7x5", F64, {}),
     (CbamTimmSpatialNoNorm, "cbam_timm", "reference", "b2_c32_7x5", F64, {}),
+    # The zoo's blocks: the paper's text against its code, a missing check, the grouping, float16.
+    (SimamPaperVariance, "simam", "reference", "b2_c32_7x5", F64, {}),
+    (SimamNoPositionCheck, "simam", "errors", "single_position", F32, {}),
+    (SimamHalfStatistics, "simam", "reference", ACT, F16, {}),
+    (SgeBiasedStd, "sge", "reference", "b2_c128_7x5", F64, {}),
+    (SgeGroupsInterleaved, "sge_g8", "reference", "b2_c32_7x5", F64, {}),
+    (SgeHalfStatistics, "sge", "reference", ACT, F16, {}),
 ]
 # The dtype-only bugs pass where they do not bite: the same case in the other dtypes.
 DTYPE_ONLY = [
     (SeSumPooling, "se_resnet", ACT, (F64, F32, BF16)),
     (SeBfloat16ViaFloat16, "se_resnet", ACT, (F64, F32, F16)),
     (SdpaSoftmaxNoUpcast, "sdpa", "act_b2h4_q32_k48", (F64, F32, BF16)),
+    (SimamHalfStatistics, "simam", ACT, (F64, F32, BF16)),
+    (SgeHalfStatistics, "sge", ACT, (F64, F32, BF16)),
 ]
 
 
