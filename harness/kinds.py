@@ -29,12 +29,14 @@ from .spec import (
     ChannelOptions,
     ChannelSpec,
     EcaSpec,
+    ElaSpec,
     EseSpec,
     ImageSpec,
     MhaSpec,
     SdpaSpec,
     SpatialOptions,
     SpatialSpec,
+    StripSpec,
 )
 
 S = TypeVar("S", bound=AnySpec)
@@ -101,13 +103,16 @@ class Kind(Generic[S]):
     name: ClassVar[str]
     dtypes: ClassVar[tuple[torch.dtype, ...]] = ALL_DTYPES
     factory_kwargs: ClassVar[bool] = True  # the constructor takes device= and dtype=
-    gated: ClassVar[bool] = False  # the output is x * gate with gate in [0, 1]
     channels_last: ClassVar[bool] = False  # an image kind: channels_last inputs must not matter
     # Under torch.autocast: True, the output keeps the input's dtype (the last op multiplies x by a
     # gate, which autocast leaves alone, as timm's blocks do); False, it is the autocast dtype (the
     # last op is a projection or SDPA, as with nn.Linear and nn.MultiheadAttention).
     autocast_keeps_dtype: ClassVar[bool] = True
     attention: ClassVar[bool] = False  # queries attend over keys: the attention properties apply
+
+    def gated(self, spec: S) -> bool:
+        """The output is x * gate with the gate in [0, 1] (so |output| <= |x| everywhere)."""
+        return False
 
     def cases(self, spec: S) -> list[Case]:
         raise NotImplementedError
@@ -187,7 +192,7 @@ class Kind(Generic[S]):
         return None
 
 
-# --- image kinds (channel, spatial, cbam, eca) ------------------------------------------------------
+# --- image kinds (channel, spatial, cbam, eca, ese, ela, strip) -----------------------------------
 
 # The first case has 32 channels, so a reduction of 16 leaves two hidden units (with one, a dead
 # ReLU would hide the MLP from every check for half of all seeds).
@@ -239,8 +244,10 @@ def _shape_name(s: tuple[int, ...]) -> str:
 
 
 class _Image(Kind[Img]):
-    gated = True
     channels_last = True
+
+    def gated(self, spec: Img) -> bool:
+        return True
 
     def cases(self, spec: Img) -> list[Case]:
         act = _ACTIVATION[spec.dims]
@@ -271,23 +278,28 @@ class _Image(Kind[Img]):
     def dynamic_dims(self, spec: Img, case: Case) -> list[dict[int, str]]:
         return [{0: "batch", **{2 + i: f"d{i}" for i in range(spec.dims)}}]
 
+    def error_channels(self, spec: Img) -> int:
+        """The channel count the error inputs build with (one the constructor accepts)."""
+        return 8
+
     def error_inputs(self, spec: Img) -> list[ErrorInput]:
         dims = spec.dims
         names = _SPATIAL_NAMES[dims]
-        rank = (2, 8, *[5] * (dims + 1))
-        width = (2, 6, *[5] * dims)
-        ok = (2, 8, *[5] * dims)
-        empty = (2, 8, *[5] * (dims - 1), 0)
-        expected = rf"\(B, 8, {names}\)"
+        c = self.error_channels(spec)
+        rank = (2, c, *[5] * (dims + 1))
+        width = (2, c - 2, *[5] * dims)
+        ok = (2, c, *[5] * dims)
+        empty = (2, c, *[5] * (dims - 1), 0)
+        expected = rf"\(B, {c}, {names}\)"
         return [
             ErrorInput(
                 "wrong_rank",
-                lambda f, d: f(8, device=d)(torch.randn(rank, device=d)),
+                lambda f, d: f(c, device=d)(torch.randn(rank, device=d)),
                 rf"^{{cls}}: expected input of shape {expected}, got \({', '.join(map(str, rank))}\)$",
             ),
             ErrorInput(
                 "wrong_channels",
-                lambda f, d: f(8, device=d)(torch.randn(width, device=d)),
+                lambda f, d: f(c, device=d)(torch.randn(width, device=d)),
                 rf"^{{cls}}: expected input of shape {expected}, got \({', '.join(map(str, width))}\)$",
             ),
             ErrorInput(
@@ -297,12 +309,12 @@ class _Image(Kind[Img]):
             ),
             ErrorInput(
                 "integer_input",
-                lambda f, d: f(8, device=d)(torch.ones(ok, dtype=torch.int64, device=d)),
+                lambda f, d: f(c, device=d)(torch.ones(ok, dtype=torch.int64, device=d)),
                 r"^{cls}: expected a floating-point input, got torch.int64$",
             ),
             ErrorInput(
                 "empty_spatial",
-                lambda f, d: f(8, device=d)(torch.randn(empty, device=d)),
+                lambda f, d: f(c, device=d)(torch.randn(empty, device=d)),
                 rf"^{{cls}}: expected at least one position in {names}, got \({', '.join(map(str, empty))}\)$",
             ),
         ]
@@ -428,6 +440,105 @@ class Ese(_Image[EseSpec]):
 
     def anchors(self, spec: EseSpec) -> list[Anchor]:
         return [_timm_anchor("timm EffectiveSEModule formulation", self, spec)]
+
+
+def _strip_conv_shapes(c: int, k: int, bias: bool) -> dict[str, tuple[int, ...]]:
+    shapes: dict[str, tuple[int, ...]] = {
+        "conv_h.weight": (c, 1, k, 1),
+        "conv_w.weight": (c, 1, 1, k),
+    }
+    if bias:
+        shapes |= {"conv_h.bias": (c,), "conv_w.bias": (c,)}
+    return shapes
+
+
+class Ela(_Image[ElaSpec]):
+    name = "ela"
+
+    def gated(self, spec: ElaSpec) -> bool:
+        return not spec.skip  # with skip, x * a_h * a_w + x: up to 2 |x|
+
+    @staticmethod
+    def _groups(spec: ElaSpec) -> int:
+        return spec.norm_groups if spec.norm == "groupnorm" else 1
+
+    def _channels(self, spec: ElaSpec, c: int) -> int:
+        """``c`` rounded up to a multiple of the norm's groups, with at least two channels a group:
+        F.group_norm refuses a group holding a single value (in eval too), which one channel a
+        group would give on a batch of one with a strip of length one."""
+        g = self._groups(spec)
+        return max(-(-c // g), 2) * g
+
+    def _fit(self, spec: ElaSpec, case: Case) -> Case:
+        """``case`` with its channels fitted to the norm's groups."""
+        c = self._channels(spec, case.ctor[0])
+        if c == case.ctor[0]:
+            return case
+        shape = (case.shapes[0][0], c, *case.shapes[0][2:])
+        prefix = "act_" if case.realistic else ""
+        name = case.name if case.name == "tiny" else prefix + _shape_name(shape)
+        return Case(name, (c,), (shape,), case.masks, case.magnitudes)
+
+    def cases(self, spec: ElaSpec) -> list[Case]:
+        return [self._fit(spec, case) for case in super().cases(spec)]
+
+    def tiny(self, spec: ElaSpec) -> Case:
+        return self._fit(spec, super().tiny(spec))
+
+    def error_channels(self, spec: ElaSpec) -> int:
+        return self._channels(spec, 8)
+
+    def error_inputs(self, spec: ElaSpec) -> list[ErrorInput]:
+        errors = super().error_inputs(spec)
+        g = self._groups(spec)
+        if g > 1:
+            errors.append(
+                ErrorInput(
+                    "indivisible_channels",
+                    lambda f, d: f(g + 1, device=d),
+                    rf"^{{cls}}: channels must be a multiple of the norm's {g} groups, got {g + 1}$",
+                )
+            )
+        return errors
+
+    def param_shapes(self, spec: ElaSpec, case: Case) -> dict[str, tuple[int, ...]]:
+        c = case.ctor[0]
+        shapes = _strip_conv_shapes(c, spec.kernel_size, spec.bias)
+        if spec.norm != "none":
+            shapes |= {f"norm_{a}.{p}": (c,) for a in "hw" for p in ("weight", "bias")}
+        return shapes
+
+    def reference(
+        self, spec: ElaSpec, params: references.State, inputs: Inputs, *, training: bool = False
+    ) -> Tensor:
+        return references.ela(inputs.args[0], params, spec, training=training)
+
+    def plain(self, spec: ElaSpec, params: references.Params, inputs: Inputs) -> Tensor:
+        return anchors.timm_ela(inputs.args[0], params, spec)
+
+    def anchors(self, spec: ElaSpec) -> list[Anchor]:
+        return [_timm_anchor("timm EfficientLocalAttn formulation", self, spec)]
+
+
+class Strip(_Image[StripSpec]):
+    name = "strip"
+
+    def gated(self, spec: StripSpec) -> bool:
+        return not spec.skip  # with skip, x * a + x: up to 2 |x|
+
+    def param_shapes(self, spec: StripSpec, case: Case) -> dict[str, tuple[int, ...]]:
+        return _strip_conv_shapes(case.ctor[0], spec.kernel_size, spec.bias) if spec.conv else {}
+
+    def reference(
+        self, spec: StripSpec, params: references.State, inputs: Inputs, *, training: bool = False
+    ) -> Tensor:
+        return references.strip(inputs.args[0], params, spec)
+
+    def plain(self, spec: StripSpec, params: references.Params, inputs: Inputs) -> Tensor:
+        return anchors.timm_strip(inputs.args[0], params, spec)
+
+    def anchors(self, spec: StripSpec) -> list[Anchor]:
+        return [_timm_anchor("timm StripAttn formulation", self, spec)]
 
 
 # --- attention kinds (sdpa, mha) ---------------------------------------------------------------------
@@ -867,7 +978,7 @@ class Mha(_Attention[MhaSpec]):
 
 #: kind name -> its record.
 KIND_DB: dict[str, Kind[Any]] = {
-    k.name: k for k in (Channel(), Spatial(), Cbam(), Eca(), Ese(), Sdpa(), Mha())
+    k.name: k for k in (Channel(), Spatial(), Cbam(), Eca(), Ese(), Ela(), Strip(), Sdpa(), Mha())
 }
 
 
