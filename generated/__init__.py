@@ -100,6 +100,24 @@ VARIANTS: dict[str, tuple[str, str, str, str]] = {
         "EcamTimm",
         "timm's ecam, EcaModule with use_mlp=True (a 1x1 conv to C/8, ReLU, the k-wide c…",
     ),
+    "ela_bn_skip": (
+        "ela",
+        "ela.yaml",
+        "ElaBnSkip",
+        "timm's EfficientLocalAttn with norm_layer=nn.BatchNorm2d, kernel 5, hard sigmoi…",
+    ),
+    "ela_gn16": (
+        "ela",
+        "ela.yaml",
+        "ElaGn16",
+        "The widely copied ELA code's settings on timm's layout: kernel 7, a group norm …",
+    ),
+    "ela_timm": (
+        "ela",
+        "ela.yaml",
+        "ElaTimm",
+        "timm's EfficientLocalAttn as create_attn('ela') builds it: kernel 7, GroupNorm1…",
+    ),
     "ese_maxpool": (
         "ese",
         "ese.yaml",
@@ -270,5 +288,23 @@ VARIANTS: dict[str, tuple[str, str, str, str]] = {
         "simam.yaml",
         "SimamL0p1",
         "SimAM with lambda 0.1, a smoother gate (closer to sigmoid(1/2) everywhere).",
+    ),
+    "strip_k7_skip": (
+        "strip",
+        "strip.yaml",
+        "StripK7Skip",
+        "timm's StripAttn with kernel_size=7, bias=True and has_skip=True (x * gate + x).",
+    ),
+    "strip_pooled": (
+        "strip",
+        "strip.yaml",
+        "StripPooled",
+        "timm's StripAttn with use_conv=False: the pooled strips gate x directly (no par…",
+    ),
+    "strip_timm": (
+        "strip",
+        "strip.yaml",
+        "StripTimm",
+        "timm's StripAttn as create_attn('strip') builds it: depthwise 3-long convs on b…",
     ),
 }

@@ -137,6 +137,8 @@ IMAGE_ROWS: list[tuple[str, tuple[str, dict[str, Any]] | None]] = [
     ("lcbam_timm", ("lcbam", {})),
     ("simam", None),
     ("sge", None),
+    ("ela_timm", ("ela", {})),
+    ("strip_timm", ("strip", {})),
 ]
 IMAGE = (32, 256, 28, 28)
 

@@ -304,6 +304,43 @@ class SgeModule(Module):
 
 
 @dataclass(frozen=True)
+class StripConvs:
+    """The depthwise 1D convs over the strips (conv_h, conv_w): kernels and paddings as printed."""
+
+    kernel_h: str  # "(7, 1)"
+    padding_h: str  # "(3, 0)"
+    kernel_w: str
+    padding_w: str
+    comment: str
+
+
+@dataclass(frozen=True)
+class ElaModule(Module):
+    doc: str
+    convs: StripConvs
+    bias: bool
+    norm: str | None  # the constructor of norm_h and norm_w
+    groups: int | None  # the group norm's groups, when more than one (they must divide C)
+    act: str | None
+    a_h: str  # the H strip's gate, an expression of s_h
+    a_w: str
+    skip: bool
+    checks: InputChecks
+
+
+@dataclass(frozen=True)
+class StripModule(Module):
+    doc: str
+    conv: bool
+    convs: StripConvs
+    bias: bool
+    strips: str  # the H strip plus the W strip, (B, C, H, 1) + (B, C, 1, W)
+    gate: str
+    skip: bool
+    checks: InputChecks
+
+
+@dataclass(frozen=True)
 class Causality:
     """How causality is applied: SDPA's is_causal (top-left, when no mask is built) or a mask."""
 
@@ -779,6 +816,132 @@ def _sge(spec: specs.SgeSpec, base: dict[str, Any]) -> SgeModule:
         positions=_positions_check(
             base["cls"], dims, f"the standard deviation over positions divides by {m} - 1"
         ),
+    )
+
+
+# --- ela, strip ------------------------------------------------------------------------------------
+
+# Each strip is x averaged along the other axis, kept: along W (dim 3) for H, along H (dim 2) for W.
+STRIP_POOLS = {"h": "_mean(x, (3,))", "w": "_mean(x, (2,))"}
+STRIP_NORMS = {
+    "batchnorm": "nn.BatchNorm2d(channels, **factory)",
+    "groupnorm": "nn.GroupNorm({}, channels, eps=1e-5, **factory)",
+}
+
+
+def _strip_convs(k: int) -> StripConvs:
+    p = k // 2
+    return StripConvs(
+        kernel_h=f"({k}, 1)",
+        padding_h=f"({p}, 0)",
+        kernel_w=f"(1, {k})",
+        padding_w=f"(0, {p})",
+        comment=(
+            f"Depthwise 1D convs: {k} x 1 along H, 1 x {k} along W; padding {p} keeps each strip's length."
+        ),
+    )
+
+
+def _skip_doc(skip: bool) -> str:
+    return " plus ``x`` (a residual: the output is no longer a gated ``x``)" if skip else ""
+
+
+@builder("ela")
+def _ela(spec: specs.ElaSpec, base: dict[str, Any]) -> ElaModule:
+    k = spec.kernel_size
+    groups = spec.norm_groups
+    norm = STRIP_NORMS[spec.norm].format(groups) if spec.norm != "none" else None
+    act = ACTIVATIONS[spec.activation] if spec.activation != "none" else None
+
+    def strip(axis: str) -> str:
+        s = f"s_{axis}"
+        if norm:
+            s = f"self.norm_{axis}({s})"
+        if act:
+            s = f"self.act({s})"
+        gated = GATES[spec.gate].format(s)
+        # Assigned, not multiplied: hard sigmoid's outer parentheses would be redundant.
+        return gated[1:-1] if gated.startswith("(") else gated
+
+    norm_text = {
+        "groupnorm": (
+            "a group norm (``norm_h``, ``norm_w``; "
+            f"{'one group over the whole strip' if groups == 1 else f'{groups} groups of channels'}, "
+            "statistics of each sample, so training and eval agree)"
+        ),
+        "batchnorm": "a batchnorm (``norm_h``, ``norm_w``; running statistics in eval)",
+        "none": "",
+    }[spec.norm]
+    steps = [
+        f"a depthwise 1D conv of length {k} (``conv_h``: {k} x 1, ``conv_w``: 1 x {k}, "
+        f"{'with' if spec.bias else 'no'} bias)",
+        *([norm_text] if norm_text else []),
+        *([spec.activation] if act else []),
+        spec.gate,
+    ]
+    doc = _paragraphs(
+        "ELA: efficient local attention (Xu and Wan, 2024).",
+        spec.description,
+        _prose(
+            "Averages ``x`` along W and along H into two strips, (B, C, H, 1) and (B, C, 1, W), "
+            f"and runs each through {', '.join(steps[:-1])}, then {steps[-1]}: a gate along H "
+            f"and a gate along W. Returns ``x * a_h * a_w``{_skip_doc(spec.skip)}. No channel "
+            "reduction, unlike coordinate attention."
+        ),
+        *_image_doc(spec.dims),
+    )
+    return ElaModule(
+        **base,
+        functional=_functional(spec.gate),
+        helpers=_helpers(*STRIP_POOLS.values()),
+        doc=docstring(doc, "    "),
+        convs=_strip_convs(k),
+        bias=spec.bias,
+        norm=norm,
+        groups=groups if spec.norm == "groupnorm" and groups > 1 else None,
+        act=act,
+        a_h=strip("h"),
+        a_w=strip("w"),
+        skip=spec.skip,
+        checks=_input_checks(base["cls"], spec.dims),
+    )
+
+
+@builder("strip")
+def _strip(spec: specs.StripSpec, base: dict[str, Any]) -> StripModule:
+    k = spec.kernel_size
+    pool_h, pool_w = STRIP_POOLS["h"], STRIP_POOLS["w"]
+    if spec.conv:
+        strips = f"self.conv_h({pool_h}) + self.conv_w({pool_w})"
+        refine = (
+            f", refines each by a depthwise 1D conv of length {k} (``conv_h``: {k} x 1, "
+            f"``conv_w``: 1 x {k}, {'with' if spec.bias else 'no'} bias)"
+        )
+    else:
+        strips = f"{pool_h} + {pool_w}"
+        refine = " (no parameters: the strips are used as pooled)"
+    doc = _paragraphs(
+        "Strip attention (timm's StripAttn), after strip pooling (Hou et al., 2020).",
+        spec.description,
+        _prose(
+            "Averages ``x`` along W and along H into two strips, (B, C, H, 1) and (B, C, 1, W)"
+            f"{refine}, and sums them, broadcast to (B, C, H, W), into one gate: returns "
+            f"``x * {spec.gate}(s_h + s_w)``{_skip_doc(spec.skip)}."
+        ),
+        *_image_doc(spec.dims),
+    )
+    return StripModule(
+        **base,
+        functional=_functional(spec.gate),
+        helpers=_helpers(strips),
+        doc=docstring(doc, "    "),
+        conv=spec.conv,
+        convs=_strip_convs(k),
+        bias=spec.bias,
+        strips=strips,
+        gate=GATES[spec.gate].format("s"),
+        skip=spec.skip,
+        checks=_input_checks(base["cls"], spec.dims),
     )
 
 

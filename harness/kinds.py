@@ -30,6 +30,7 @@ from .spec import (
     ChannelOptions,
     ChannelSpec,
     EcaSpec,
+    ElaSpec,
     EseSpec,
     ImageSpec,
     MhaSpec,
@@ -38,6 +39,7 @@ from .spec import (
     SimamSpec,
     SpatialOptions,
     SpatialSpec,
+    StripSpec,
 )
 
 S = TypeVar("S", bound=AnySpec)
@@ -104,13 +106,16 @@ class Kind(Generic[S]):
     name: ClassVar[str]
     dtypes: ClassVar[tuple[torch.dtype, ...]] = ALL_DTYPES
     factory_kwargs: ClassVar[bool] = True  # the constructor takes device= and dtype=
-    gated: ClassVar[bool] = False  # the output is x * gate with gate in [0, 1]
     channels_last: ClassVar[bool] = False  # an image kind: channels_last inputs must not matter
     # Under torch.autocast: True, the output keeps the input's dtype (the last op multiplies x by a
     # gate, which autocast leaves alone, as timm's blocks do); False, it is the autocast dtype (the
     # last op is a projection or SDPA, as with nn.Linear and nn.MultiheadAttention).
     autocast_keeps_dtype: ClassVar[bool] = True
     attention: ClassVar[bool] = False  # queries attend over keys: the attention properties apply
+
+    def gated(self, spec: S) -> bool:
+        """The output is x * gate with the gate in [0, 1] (so |output| <= |x| everywhere)."""
+        return False
 
     def cases(self, spec: S) -> list[Case]:
         raise NotImplementedError
@@ -190,7 +195,7 @@ class Kind(Generic[S]):
         return None
 
 
-# --- image kinds (channel, spatial, cbam, eca) ------------------------------------------------------
+# --- image kinds (channel, spatial, cbam, eca, ese, ela, strip) -----------------------------------
 
 # The first case has 32 channels, so a reduction of 16 leaves two hidden units (with one, a dead
 # ReLU would hide the MLP from every check for half of all seeds).
@@ -242,7 +247,6 @@ def _shape_name(s: tuple[int, ...]) -> str:
 
 
 class _Image(Kind[Img]):
-    gated = True
     channels_last = True
     # Blocks whose statistics divide by (positions - 1), a variance or an unbiased std, need two
     # positions: their single-position cases get two (along the last dim), and a single-position
@@ -258,6 +262,9 @@ class _Image(Kind[Img]):
         if math.prod(spatial) < self.min_positions:
             spatial[-1] = self.min_positions
         return (b, self.case_channels(spec, c), *spatial)
+
+    def gated(self, spec: Img) -> bool:
+        return True
 
     def cases(self, spec: Img) -> list[Case]:
         act = self._fit(spec, _ACTIVATION[spec.dims])
@@ -528,6 +535,86 @@ class Sge(_Image[SgeSpec]):
                 )
             )
         return errors
+
+
+def _strip_conv_shapes(c: int, k: int, bias: bool) -> dict[str, tuple[int, ...]]:
+    shapes: dict[str, tuple[int, ...]] = {
+        "conv_h.weight": (c, 1, k, 1),
+        "conv_w.weight": (c, 1, 1, k),
+    }
+    if bias:
+        shapes |= {"conv_h.bias": (c,), "conv_w.bias": (c,)}
+    return shapes
+
+
+class Ela(_Image[ElaSpec]):
+    name = "ela"
+
+    def gated(self, spec: ElaSpec) -> bool:
+        return not spec.skip  # with skip, x * a_h * a_w + x: up to 2 |x|
+
+    @staticmethod
+    def _groups(spec: ElaSpec) -> int:
+        return spec.norm_groups if spec.norm == "groupnorm" else 1
+
+    def case_channels(self, spec: ElaSpec, channels: int) -> int:
+        # A multiple of the norm's groups, with at least two channels a group: F.group_norm refuses
+        # a group holding a single value (in eval too), which one channel a group would give on a
+        # batch of one with a strip of length one.
+        g = self._groups(spec)
+        return max(-(-channels // g), 2) * g
+
+    def error_inputs(self, spec: ElaSpec) -> list[ErrorInput]:
+        errors = super().error_inputs(spec)
+        g = self._groups(spec)
+        if g > 1:
+            errors.append(
+                ErrorInput(
+                    "indivisible_channels",
+                    lambda f, d: f(g + 1, device=d),
+                    rf"^{{cls}}: channels must be a multiple of the norm's {g} groups, got {g + 1}$",
+                )
+            )
+        return errors
+
+    def param_shapes(self, spec: ElaSpec, case: Case) -> dict[str, tuple[int, ...]]:
+        c = case.ctor[0]
+        shapes = _strip_conv_shapes(c, spec.kernel_size, spec.bias)
+        if spec.norm != "none":
+            shapes |= {f"norm_{a}.{p}": (c,) for a in "hw" for p in ("weight", "bias")}
+        return shapes
+
+    def reference(
+        self, spec: ElaSpec, params: references.State, inputs: Inputs, *, training: bool = False
+    ) -> Tensor:
+        return references.ela(inputs.args[0], params, spec, training=training)
+
+    def plain(self, spec: ElaSpec, params: references.Params, inputs: Inputs) -> Tensor:
+        return anchors.timm_ela(inputs.args[0], params, spec)
+
+    def anchors(self, spec: ElaSpec) -> list[Anchor]:
+        return [_timm_anchor("timm EfficientLocalAttn formulation", self, spec)]
+
+
+class Strip(_Image[StripSpec]):
+    name = "strip"
+
+    def gated(self, spec: StripSpec) -> bool:
+        return not spec.skip  # with skip, x * a + x: up to 2 |x|
+
+    def param_shapes(self, spec: StripSpec, case: Case) -> dict[str, tuple[int, ...]]:
+        return _strip_conv_shapes(case.ctor[0], spec.kernel_size, spec.bias) if spec.conv else {}
+
+    def reference(
+        self, spec: StripSpec, params: references.State, inputs: Inputs, *, training: bool = False
+    ) -> Tensor:
+        return references.strip(inputs.args[0], params, spec)
+
+    def plain(self, spec: StripSpec, params: references.Params, inputs: Inputs) -> Tensor:
+        return anchors.timm_strip(inputs.args[0], params, spec)
+
+    def anchors(self, spec: StripSpec) -> list[Anchor]:
+        return [_timm_anchor("timm StripAttn formulation", self, spec)]
 
 
 # --- attention kinds (sdpa, mha) ---------------------------------------------------------------------
@@ -967,7 +1054,11 @@ class Mha(_Attention[MhaSpec]):
 
 #: kind name -> its record.
 KIND_DB: dict[str, Kind[Any]] = {
-    k.name: k for k in (Channel(), Spatial(), Cbam(), Eca(), Ese(), Simam(), Sge(), Sdpa(), Mha())
+    k.name: k
+    for k in (
+        *(Channel(), Spatial(), Cbam(), Eca(), Ese(), Ela(), Strip()),
+        *(Simam(), Sge(), Sdpa(), Mha()),
+    )
 }
 
 
