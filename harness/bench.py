@@ -138,6 +138,10 @@ IMAGE_ROWS: list[tuple[str, tuple[str, dict[str, Any]] | None]] = [
     ("ge_timm", ("ge", {})),
     ("gc_timm", ("gc", {})),
     ("gca_timm", ("gca", {})),
+    ("simam", None),
+    ("sge", None),
+    ("ela_timm", ("ela", {})),
+    ("strip_timm", ("strip", {})),
 ]
 IMAGE = (32, 256, 28, 28)
 
