@@ -263,14 +263,21 @@ def _windows(n: int, extent: int) -> Tensor:
 def ge_window_pool(x: Tensor, extent: int, how: str) -> Tensor:
     """GE's parameter-free gather over each position's neighbourhood, one spatial dim at a time
     (the window is a box, so its mean and max separate): the mean as a matrix of 1 / count
-    weights per dim (positions outside the map are not counted), the max as a masked max."""
+    weights per dim (positions outside the map are not counted), the max over the 2e - 1 strided
+    slices of the map padded with -inf (one slice per offset into the window)."""
     for dim in range(2, x.ndim):
-        inside = _windows(x.shape[dim], extent).to(x.device)
+        n = x.shape[dim]
         t = x.movedim(dim, -1)
         if how == "avg":
+            inside = _windows(n, extent).to(x.device)
             t = t @ (inside.to(x.dtype) / inside.sum(1, keepdim=True)).T
         else:
-            t = torch.max(t[..., None, :].masked_fill(~inside, float("-inf")), dim=-1).values
+            out = (n - 1) // extent + 1
+            padded = F.pad(t, (extent - 1, extent - 1), value=float("-inf"))
+            offsets = [
+                padded[..., k : k + extent * (out - 1) + 1 : extent] for k in range(2 * extent - 1)
+            ]
+            t = torch.stack(offsets).amax(0)
         x = t.movedim(-1, dim)
     return x
 
