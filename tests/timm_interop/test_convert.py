@@ -20,8 +20,9 @@ timm = pytest.importorskip(
     "torch 2.14.1, so they live in an env of their own)",
 )
 
-# timm's create_attn types of the gating family that attnforge reads.
-TYPES = ["se", "ese", "eca", "ecam", "ceca", "cbam", "lcbam", "ela", "strip"]
+# timm's create_attn types of the gating family that attnforge reads. Not "ge": timm 1.0.31 cannot
+# build its GatherExcite with an MLP or extra_params (it passes *dd for **dd), so no such model.
+TYPES = ["se", "ese", "eca", "ecam", "ceca", "cbam", "lcbam", "ela", "strip", "gc", "gca"]
 
 
 def _resnet(attn: str) -> nn.Module:
