@@ -135,6 +135,8 @@ IMAGE_ROWS: list[tuple[str, tuple[str, dict[str, Any]] | None]] = [
     ("cbam_paper", None),
     ("cbam_timm", ("cbam", {})),
     ("lcbam_timm", ("lcbam", {})),
+    ("coord_timm", ("coord", {})),
+    ("scoord_timm", ("scoord", {})),
 ]
 IMAGE = (32, 256, 28, 28)
 
@@ -149,7 +151,9 @@ def _timm_module(timm: tuple[str, dict[str, Any]] | None, channels: int) -> nn.M
         return None
     attn, kwargs = timm
     kwargs = {k: get_norm_layer(v) if k == "norm_layer" else v for k, v in kwargs.items()}
-    module: nn.Module = create_attn(attn, channels, **kwargs)
+    # Eval mode, as every candidate runs: a fresh module is in training mode, where its batchnorms
+    # (SE's norm_layer, CBAM's, CoordAttn's bn1) use batch statistics and the reference does not.
+    module: nn.Module = create_attn(attn, channels, **kwargs).eval()
     return module
 
 

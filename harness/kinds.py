@@ -28,10 +28,12 @@ from .spec import (
     CbamSpec,
     ChannelOptions,
     ChannelSpec,
+    CoordSpec,
     EcaSpec,
     EseSpec,
     ImageSpec,
     MhaSpec,
+    ScoordSpec,
     SdpaSpec,
     SpatialOptions,
     SpatialSpec,
@@ -108,6 +110,11 @@ class Kind(Generic[S]):
     # last op is a projection or SDPA, as with nn.Linear and nn.MultiheadAttention).
     autocast_keeps_dtype: ClassVar[bool] = True
     attention: ClassVar[bool] = False  # queries attend over keys: the attention properties apply
+
+    def is_gated(self, spec: S) -> bool:
+        """Whether this variant's output is x * gate with gate in [0, 1] (the gate_bound check):
+        the kind's ``gated`` trait, unless a spec option (a residual ``x + x * gate``) lifts it."""
+        return self.gated
 
     def cases(self, spec: S) -> list[Case]:
         raise NotImplementedError
@@ -428,6 +435,71 @@ class Ese(_Image[EseSpec]):
 
     def anchors(self, spec: EseSpec) -> list[Anchor]:
         return [_timm_anchor("timm EffectiveSEModule formulation", self, spec)]
+
+
+class Coord(_Image[CoordSpec]):
+    # The image cases are 4D with H != W ((2, 32, 7, 5), (3, 24, 4, 9), the 21 x 22 activation
+    # case, the 3 x 2 tiny one), so a row gate applied along the columns cannot pass.
+    name = "coord"
+
+    def is_gated(self, spec: CoordSpec) -> bool:
+        return not spec.skip  # x * gate + x can double |x|
+
+    def param_shapes(self, spec: CoordSpec, case: Case) -> dict[str, tuple[int, ...]]:
+        c = case.ctor[0]
+        rd = references.coord_hidden(c, spec)
+        shapes: dict[str, tuple[int, ...]] = {
+            "conv1.weight": (rd, c, 1, 1),
+            "conv_h.weight": (c, rd, 1, 1),
+            "conv_w.weight": (c, rd, 1, 1),
+        }
+        if spec.bias:
+            shapes |= {"conv1.bias": (rd,), "conv_h.bias": (c,), "conv_w.bias": (c,)}
+        if spec.norm == "batchnorm":
+            shapes |= {"bn1.weight": (rd,), "bn1.bias": (rd,)}
+        return shapes
+
+    def reference(
+        self, spec: CoordSpec, params: references.State, inputs: Inputs, *, training: bool = False
+    ) -> Tensor:
+        return references.coordinate_attention(inputs.args[0], params, spec, training=training)
+
+    def plain(self, spec: CoordSpec, params: references.Params, inputs: Inputs) -> Tensor:
+        return anchors.timm_coord(inputs.args[0], params, spec)
+
+    def anchors(self, spec: CoordSpec) -> list[Anchor]:
+        return [_timm_anchor("timm CoordAttn formulation", self, spec)]
+
+
+class Scoord(_Image[ScoordSpec]):
+    # The image cases have H != W (see Coord): fc_h and fc_w swapped cannot pass.
+    name = "scoord"
+
+    def is_gated(self, spec: ScoordSpec) -> bool:
+        return not spec.skip  # x * gate + x can double |x|
+
+    def param_shapes(self, spec: ScoordSpec, case: Case) -> dict[str, tuple[int, ...]]:
+        c = case.ctor[0]
+        rd = references.coord_hidden(c, spec)
+        shapes: dict[str, tuple[int, ...]] = {
+            "fc1.weight": (rd, c),
+            "fc_h.weight": (c, rd),
+            "fc_w.weight": (c, rd),
+        }
+        if spec.bias:
+            shapes |= {"fc1.bias": (rd,), "fc_h.bias": (c,), "fc_w.bias": (c,)}
+        return shapes
+
+    def reference(
+        self, spec: ScoordSpec, params: references.State, inputs: Inputs, *, training: bool = False
+    ) -> Tensor:
+        return references.simple_coordinate_attention(inputs.args[0], params, spec)
+
+    def plain(self, spec: ScoordSpec, params: references.Params, inputs: Inputs) -> Tensor:
+        return anchors.timm_scoord(inputs.args[0], params, spec)
+
+    def anchors(self, spec: ScoordSpec) -> list[Anchor]:
+        return [_timm_anchor("timm SimpleCoordAttn formulation", self, spec)]
 
 
 # --- attention kinds (sdpa, mha) ---------------------------------------------------------------------
@@ -867,7 +939,8 @@ class Mha(_Attention[MhaSpec]):
 
 #: kind name -> its record.
 KIND_DB: dict[str, Kind[Any]] = {
-    k.name: k for k in (Channel(), Spatial(), Cbam(), Eca(), Ese(), Sdpa(), Mha())
+    k.name: k
+    for k in (Channel(), Spatial(), Cbam(), Eca(), Ese(), Coord(), Scoord(), Sdpa(), Mha())
 }
 
 

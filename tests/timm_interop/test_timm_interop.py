@@ -17,11 +17,12 @@ import attnforge
 from attnforge import Catalogue
 from attnforge.generate import generate
 
-create_attn = pytest.importorskip(
+timm_layers = pytest.importorskip(
     "timm.layers",
     reason="timm is not installed: `tox -e timm` runs these (timm needs torchvision, which needs "
     "torch 2.14.1, so they live in an env of their own)",
-).create_attn
+)
+create_attn, get_norm_layer = timm_layers.create_attn, timm_layers.get_norm_layer
 
 CHANNELS = (16, 64, 96, 200, 288)
 # (timm's create_attn type, kwargs): every constructor option timm offers for these types.
@@ -58,6 +59,28 @@ CONFIGS: list[tuple[str, dict]] = [
     ("lcbam", {}),
     ("lcbam", {"rd_ratio": 1 / 4, "spatial_kernel_size": 5}),
     ("lcbam", {"gate_layer": "hard_sigmoid"}),  # LightChannelAttn gates with sigmoid regardless
+    ("coord", {}),
+    ("coord", {"rd_ratio": 1 / 8}),
+    ("coord", {"rd_ratio": 1 / 4, "rd_divisor": 1}),
+    ("coord", {"rd_divisor": 16, "se_factor": 1.0}),
+    ("coord", {"rd_channels": 24}),  # above C * 2/3 at 16 channels: the lower bound carries it
+    ("coord", {"bias": True}),
+    ("coord", {"act_layer": nn.SiLU}),
+    ("coord", {"act_layer": nn.ReLU}),
+    ("coord", {"act_layer": nn.GELU}),
+    ("coord", {"norm_layer": None}),
+    ("coord", {"gate_layer": "hard_sigmoid"}),
+    ("coord", {"has_skip": True}),
+    ("scoord", {}),
+    ("scoord", {"rd_ratio": 1 / 16}),
+    ("scoord", {"rd_divisor": 1}),
+    ("scoord", {"se_factor": 0.5}),
+    ("scoord", {"rd_channels": 12}),
+    ("scoord", {"bias": False}),
+    ("scoord", {"act_layer": nn.ReLU6}),
+    ("scoord", {"act_layer": nn.Hardswish}),
+    ("scoord", {"gate_layer": "hard_sigmoid"}),
+    ("scoord", {"has_skip": True}),
 ]
 CASES = [(i, attn, kwargs, c) for i, (attn, kwargs) in enumerate(CONFIGS) for c in CHANNELS]
 
@@ -175,6 +198,9 @@ def test_from_timm_equals_timm(
         ("ceca_timm", "ceca", {}),
         ("cbam_timm", "cbam", {}),
         ("lcbam_timm", "lcbam", {}),
+        ("coord_timm", "coord", {}),
+        ("scoord_timm", "scoord", {}),
+        ("scoord_skip", "scoord", {"has_skip": True, "gate_layer": "hard_sigmoid"}),
     ],
 )
 @pytest.mark.parametrize("channels", [32, 64, 256])
@@ -206,3 +232,44 @@ def test_a_different_configuration_is_a_clear_error():
         attnforge.from_timm("eca_timm", create_attn("eca", 64))
     with pytest.raises(ValueError, match="activation Tanh is not supported"):
         attnforge.spec_from_timm(create_attn("se", 64, act_layer=nn.Tanh), "x")
+    with pytest.raises(ValueError, match=r"CoordAttn.bn1: norm GroupNorm1 is not supported"):
+        attnforge.spec_from_timm(
+            create_attn("coord", 64, norm_layer=get_norm_layer("groupnorm1")), "x"
+        )
+    with pytest.raises(
+        ValueError,
+        match=r"coord_timm does not match CoordAttn: skip: False here, True in the module",
+    ):
+        attnforge.from_timm("coord_timm", create_attn("coord", 64, has_skip=True))
+    no_shift = create_attn("coord", 64)
+    no_shift.bn1.register_parameter("bias", None)  # torch 2.14's BatchNorm2d(bias=False)
+    with pytest.raises(
+        ValueError, match=r"CoordAttn.bn1: BatchNorm2d\(.*bias=False.*not supported"
+    ):
+        attnforge.from_timm("coord_timm", no_shift)
+    with pytest.raises(ValueError, match=r"scoord_timm is a scoord variant; the module is coord"):
+        attnforge.from_timm("scoord_timm", create_attn("coord", 64))
+
+
+def test_coordinate_attention_reads_timm_defaults():
+    """create_attn's defaults read back as the kinds' defaults: coord_timm and scoord_timm are
+    timm's modules, field for field."""
+    assert attnforge.spec_from_timm(create_attn("coord", 64), "c") == {
+        "name": "c",
+        "kind": "coord",
+        "reduction": 16,
+        "activation": "hard_swish",
+        "norm": "batchnorm",
+        "gate": "sigmoid",
+        "bias": False,
+        "skip": False,
+    }
+    assert attnforge.spec_from_timm(create_attn("scoord", 64), "s") == {
+        "name": "s",
+        "kind": "scoord",
+        "reduction": 4,
+        "activation": "silu",
+        "gate": "sigmoid",
+        "bias": True,
+        "skip": False,
+    }
