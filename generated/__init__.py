@@ -80,6 +80,18 @@ VARIANTS: dict[str, tuple[str, str, str, str]] = {
         "CecaTimm",
         "timm's CecaModule, ECA with circular padding across the channel axis.",
     ),
+    "coord_paper": (
+        "coord",
+        "coord.yaml",
+        "CoordPaper",
+        "The paper's code (Hou et al.'s CoordAtt, reduction 32, conv biases).",
+    ),
+    "coord_timm": (
+        "coord",
+        "coord.yaml",
+        "CoordTimm",
+        "timm's CoordAttn defaults (rd_ratio 1/16, se_factor 2/3, BatchNorm2d, Hardswish…",
+    ),
     "eca": (
         "eca",
         "eca.yaml",
@@ -99,6 +111,24 @@ VARIANTS: dict[str, tuple[str, str, str, str]] = {
         "eca.yaml",
         "EcamTimm",
         "timm's ecam, EcaModule with use_mlp=True (a 1x1 conv to C/8, ReLU, the k-wide c…",
+    ),
+    "ela_bn_skip": (
+        "ela",
+        "ela.yaml",
+        "ElaBnSkip",
+        "timm's EfficientLocalAttn with norm_layer=nn.BatchNorm2d, kernel 5, hard sigmoi…",
+    ),
+    "ela_gn16": (
+        "ela",
+        "ela.yaml",
+        "ElaGn16",
+        "The widely copied ELA code's settings on timm's layout: kernel 7, a group norm …",
+    ),
+    "ela_timm": (
+        "ela",
+        "ela.yaml",
+        "ElaTimm",
+        "timm's EfficientLocalAttn as create_attn('ela') builds it: kernel 7, GroupNorm1…",
     ),
     "ese_maxpool": (
         "ese",
@@ -178,6 +208,18 @@ VARIANTS: dict[str, tuple[str, str, str, str]] = {
         "MhaWeightsPerHead",
         "Returns per-head weights, with grouped-query heads, bottom-right causality and …",
     ),
+    "scoord_skip": (
+        "scoord",
+        "coord.yaml",
+        "ScoordSkip",
+        "timm's SimpleCoordAttn with has_skip=True and a hard sigmoid gate.",
+    ),
+    "scoord_timm": (
+        "scoord",
+        "coord.yaml",
+        "ScoordTimm",
+        "timm's SimpleCoordAttn defaults (rd_ratio 1/4, se_factor 2/3, SiLU, biases).",
+    ),
     "sdpa": (
         "sdpa",
         "attention.yaml",
@@ -244,5 +286,49 @@ VARIANTS: dict[str, tuple[str, str, str, str]] = {
         "se.yaml",
         "SeTutorial",
         "The tutorial's SELayer(channel, reduction=4), with its bugs fixed.",
+    ),
+    "sge": ("sge", "sge.yaml", "Sge", "SGE with the paper's 64 groups, as in SGE-ResNet."),
+    "sge_g8": (
+        "sge",
+        "sge.yaml",
+        "SgeG8",
+        "SGE with 8 groups of more channels each, for narrower layers.",
+    ),
+    "sge_seq": ("sge", "sge.yaml", "SgeSeq", "SGE over sequences (B, C, L), 64 groups."),
+    "simam": (
+        "simam",
+        "simam.yaml",
+        "Simam",
+        "SimAM with the lambda of the paper and its code, 1e-4.",
+    ),
+    "simam_3d": (
+        "simam",
+        "simam.yaml",
+        "Simam3d",
+        "SimAM over (B, C, D, H, W) feature maps (video, volumes); lambda 1e-4.",
+    ),
+    "simam_l0p1": (
+        "simam",
+        "simam.yaml",
+        "SimamL0p1",
+        "SimAM with lambda 0.1, a smoother gate (closer to sigmoid(1/2) everywhere).",
+    ),
+    "strip_k7_skip": (
+        "strip",
+        "strip.yaml",
+        "StripK7Skip",
+        "timm's StripAttn with kernel_size=7, bias=True and has_skip=True (x * gate + x).",
+    ),
+    "strip_pooled": (
+        "strip",
+        "strip.yaml",
+        "StripPooled",
+        "timm's StripAttn with use_conv=False: the pooled strips gate x directly (no par…",
+    ),
+    "strip_timm": (
+        "strip",
+        "strip.yaml",
+        "StripTimm",
+        "timm's StripAttn as create_attn('strip') builds it: depthwise 3-long convs on b…",
     ),
 }

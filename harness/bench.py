@@ -137,6 +137,10 @@ IMAGE_ROWS: list[tuple[str, tuple[str, dict[str, Any]] | None]] = [
     ("lcbam_timm", ("lcbam", {})),
     ("coord_timm", ("coord", {})),
     ("scoord_timm", ("scoord", {})),
+    ("simam", None),
+    ("sge", None),
+    ("ela_timm", ("ela", {})),
+    ("strip_timm", ("strip", {})),
 ]
 IMAGE = (32, 256, 28, 28)
 
@@ -151,9 +155,7 @@ def _timm_module(timm: tuple[str, dict[str, Any]] | None, channels: int) -> nn.M
         return None
     attn, kwargs = timm
     kwargs = {k: get_norm_layer(v) if k == "norm_layer" else v for k, v in kwargs.items()}
-    # Eval mode, as every candidate runs: a fresh module is in training mode, where its batchnorms
-    # (SE's norm_layer, CBAM's, CoordAttn's bn1) use batch statistics and the reference does not.
-    module: nn.Module = create_attn(attn, channels, **kwargs).eval()
+    module: nn.Module = create_attn(attn, channels, **kwargs)
     return module
 
 

@@ -988,7 +988,7 @@ CHECKS: dict[str, Check] = {
         Check("anchor", check_anchor, lambda k, s: bool(k.anchors(s)), _anchored, F64),
         Check("gradcheck", check_gradcheck, _always, _tiny, F64),
         Check("layout", check_layout, _always, _first, EXACT),
-        Check("gate_bound", check_gate_bound, lambda k, s: k.is_gated(s), _all, ALL_DTYPES),
+        Check("gate_bound", check_gate_bound, lambda k, s: k.gated(s), _all, ALL_DTYPES),
         Check(
             "permutation",
             check_permutation,

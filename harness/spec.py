@@ -28,6 +28,10 @@ from pydantic import (
 Gate = Literal["sigmoid", "hard_sigmoid"]
 Activation = Literal["relu", "relu6", "silu", "gelu", "hard_swish"]
 Norm = Literal["none", "batchnorm"]
+# The strip blocks (ela): a norm on each pooled strip, group norm included (no running statistics).
+StripNorm = Literal["none", "groupnorm", "batchnorm"]
+# An activation that may be absent (ela: the paper has none between its norm and its gate).
+ActivationOrNone = Literal["none", "relu", "relu6", "silu", "gelu", "hard_swish"]
 
 
 def _integer(value: Any) -> Any:
@@ -370,139 +374,43 @@ class EseSpec(_Spatial, _Variant):
     _pooling_unique = field_validator("pooling")(_unique)
 
 
-def _two(value: Any) -> Any:
-    # Coordinate attention has a row axis and a column axis and nothing else to pool along.
-    if isinstance(value, float | bool) or value != 2:
-        raise ValueError(
-            "coordinate attention pools along H and along W of (B, C, H, W) inputs: dims must "
-            f"be 2, got {value!r}"
+class SimamSpec(_Spatial, _Variant):
+    kind: Literal["simam"] = Field(
+        description=(
+            "SimAM (Yang et al., 2021): parameter-free attention, each neuron gated by the inverse "
+            "of its minimal energy within its channel."
         )
-    return value
+    )
+    e_lambda: float = Field(
+        1e-4,
+        ge=1e-8,
+        le=100.0,
+        description=(
+            "lambda, the energy's regulariser: the gate is sigmoid(d / (4 (v + lambda)) + 1/2), d a "
+            "position's squared deviation from its channel's mean, v = sum(d) / (positions - 1). "
+            "Positive, so a constant channel gets sigmoid(1/2), not 0 / 0; larger values flatten "
+            "every gate towards that."
+        ),
+    )
 
 
-# The fields coord and scoord share (each model lists its own, in the order a reader expects).
-def _coord_reduction(default: int, first: str, heads: str) -> Any:
-    return Field(
-        default,
+class SgeSpec(_Spatial, _Variant):
+    kind: Literal["sge"] = Field(
+        description=(
+            "Spatial group-wise enhance (Li et al., 2019): per channel group, a spatial gate from "
+            "each position's similarity with the group's mean vector."
+        )
+    )
+    groups: int = Field(
+        64,
         ge=1,
         le=1024,
         description=(
-            f"Reduction ratio r of the shared bottleneck {first}: C -> C / r * se_factor "
-            f"(rounded, see divisor) -> C in each of {heads}."
+            "G, the number of channel groups (64 in the paper); each group has its own scale "
+            "``weight`` and shift ``bias``. The channel count must be divisible by G (checked when "
+            "the module is built)."
         ),
     )
-
-
-def _coord_divisor() -> Any:
-    return Field(
-        8,
-        ge=1,
-        le=256,
-        description=(
-            "Rounding of the bottleneck width. An integer d: timm's make_divisible(C * (1 / r) * "
-            "se_factor, d) with round_limit 0, computed as timm does: the nearest multiple of d, "
-            "at least d. null: floor(C / r), as in the paper's code (there with min_channels 8)."
-        ),
-    )
-
-
-def _coord_min_channels() -> Any:
-    return Field(
-        1,
-        ge=1,
-        le=4096,
-        description="Lower bound on the bottleneck width (with a divisor d, at least d anyway).",
-    )
-
-
-def _coord_se_factor() -> Any:
-    return Field(
-        2 / 3,
-        gt=0.0,
-        le=4.0,
-        description=(
-            "With a divisor: C / r is multiplied by it before rounding (timm's se_factor; its 2/3 "
-            "keeps the parameter count near an SE block's, which has one head where this has two)."
-        ),
-    )
-
-
-def _coord_skip() -> Any:
-    return Field(
-        False,
-        description=(
-            "Add x to the output, x * gate + x (timm's has_skip): a residual, so the output is no "
-            "longer bounded by x."
-        ),
-    )
-
-
-def _se_factor_needs_divisor(spec: CoordSpec | ScoordSpec) -> CoordSpec | ScoordSpec:
-    if spec.divisor is None and spec.se_factor != 1.0:
-        raise ValueError(
-            "se_factor applies only with a divisor (timm's rounding); with divisor null the "
-            "width is floor(C / reduction): give se_factor 1.0"
-        )
-    return spec
-
-
-class _Coordinate(_Model):
-    """2D inputs only: coordinate attention pools along H and along W."""
-
-    dims: Annotated[Literal[2], BeforeValidator(_two)] = Field(
-        2,
-        description="Spatial dims of the input: 2 only, (B, C, H, W); the block pools along H and W.",
-    )
-
-
-class CoordSpec(_Coordinate, _Variant):
-    kind: Literal["coord"] = Field(
-        description=(
-            "Coordinate attention (Hou et al., 2021): a row gate and a column gate from strip pooling."
-        )
-    )
-    reduction: int = _coord_reduction(16, "conv1", "conv_h and conv_w")
-    divisor: int | None = _coord_divisor()
-    min_channels: int = _coord_min_channels()
-    se_factor: float = _coord_se_factor()
-    activation: Activation = Field(
-        "hard_swish", description="Activation after conv1 (and bn1): hard_swish in the paper."
-    )
-    norm: Norm = Field(
-        "batchnorm",
-        description=(
-            "Normalisation bn1 after conv1, over both strips together (batch statistics over B "
-            "and H + W positions). batchnorm keeps running statistics: training and eval differ."
-        ),
-    )
-    gate: Gate = Field(
-        "sigmoid", description="Gate applied to each axis's scores: x * gate(s_h) * gate(s_w)."
-    )
-    bias: bool = Field(False, description="Biases on conv1, conv_h and conv_w.")
-    skip: bool = _coord_skip()
-
-    _se_factor_rule = model_validator(mode="after")(_se_factor_needs_divisor)
-
-
-class ScoordSpec(_Coordinate, _Variant):
-    kind: Literal["scoord"] = Field(
-        description=(
-            "timm's simplified coordinate attention: linear layers, no norm, one gate of the row "
-            "and column scores summed."
-        )
-    )
-    reduction: int = _coord_reduction(4, "fc1", "fc_h and fc_w")
-    divisor: int | None = _coord_divisor()
-    min_channels: int = _coord_min_channels()
-    se_factor: float = _coord_se_factor()
-    activation: Activation = Field("silu", description="Activation after fc1.")
-    gate: Gate = Field(
-        "sigmoid", description="Gate applied to the summed scores: x * gate(s_h + s_w)."
-    )
-    bias: bool = Field(True, description="Biases on fc1, fc_h and fc_w.")
-    skip: bool = _coord_skip()
-
-    _se_factor_rule = model_validator(mode="after")(_se_factor_needs_divisor)
 
 
 class AttentionOptions(_Model):
@@ -595,6 +503,242 @@ class MhaSpec(AttentionOptions, _Variant):
         return self
 
 
+class _Planar(_Spatial):
+    """Blocks that pool along H and along W separately: 2D inputs only."""
+
+    dims: Dims = Field(
+        2,
+        description=(
+            "Spatial dims of the input: 2 only, (B, C, H, W); the block pools along H and along "
+            "W separately."
+        ),
+    )
+
+    @field_validator("dims")
+    @classmethod
+    def _two_dims(cls, value: int) -> int:
+        if value != 2:
+            raise ValueError(
+                f"this block pools along H and along W separately: dims must be 2, got {value}"
+            )
+        return value
+
+
+def _odd_strip_kernel(value: int) -> int:
+    if value % 2 == 0:
+        raise ValueError(
+            f"kernel_size must be odd (an even one lengthens the strip by one), got {value}"
+        )
+    return value
+
+
+class ElaSpec(_Planar, _Variant):
+    kind: Literal["ela"] = Field(
+        description=(
+            "Efficient local attention (Xu and Wan, 2024): a gate along H times a gate along W, "
+            "each from a depthwise 1D conv over a pooled strip."
+        )
+    )
+    kernel_size: int = Field(
+        7,
+        ge=1,
+        le=31,
+        description=(
+            "Odd length of the depthwise 1D convs: k x 1 along H (conv_h), 1 x k along W (conv_w)."
+        ),
+    )
+    bias: bool = Field(False, description="Biases on conv_h and conv_w.")
+    norm: StripNorm = Field(
+        "groupnorm",
+        description=(
+            "Normalisation of each conv's output (norm_h, norm_w): groupnorm (statistics of each "
+            "sample: training and eval agree), batchnorm (running statistics: they differ) or none."
+        ),
+    )
+    norm_groups: int = Field(
+        1,
+        ge=1,
+        le=1024,
+        description=(
+            "With groupnorm: its number of groups, which must divide C. 1: one group over every "
+            "channel and position of the strip (timm's GroupNorm1); the widely copied ELA code uses 16."
+        ),
+    )
+    activation: ActivationOrNone = Field(
+        "silu",
+        description=(
+            "Activation between the norm and the gate (timm's); none: the norm's output goes "
+            "straight into the gate, as in the paper."
+        ),
+    )
+    gate: Gate = Field(
+        "sigmoid", description="Gate applied to each strip: x * gate(h strip) * gate(w strip)."
+    )
+    skip: bool = Field(
+        False,
+        description="Adds x to the gated output (a residual): x * a_h * a_w + x, no longer a gate.",
+    )
+
+    _odd = field_validator("kernel_size")(_odd_strip_kernel)
+
+    @model_validator(mode="after")
+    def _groups_need_groupnorm(self) -> ElaSpec:
+        if self.norm_groups != 1 and self.norm != "groupnorm":
+            raise ValueError("norm_groups applies only with norm: groupnorm")
+        return self
+
+
+class StripSpec(_Planar, _Variant):
+    kind: Literal["strip"] = Field(
+        description=(
+            "Strip attention (timm's StripAttn): one gate from the sum of a pooled H strip and a "
+            "pooled W strip, each optionally refined by a depthwise 1D conv."
+        )
+    )
+    conv: bool = Field(
+        True,
+        description=(
+            "Depthwise 1D convs on the strips, k x 1 along H (conv_h) and 1 x k along W (conv_w); "
+            "false: the pooled strips are summed as they are (no parameters)."
+        ),
+    )
+    kernel_size: int = Field(
+        3, ge=1, le=31, description="With conv: the odd length of conv_h and conv_w."
+    )
+    bias: bool = Field(False, description="With conv: biases on conv_h and conv_w.")
+    gate: Gate = Field("sigmoid", description="Gate applied to the summed strips before x * gate.")
+    skip: bool = Field(
+        False,
+        description="Adds x to the gated output (a residual): x * a + x, no longer a gate.",
+    )
+
+    _odd = field_validator("kernel_size")(_odd_strip_kernel)
+
+    @model_validator(mode="after")
+    def _conv_options(self) -> StripSpec:
+        changed = [f for f, v in (("kernel_size", 3), ("bias", False)) if getattr(self, f) != v]
+        if changed and not self.conv:
+            verb = "applies" if len(changed) == 1 else "apply"
+            raise ValueError(f"{', '.join(changed)} {verb} only with conv: true")
+        return self
+
+
+# The fields coord and scoord share (each model lists its own, in the order a reader expects).
+def _coord_reduction(default: int, first: str, heads: str) -> Any:
+    return Field(
+        default,
+        ge=1,
+        le=1024,
+        description=(
+            f"Reduction ratio r of the shared bottleneck {first}: C -> C / r * se_factor "
+            f"(rounded, see divisor) -> C in each of {heads}."
+        ),
+    )
+
+
+def _coord_divisor() -> Any:
+    return Field(
+        8,
+        ge=1,
+        le=256,
+        description=(
+            "Rounding of the bottleneck width. An integer d: timm's make_divisible(C * (1 / r) * "
+            "se_factor, d) with round_limit 0, computed as timm does: the nearest multiple of d, "
+            "at least d. null: floor(C / r), as in the paper's code (there with min_channels 8)."
+        ),
+    )
+
+
+def _coord_min_channels() -> Any:
+    return Field(
+        1,
+        ge=1,
+        le=4096,
+        description="Lower bound on the bottleneck width (with a divisor d, at least d anyway).",
+    )
+
+
+def _coord_se_factor() -> Any:
+    return Field(
+        2 / 3,
+        gt=0.0,
+        le=4.0,
+        description=(
+            "With a divisor: C / r is multiplied by it before rounding (timm's se_factor; its 2/3 "
+            "keeps the parameter count near an SE block's, which has one head where this has two)."
+        ),
+    )
+
+
+def _coord_skip() -> Any:
+    return Field(
+        False,
+        description=(
+            "Add x to the output, x * gate + x (timm's has_skip): a residual, so the output is no "
+            "longer bounded by x."
+        ),
+    )
+
+
+def _se_factor_needs_divisor(spec: CoordSpec | ScoordSpec) -> CoordSpec | ScoordSpec:
+    if spec.divisor is None and spec.se_factor != 1.0:
+        raise ValueError(
+            "se_factor applies only with a divisor (timm's rounding); with divisor null the "
+            "width is floor(C / reduction): give se_factor 1.0"
+        )
+    return spec
+
+
+class CoordSpec(_Planar, _Variant):
+    kind: Literal["coord"] = Field(
+        description=(
+            "Coordinate attention (Hou et al., 2021): a row gate and a column gate from strip pooling."
+        )
+    )
+    reduction: int = _coord_reduction(16, "conv1", "conv_h and conv_w")
+    divisor: int | None = _coord_divisor()
+    min_channels: int = _coord_min_channels()
+    se_factor: float = _coord_se_factor()
+    activation: Activation = Field(
+        "hard_swish", description="Activation after conv1 (and bn1): hard_swish in the paper."
+    )
+    norm: Norm = Field(
+        "batchnorm",
+        description=(
+            "Normalisation bn1 after conv1, over both strips together (batch statistics over B "
+            "and H + W positions). batchnorm keeps running statistics: training and eval differ."
+        ),
+    )
+    gate: Gate = Field(
+        "sigmoid", description="Gate applied to each axis's scores: x * gate(s_h) * gate(s_w)."
+    )
+    bias: bool = Field(False, description="Biases on conv1, conv_h and conv_w.")
+    skip: bool = _coord_skip()
+
+    _se_factor_rule = model_validator(mode="after")(_se_factor_needs_divisor)
+
+
+class ScoordSpec(_Planar, _Variant):
+    kind: Literal["scoord"] = Field(
+        description=(
+            "timm's simplified coordinate attention: linear layers, no norm, one gate of the row "
+            "and column scores summed."
+        )
+    )
+    reduction: int = _coord_reduction(4, "fc1", "fc_h and fc_w")
+    divisor: int | None = _coord_divisor()
+    min_channels: int = _coord_min_channels()
+    se_factor: float = _coord_se_factor()
+    activation: Activation = Field("silu", description="Activation after fc1.")
+    gate: Gate = Field(
+        "sigmoid", description="Gate applied to the summed scores: x * gate(s_h + s_w)."
+    )
+    bias: bool = Field(True, description="Biases on fc1, fc_h and fc_w.")
+    skip: bool = _coord_skip()
+
+    _se_factor_rule = model_validator(mode="after")(_se_factor_needs_divisor)
+
+
 AnySpec = (
     ChannelSpec
     | SpatialSpec
@@ -603,10 +747,26 @@ AnySpec = (
     | EseSpec
     | CoordSpec
     | ScoordSpec
+    | ElaSpec
+    | StripSpec
+    | SimamSpec
+    | SgeSpec
     | SdpaSpec
     | MhaSpec
 )
-ImageSpec = ChannelSpec | SpatialSpec | CbamSpec | EcaSpec | EseSpec | CoordSpec | ScoordSpec
+ImageSpec = (
+    ChannelSpec
+    | SpatialSpec
+    | CbamSpec
+    | EcaSpec
+    | EseSpec
+    | CoordSpec
+    | ScoordSpec
+    | ElaSpec
+    | StripSpec
+    | SimamSpec
+    | SgeSpec
+)
 SPEC_ADAPTER: TypeAdapter[AnySpec] = TypeAdapter(Annotated[AnySpec, Field(discriminator="kind")])
 #: kind name -> its spec model. The kind names, in the order the README lists them.
 MODELS: dict[str, type[_Variant]] = {
@@ -617,6 +777,10 @@ MODELS: dict[str, type[_Variant]] = {
     "ese": EseSpec,
     "coord": CoordSpec,
     "scoord": ScoordSpec,
+    "ela": ElaSpec,
+    "strip": StripSpec,
+    "simam": SimamSpec,
+    "sge": SgeSpec,
     "sdpa": SdpaSpec,
     "mha": MhaSpec,
 }
