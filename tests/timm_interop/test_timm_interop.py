@@ -278,8 +278,7 @@ def test_a_different_configuration_is_a_clear_error():
         match=r"coord_timm does not match CoordAttn: skip: False here, True in the module",
     ):
         attnforge.from_timm("coord_timm", create_attn("coord", 64, has_skip=True))
-    no_shift = create_attn("coord", 64)
-    no_shift.bn1.register_parameter("bias", None)  # torch 2.14's BatchNorm2d(bias=False)
+    no_shift = create_attn("coord", 64, norm_layer=partial(nn.BatchNorm2d, bias=False))
     with pytest.raises(
         ValueError, match=r"CoordAttn.bn1: BatchNorm2d\(.*bias=False.*not supported"
     ):
