@@ -16,7 +16,11 @@ from typing import TYPE_CHECKING, Any
 from .registry import Catalogue, build, names, spec_dict, spec_of
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from torch import nn
+
+    from .convert import Conversion
 
 __version__ = "0.2.0"
 
@@ -24,6 +28,7 @@ __all__ = [
     "Catalogue",
     "__version__",
     "build",
+    "convert_timm_model",
     "from_timm",
     "names",
     "spec_dict",
@@ -37,6 +42,14 @@ def spec_from_timm(module: nn.Module, name: str, **kwargs: Any) -> dict[str, Any
     from .interop import spec_from_timm as convert
 
     return convert(module, name, **kwargs)
+
+
+def convert_timm_model(model: nn.Module, out: Path | str, **kwargs: Any) -> Conversion:
+    """``model`` with its timm attention modules replaced by generated ones
+    (``attnforge.convert.convert_timm_model``; needs ``attnforge[generate]``)."""
+    from .convert import convert_timm_model as convert
+
+    return convert(model, out, **kwargs)
 
 
 def from_timm(name: str, module: nn.Module, **kwargs: Any) -> nn.Module:

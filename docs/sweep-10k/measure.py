@@ -1,6 +1,6 @@
 """The README's 10,000-variant sweep: four shards one after another on this machine, then a merge.
 
-    python docs/sweep-10k/measure.py [--out sweep-10k] [--shards 4] [--workers 2]
+    python docs/sweep-10k/measure.py [--out sweep-10k] [--shards 4] [--workers 2] [-- PYTEST ARGS]
 
 Each shard is ``attnforge sweep --specs docs/sweep-10k --shard I/N -n WORKERS``; while it runs, the
 resident memory of its whole process tree (the sweep, pytest's controller and its xdist workers)
@@ -66,6 +66,7 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=Path("sweep-10k"))
     p.add_argument("--shards", type=int, default=4)
     p.add_argument("--workers", default="2")
+    p.add_argument("pytest_args", nargs="*", help="after --: passed to every shard's pytest")
     args = p.parse_args()
     results = []
     for i in range(1, args.shards + 1):
@@ -74,6 +75,8 @@ def main() -> int:
             "--shard", f"{i}/{args.shards}", "--out", str(args.out / f"shard-{i}"),
             "-n", args.workers, "--progress", "120",
         ]
+        if args.pytest_args:
+            cmd += ["--", *args.pytest_args]
         print("$", " ".join(cmd), flush=True)
         results.append({"shard": f"{i}/{args.shards}", **run_measured(cmd)})
         print(json.dumps(results[-1]), flush=True)

@@ -1,0 +1,126 @@
+"""Real timm models: convert_timm_model replaces every attention module by a generated one, and the
+model computes the same function, forward and backward, in eval and in train mode."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from torch import nn
+
+import attnforge
+from attnforge import convert_timm_model
+
+timm = pytest.importorskip(
+    "timm",
+    reason="timm is not installed: `tox -e timm` runs these (timm needs torchvision, which needs "
+    "torch 2.14.1, so they live in an env of their own)",
+)
+
+# timm's create_attn types of the gating family that attnforge reads.
+TYPES = ["se", "ese", "eca", "ecam", "ceca", "cbam", "lcbam", "ela", "strip"]
+
+
+def _resnet(attn: str) -> nn.Module:
+    """timm's smallest ResNet with ``attn`` in every block, random weights and statistics, float64."""
+    torch.manual_seed(0)
+    model = timm.create_model("resnet10t", num_classes=10, block_args={"attn_layer": attn})
+    model = model.to(torch.float64)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=gen, dtype=torch.float64) * 0.05)
+        for name, b in model.named_buffers():
+            if name.endswith("running_var"):
+                b.copy_(torch.rand(b.shape, generator=gen, dtype=torch.float64) + 0.5)
+    return model
+
+
+def _outputs(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """The output, the input gradient and every parameter gradient (by name), then the buffers."""
+    x = x.clone().requires_grad_()
+    y = model(x)
+    params = dict(model.named_parameters())
+    grads = torch.autograd.grad(y.square().sum(), [x, *params.values()], allow_unused=True)
+    buffers = [b for _, b in sorted(model.named_buffers()) if b.is_floating_point()]
+    return [y.detach(), *(g for g in grads if g is not None), *buffers]
+
+
+@pytest.mark.parametrize("attn", TYPES)
+def test_a_converted_model_computes_what_timm_computed(attn: str, tmp_path: Path):
+    model = _resnet(attn)
+    theirs = copy.deepcopy(model)
+    x = torch.randn(2, 3, 48, 40, dtype=torch.float64)
+    done = convert_timm_model(model, tmp_path, package=f"conv_{attn}", example=x[:1])
+    assert done.model is model
+    # Every attention module was replaced, by a generated block of the catalogue written here.
+    assert done.replaced and set(done.replaced) == {
+        p
+        for p, m in theirs.named_modules()
+        if type(m).__module__.startswith("timm.layers.") and p.endswith(".se")
+    }
+    blocks = {p: m for p, m in model.named_modules() if p in done.replaced}
+    assert all(type(b).__module__.startswith(f"conv_{attn}.") for b in blocks.values())
+    assert not any(
+        type(m).__module__.startswith("timm.layers.")
+        for m in model.modules()
+        if type(m).__name__ in attnforge.interop.CONVERTERS
+    )
+    # The spec file is the record: it validates and names every variant the model uses.
+    spec = yaml.safe_load(done.spec_file.read_text())
+    assert {v["name"] for v in spec["variants"]} == set(done.replaced.values())
+    # Through ten blocks of convs, norms and a squared loss, float64 rounding compounds: 1e-10 of
+    # each tensor's scale (one module alone is held to 1e-12), 1e-7 where timm's nn.Hardsigmoid
+    # backward multiplies by a float32 1/6.
+    hard = any(isinstance(m, nn.Hardsigmoid) for m in theirs.modules())
+    bound = 1e-7 if hard else 1e-10
+    for mode in ("eval", "train"):
+        model.train(mode == "train"), theirs.train(mode == "train")
+        ours, ref = _outputs(model, x), _outputs(theirs, x)
+        assert len(ours) == len(ref)
+        for u, v in zip(ours, ref, strict=True):
+            scale = max(1.0, v.abs().max().item())
+            assert (u - v).abs().max().item() / scale < bound, f"{attn} {mode}"
+
+
+def test_identical_configurations_share_one_variant_and_widths_come_from_the_example(
+    tmp_path: Path,
+):
+    model = _resnet("eca")
+    done = convert_timm_model(
+        model,
+        tmp_path,
+        package="conv_shared",
+        example=torch.randn(1, 3, 32, 32, dtype=torch.float64),
+    )
+    # ECA's kernel follows the width (3 at 64 channels, 5 from 128 on): two variants, four blocks.
+    assert sorted(set(done.replaced.values())) == ["eca_1", "eca_2"]
+    assert [done.replaced[f"layer{i}.0.se"] for i in (1, 2, 3, 4)] == [
+        "eca_1",
+        "eca_2",
+        "eca_2",
+        "eca_2",
+    ]
+    assert [model.get_submodule(f"layer{i}.0.se").channels for i in (1, 2, 3, 4)] == [
+        64,
+        128,
+        256,
+        512,
+    ]
+
+
+def test_what_cannot_be_converted_is_a_clear_error(tmp_path: Path):
+    with pytest.raises(ValueError, match="holds no timm attention module"):
+        convert_timm_model(nn.Sequential(nn.Conv2d(3, 3, 1)), tmp_path, package="conv_none")
+    with pytest.raises(
+        ValueError, match=r"layer1\.0\.se: EcaModule with use_mlp does not record .* from example="
+    ):
+        convert_timm_model(_resnet("ecam"), tmp_path, package="conv_no_example")
+    with pytest.raises(ValueError, match=r"layer1\.0\.se: EcaModule does not record its channel"):
+        convert_timm_model(_resnet("eca"), tmp_path, package="conv_no_example")
+    with pytest.raises(ValueError, match=r"use attnforge\.from_timm"):
+        convert_timm_model(timm.layers.create_attn("se", 8), tmp_path, package="conv_single")
+    assert not (tmp_path / "conv_none").exists() and not (tmp_path / "conv_no_example").exists()
