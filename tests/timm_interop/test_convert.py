@@ -21,7 +21,7 @@ timm = pytest.importorskip(
 )
 
 # timm's create_attn types of the gating family that attnforge reads.
-TYPES = ["se", "ese", "eca", "ecam", "ceca", "cbam", "lcbam", "ela", "strip"]
+TYPES = ["se", "ese", "eca", "ecam", "ceca", "cbam", "lcbam", "coord", "scoord", "ela", "strip"]
 
 
 def _resnet(attn: str) -> nn.Module:
