@@ -80,6 +80,18 @@ VARIANTS: dict[str, tuple[str, str, str, str]] = {
         "CecaTimm",
         "timm's CecaModule, ECA with circular padding across the channel axis.",
     ),
+    "coord_paper": (
+        "coord",
+        "coord.yaml",
+        "CoordPaper",
+        "The paper's code (Hou et al.'s CoordAtt, reduction 32, conv biases).",
+    ),
+    "coord_timm": (
+        "coord",
+        "coord.yaml",
+        "CoordTimm",
+        "timm's CoordAttn defaults (rd_ratio 1/16, se_factor 2/3, BatchNorm2d, Hardswish…",
+    ),
     "eca": (
         "eca",
         "eca.yaml",
@@ -249,6 +261,18 @@ VARIANTS: dict[str, tuple[str, str, str, str]] = {
         "attention.yaml",
         "MhaWeightsPerHead",
         "Returns per-head weights, with grouped-query heads, bottom-right causality and …",
+    ),
+    "scoord_skip": (
+        "scoord",
+        "coord.yaml",
+        "ScoordSkip",
+        "timm's SimpleCoordAttn with has_skip=True and a hard sigmoid gate.",
+    ),
+    "scoord_timm": (
+        "scoord",
+        "coord.yaml",
+        "ScoordTimm",
+        "timm's SimpleCoordAttn defaults (rd_ratio 1/4, se_factor 2/3, SiLU, biases).",
     ),
     "sdpa": (
         "sdpa",

@@ -6,7 +6,7 @@
 - timm's, written out as functions of the module's parameters and buffers: SE, ESE, CBAM, ECA,
   ELA and strip attention after ``timm/layers/squeeze_excite.py`` (SEModule, EffectiveSEModule),
   ``cbam.py`` (ChannelAttn, SpatialAttn and the Light ones), ``eca.py`` (EcaModule, CecaModule)
-  and ``coord_attn.py`` (EfficientLocalAttn, StripAttn): pooling with
+  and ``coord_attn.py`` (CoordAttn, SimpleCoordAttn, EfficientLocalAttn, StripAttn): pooling with
   ``mean``/``amax``, the MLP as 1x1 convs, CBAM's channel MLP called once per pooling; GE and GC
   after ``gather_excite.py`` (GatherExcite) and ``global_context.py`` (GlobalContext). timm is not
   a dependency; ``tests/timm_interop`` compares the generated modules with timm itself.
@@ -31,12 +31,14 @@ from .spec import (
     AttentionOptions,
     CbamSpec,
     ChannelOptions,
+    CoordSpec,
     EcaSpec,
     ElaSpec,
     EseSpec,
     GcSpec,
     GeSpec,
     MhaSpec,
+    ScoordSpec,
     SdpaSpec,
     SgeSpec,
     SimamSpec,
@@ -333,6 +335,38 @@ def timm_gc(x: Tensor, params: Params, spec: GcSpec) -> Tensor:
     if spec.fuse_add:
         x = x + mlp("mlp_add.")
     return x
+
+
+def timm_coord(x: Tensor, params: Params, spec: CoordSpec) -> Tensor:
+    """CoordAttn: means along W and along H, the W strip transposed and concatenated under the H
+    strip, conv1 -> bn1 (eval) -> act, split, conv_h and conv_w, ``x * a_w * a_h`` (+ x)."""
+    h, w = x.shape[2], x.shape[3]
+    x_h = x.mean(3, keepdim=True)
+    x_w = x.mean(2, keepdim=True).transpose(-1, -2)
+    y = F.conv2d(torch.cat([x_h, x_w], dim=2), params["conv1.weight"], params.get("conv1.bias"))
+    if spec.norm == "batchnorm":
+        y = _bn(y, params, "bn1.")
+    y_h, y_w = torch.split(_ACT[spec.activation](y), [h, w], dim=2)
+    a_h = _timm_gate(F.conv2d(y_h, params["conv_h.weight"], params.get("conv_h.bias")), spec.gate)
+    a_w = _timm_gate(
+        F.conv2d(y_w.transpose(-1, -2), params["conv_w.weight"], params.get("conv_w.bias")),
+        spec.gate,
+    )
+    out = x * a_w * a_h
+    return out + x if spec.skip else out
+
+
+def timm_scoord(x: Tensor, params: Params, spec: ScoordSpec) -> Tensor:
+    """SimpleCoordAttn: means along W and along H, each strip (transposed to (B, L, C)) through the
+    shared fc1 and act, fc_h and fc_w, ``x * gate(a_h + a_w)`` (+ x)."""
+    act = _ACT[spec.activation]
+    w1, b1 = params["fc1.weight"], params.get("fc1.bias")
+    x_h = act(F.linear(x.mean(dim=3).transpose(1, 2), w1, b1))
+    x_w = act(F.linear(x.mean(dim=2).transpose(1, 2), w1, b1))
+    a_h = F.linear(x_h, params["fc_h.weight"], params.get("fc_h.bias")).transpose(1, 2)
+    a_w = F.linear(x_w, params["fc_w.weight"], params.get("fc_w.bias")).transpose(1, 2)
+    out = x * _timm_gate(a_h.unsqueeze(-1) + a_w.unsqueeze(-2), spec.gate)
+    return out + x if spec.skip else out
 
 
 # --- the zoo's formulations (blocks timm does not have) ------------------------------------------------

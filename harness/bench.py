@@ -138,6 +138,8 @@ IMAGE_ROWS: list[tuple[str, tuple[str, dict[str, Any]] | None]] = [
     ("ge_timm", ("ge", {})),
     ("gc_timm", ("gc", {})),
     ("gca_timm", ("gca", {})),
+    ("coord_timm", ("coord", {})),
+    ("scoord_timm", ("scoord", {})),
     ("simam", None),
     ("sge", None),
     ("ela_timm", ("ela", {})),

@@ -12,6 +12,7 @@ import textwrap
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, fields
+from fractions import Fraction
 from typing import Any, TypeVar
 
 from . import spec as specs
@@ -372,6 +373,25 @@ class StripModule(Module):
     gate: str
     skip: bool
     checks: InputChecks
+
+
+@dataclass(frozen=True)
+class ScoordModule(Module):
+    doc: str
+    rd_expr: str
+    rd_comment: str
+    act: str
+    bias: bool
+    pool_h: str  # x averaged along W, (B, C, H, 1)
+    pool_w: str  # x averaged along H, (B, C, 1, W)
+    output: str  # the returned expression: x times the gate of s_h + s_w (plus x, with skip)
+    checks: InputChecks
+
+
+@dataclass(frozen=True)
+class CoordModule(ScoordModule):
+    norm: bool  # bn1 after conv1
+    hidden: str  # what the activation is applied to, "self.bn1(self.conv1(pooled))"
 
 
 @dataclass(frozen=True)
@@ -1261,6 +1281,101 @@ def _strip(spec: specs.StripSpec, base: dict[str, Any]) -> StripModule:
         gate=GATES[spec.gate].format("s"),
         skip=spec.skip,
         checks=_input_checks(base["cls"], spec.dims),
+    )
+
+
+def _fraction(value: float) -> str:
+    """2/3 for 0.6666666666666666 (a float that is exactly a small fraction's), else the float."""
+    f = Fraction(value).limit_denominator(64)
+    return (
+        f"{f.numerator}/{f.denominator}"
+        if f.denominator > 1 and float(f) == value
+        else f"{value:g}"
+    )
+
+
+def coord_width(spec: specs.CoordSpec | specs.ScoordSpec) -> tuple[str, str]:
+    """The bottleneck width as an expression of ``channels`` and a comment: timm's
+    make_divisible(C * (1 / r) * se_factor, d) with round_limit 0, evaluated as timm evaluates it
+    (left to right, in floats), or the paper's code's floor(C / r), at least min_channels."""
+    if spec.se_factor == 1.0 or spec.divisor is None:
+        return hidden_width(spec.reduction, spec.divisor, spec.min_channels)
+    r, d, low = spec.reduction, spec.divisor, max(spec.min_channels, spec.divisor)
+    factor = _fraction(spec.se_factor)
+    return (
+        f"_make_divisible(channels * {_scalar_literal(1 / r)} * {_scalar_literal(spec.se_factor)}, {d}, {low}, 0.0)",
+        f"C / {r} * {factor} (se_factor) rounded to the nearest multiple of {d}, at least {low} "
+        "(timm's make_divisible)",
+    )
+
+
+@builder("coord")
+def _coord(spec: specs.CoordSpec, base: dict[str, Any]) -> CoordModule:
+    rd_expr, rd_comment = coord_width(spec)
+    norm = spec.norm == "batchnorm"
+    bn = " -> batchnorm ``bn1`` (its statistics over both strips at once)" if norm else ""
+    gate_h, gate_w = GATES[spec.gate].format("s_h"), GATES[spec.gate].format("s_w")
+    doc = _paragraphs(
+        "Coordinate attention (Hou et al., CVPR 2021).",
+        spec.description,
+        _prose(
+            "Average-pools ``x`` along W (one C-vector per row) and along H (one per column), "
+            "joins the two strips along one spatial axis and runs them through a shared 1x1 conv "
+            f"``conv1`` (C -> C'){bn} -> {spec.activation}, C' = {rd_comment}. The result is "
+            "split back into rows and columns, each mapped to C by its own 1x1 conv (``conv_h``, "
+            f"``conv_w``; {'with' if spec.bias else 'no'} biases): a gate per row, broadcast "
+            "along W, and a gate per column, broadcast along H. Returns "
+            f"``x * {spec.gate}(s_h) * {spec.gate}(s_w)``{_skip_doc(spec.skip)}."
+        ),
+        *_image_doc(2),
+    )
+    return CoordModule(
+        **base,
+        functional=_functional(spec.gate),
+        helpers=_helpers(*STRIP_POOLS.values(), rd_expr),
+        doc=docstring(doc, "    "),
+        rd_expr=rd_expr,
+        rd_comment=rd_comment,
+        act=ACTIVATIONS[spec.activation],
+        bias=spec.bias,
+        pool_h=STRIP_POOLS["h"],
+        pool_w=STRIP_POOLS["w"],
+        output=f"x * {gate_h} * {gate_w}{' + x' if spec.skip else ''}",
+        checks=_input_checks(base["cls"], 2),
+        norm=norm,
+        hidden="self.bn1(self.conv1(pooled))" if norm else "self.conv1(pooled)",
+    )
+
+
+@builder("scoord")
+def _scoord(spec: specs.ScoordSpec, base: dict[str, Any]) -> ScoordModule:
+    rd_expr, rd_comment = coord_width(spec)
+    doc = _paragraphs(
+        "Simplified coordinate attention (timm's SimpleCoordAttn, after Hou et al., 2021).",
+        spec.description,
+        _prose(
+            "Average-pools ``x`` along W (one C-vector per row) and along H (one per column), "
+            f"runs every row and column vector through a shared linear ``fc1`` (C -> C') -> "
+            f"{spec.activation}, C' = {rd_comment}, maps the rows back to C with ``fc_h`` and the "
+            f"columns with ``fc_w`` ({'with' if spec.bias else 'no'} biases), and gates ``x`` "
+            "once with the row and column scores summed, where coordinate attention multiplies "
+            f"two gates: returns ``x * {spec.gate}(s_h + s_w)``{_skip_doc(spec.skip)}."
+        ),
+        *_image_doc(2),
+    )
+    return ScoordModule(
+        **base,
+        functional=_functional(spec.gate),
+        helpers=_helpers(*STRIP_POOLS.values(), rd_expr),
+        doc=docstring(doc, "    "),
+        rd_expr=rd_expr,
+        rd_comment=rd_comment,
+        act=ACTIVATIONS[spec.activation],
+        bias=spec.bias,
+        pool_h=STRIP_POOLS["h"],
+        pool_w=STRIP_POOLS["w"],
+        output=f"x * {GATES[spec.gate].format('s_h + s_w')}{' + x' if spec.skip else ''}",
+        checks=_input_checks(base["cls"], 2),
     )
 
 

@@ -52,6 +52,7 @@ WIDTH_FIELDS = frozenset(
         "gamma",
         "beta",
         "min_kernel_size",
+        "se_factor",
     }
 )
 
@@ -96,6 +97,7 @@ def _norm(module: nn.Module, where: str) -> str:
             module.eps == 1e-5
             and module.momentum == 0.1
             and module.affine
+            and module.bias is not None  # torch 2.14's BatchNorm2d(bias=False) has none
             and module.track_running_stats
             and _name(getattr(module, "act", nn.Identity())) == "Identity"
             and _name(getattr(module, "drop", nn.Identity())) == "Identity"
@@ -103,8 +105,9 @@ def _norm(module: nn.Module, where: str) -> str:
         if not plain:
             raise ValueError(
                 f"{where}: BatchNorm2d(eps={module.eps}, momentum={module.momentum}, affine="
-                f"{module.affine}, track_running_stats={module.track_running_stats}) is not "
-                "supported (eps 1e-5, momentum 0.1, affine, tracked statistics, no activation are)"
+                f"{module.affine}, bias={module.bias is not None}, track_running_stats="
+                f"{module.track_running_stats}) is not supported (eps 1e-5, momentum 0.1, affine "
+                "with a bias, tracked statistics, no activation are)"
             )
         return "batchnorm"
     raise ValueError(f"{where}: norm {_name(module)} is not supported (BatchNorm2d is)")
@@ -401,6 +404,64 @@ def _strip(m: Any) -> Layout:
     return Layout("strip", fields, m.conv_h.in_channels if convs else -1)
 
 
+def _coord_width(channels: int, hidden: int, default: int, where: str) -> dict[str, Any]:
+    """Fields giving coordinate attention's bottleneck ``hidden`` at ``channels``: a module records
+    neither rd_ratio nor se_factor nor rd_divisor, only the width they made. Prefer timm's se_factor
+    2/3 and divisor 8, then the reduction nearest the class's default; a width no ratio reaches (an
+    rd_channels above C * se_factor) becomes the lower bound, min_channels."""
+    from .references import coord_width
+
+    reductions = sorted(range(1, 1025), key=lambda r: (abs(r - default), r))
+    for se_factor in (2 / 3, 1.0):
+        for d in (8, 1, 2, 4, 16, 32, 64):
+            for r in reductions:
+                if coord_width(channels, r, d, 1, se_factor) == hidden:
+                    fields: dict[str, Any] = {"reduction": r}
+                    if d != 8:
+                        fields["divisor"] = d
+                    if se_factor != 2 / 3:
+                        fields["se_factor"] = se_factor
+                    return fields
+    if hidden <= 4096 and coord_width(channels, 1024, 1, hidden, 2 / 3) == hidden:
+        return {"reduction": 1024, "divisor": 1, "min_channels": hidden}
+    raise ValueError(
+        f"{where}: a bottleneck of {hidden} channels at {channels} channels is not one that "
+        "make_divisible reaches"
+    )
+
+
+def _same_bias(where: str, *layers: Any) -> bool:
+    biases = {_conv_bias(layer) for layer in layers}
+    if len(biases) > 1:
+        raise ValueError(f"{where}: biases on some of its layers only are not supported")
+    return biases.pop()
+
+
+def _coord(m: Any) -> Layout:
+    c, rd = m.conv1.in_channels, m.conv1.out_channels
+    fields = {
+        **_coord_width(c, rd, 16, "CoordAttn"),
+        "activation": _activation(m.act, "CoordAttn.act"),
+        "norm": _norm(m.bn1, "CoordAttn.bn1"),
+        "gate": _gate(m.gate, "CoordAttn.gate"),
+        "bias": _same_bias("CoordAttn", m.conv1, m.conv_h, m.conv_w),
+        "skip": bool(m.has_skip),
+    }
+    return Layout("coord", fields, c)
+
+
+def _scoord(m: Any) -> Layout:
+    c, rd = m.fc1.in_features, m.fc1.out_features
+    fields = {
+        **_coord_width(c, rd, 4, "SimpleCoordAttn"),
+        "activation": _activation(m.act, "SimpleCoordAttn.act"),
+        "gate": _gate(m.gate, "SimpleCoordAttn.gate"),
+        "bias": _same_bias("SimpleCoordAttn", m.fc1, m.fc_h, m.fc_w),
+        "skip": bool(m.has_skip),
+    }
+    return Layout("scoord", fields, c)
+
+
 #: timm class name -> how to read it. Checked against the class's module: timm's own classes only.
 CONVERTERS: dict[str, Callable[[Any, int | None], Layout]] = {
     "SEModule": lambda m, c: _se(m),
@@ -411,6 +472,8 @@ CONVERTERS: dict[str, Callable[[Any, int | None], Layout]] = {
     "LightCbamModule": lambda m, c: _cbam(m, light=True),
     "GatherExcite": _ge,
     "GlobalContext": lambda m, c: _gc(m),
+    "CoordAttn": lambda m, c: _coord(m),
+    "SimpleCoordAttn": lambda m, c: _scoord(m),
     "EfficientLocalAttn": lambda m, c: _ela(m),
     "StripAttn": lambda m, c: _strip(m),
 }

@@ -29,6 +29,7 @@ from .spec import (
     CbamSpec,
     ChannelOptions,
     ChannelSpec,
+    CoordSpec,
     EcaSpec,
     ElaSpec,
     EseSpec,
@@ -36,6 +37,7 @@ from .spec import (
     GeSpec,
     ImageSpec,
     MhaSpec,
+    ScoordSpec,
     SdpaSpec,
     SgeSpec,
     SimamSpec,
@@ -203,7 +205,7 @@ class Kind(Generic[S]):
         return None
 
 
-# --- image kinds (channel, spatial, cbam, eca, ese, ela, strip, ge, gc) ---------------------------
+# --- image kinds (channel, spatial, cbam, eca, ese, ge, gc, coord, scoord, ela, strip) --------------
 
 # The first case has 32 channels, so a reduction of 16 leaves two hidden units (with one, a dead
 # ReLU would hide the MLP from every check for half of all seeds).
@@ -472,6 +474,71 @@ class Ese(_Image[EseSpec]):
 
     def anchors(self, spec: EseSpec) -> list[Anchor]:
         return [_timm_anchor("timm EffectiveSEModule formulation", self, spec)]
+
+
+class Coord(_Image[CoordSpec]):
+    # The image cases are 4D with H != W ((2, 32, 7, 5), (3, 24, 4, 9), the 21 x 22 activation
+    # case, the 3 x 2 tiny one), so a row gate applied along the columns cannot pass.
+    name = "coord"
+
+    def gated(self, spec: CoordSpec) -> bool:
+        return not spec.skip  # with skip, x * gate + x: up to 2 |x|
+
+    def param_shapes(self, spec: CoordSpec, case: Case) -> dict[str, tuple[int, ...]]:
+        c = case.ctor[0]
+        rd = references.coord_hidden(c, spec)
+        shapes: dict[str, tuple[int, ...]] = {
+            "conv1.weight": (rd, c, 1, 1),
+            "conv_h.weight": (c, rd, 1, 1),
+            "conv_w.weight": (c, rd, 1, 1),
+        }
+        if spec.bias:
+            shapes |= {"conv1.bias": (rd,), "conv_h.bias": (c,), "conv_w.bias": (c,)}
+        if spec.norm == "batchnorm":
+            shapes |= {"bn1.weight": (rd,), "bn1.bias": (rd,)}
+        return shapes
+
+    def reference(
+        self, spec: CoordSpec, params: references.State, inputs: Inputs, *, training: bool = False
+    ) -> Tensor:
+        return references.coordinate_attention(inputs.args[0], params, spec, training=training)
+
+    def plain(self, spec: CoordSpec, params: references.Params, inputs: Inputs) -> Tensor:
+        return anchors.timm_coord(inputs.args[0], params, spec)
+
+    def anchors(self, spec: CoordSpec) -> list[Anchor]:
+        return [_timm_anchor("timm CoordAttn formulation", self, spec)]
+
+
+class Scoord(_Image[ScoordSpec]):
+    # The image cases have H != W (see Coord): fc_h and fc_w swapped cannot pass.
+    name = "scoord"
+
+    def gated(self, spec: ScoordSpec) -> bool:
+        return not spec.skip  # with skip, x * gate + x: up to 2 |x|
+
+    def param_shapes(self, spec: ScoordSpec, case: Case) -> dict[str, tuple[int, ...]]:
+        c = case.ctor[0]
+        rd = references.coord_hidden(c, spec)
+        shapes: dict[str, tuple[int, ...]] = {
+            "fc1.weight": (rd, c),
+            "fc_h.weight": (c, rd),
+            "fc_w.weight": (c, rd),
+        }
+        if spec.bias:
+            shapes |= {"fc1.bias": (rd,), "fc_h.bias": (c,), "fc_w.bias": (c,)}
+        return shapes
+
+    def reference(
+        self, spec: ScoordSpec, params: references.State, inputs: Inputs, *, training: bool = False
+    ) -> Tensor:
+        return references.simple_coordinate_attention(inputs.args[0], params, spec)
+
+    def plain(self, spec: ScoordSpec, params: references.Params, inputs: Inputs) -> Tensor:
+        return anchors.timm_scoord(inputs.args[0], params, spec)
+
+    def anchors(self, spec: ScoordSpec) -> list[Anchor]:
+        return [_timm_anchor("timm SimpleCoordAttn formulation", self, spec)]
 
 
 def _statistics_in_float32(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
@@ -1182,7 +1249,8 @@ class Mha(_Attention[MhaSpec]):
 KIND_DB: dict[str, Kind[Any]] = {
     k.name: k
     for k in (
-        *(Channel(), Spatial(), Cbam(), Eca(), Ese(), Ela(), Strip(), Ge(), Gc()),
+        *(Channel(), Spatial(), Cbam(), Eca(), Ese(), Ge(), Gc(), Coord(), Scoord()),
+        *(Ela(), Strip()),
         *(Simam(), Sge(), Sdpa(), Mha()),
     )
 }

@@ -28,12 +28,14 @@ from torch import Tensor
 from .spec import (
     CbamSpec,
     ChannelOptions,
+    CoordSpec,
     EcaSpec,
     ElaSpec,
     EseSpec,
     GcSpec,
     GeSpec,
     MhaSpec,
+    ScoordSpec,
     SgeSpec,
     SimamSpec,
     SpatialOptions,
@@ -478,6 +480,78 @@ def strip(x: Tensor, params: Params, spec: StripSpec) -> Tensor:
     s = s_h[:, :, :, None].expand(x.shape) + s_w[:, :, None, :].expand(x.shape)
     out = x * gate(s, spec.gate)
     return out + x if spec.skip else out
+
+
+def coord_width(
+    channels: int, reduction: int, divisor: int | None, min_channels: int, se_factor: float
+) -> int:
+    """The bottleneck width of coordinate attention: timm's make_divisible(C * (1 / r) * se_factor,
+    d) with round_limit 0, in timm's float arithmetic; without a divisor, the paper's code's
+    max(min_channels, C // r)."""
+    if divisor is None:
+        return max(min_channels, channels // reduction)
+    v = channels * (1 / reduction) * se_factor
+    return make_divisible(v, divisor, max(min_channels, divisor))
+
+
+def coord_hidden(channels: int, spec: CoordSpec | ScoordSpec) -> int:
+    return coord_width(channels, spec.reduction, spec.divisor, spec.min_channels, spec.se_factor)
+
+
+def _strip_map(f: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """A 1x1 conv or linear layer (weight (out, in, ...)) at every position of (B, in, L) strips,
+    as an einsum -> (B, out, L)."""
+    s = torch.einsum("bil,oi->bol", f, weight.reshape(weight.shape[0], -1))
+    return s if bias is None else s + bias[:, None]
+
+
+def coordinate_attention(
+    x: Tensor, params: State, spec: CoordSpec, training: bool = False
+) -> Tensor:
+    """Coordinate attention as the paper writes it (Hou et al., 2021, eqs. 4-9, Fig. 3(c)):
+
+    z^h_c(h) = 1/W sum_i x_c(h, i) and z^w_c(w) = 1/H sum_j x_c(j, w)     (4), (5)
+    f = act(BN(F1([z^h, z^w])))      F1 shared by both strips, BN over both at once     (6)
+    g^h = gate(F_h(f^h)), g^w = gate(F_w(f^w))     f split back into its H and W parts     (7), (8)
+    y_c(i, j) = x_c(i, j) * g^h_c(i) * g^w_c(j)     (9); with ``skip``, y + x
+
+    F1 is applied to each strip separately as an einsum (the template concatenates first, then
+    convolves); the strips are joined only for the batch norm, whose statistics cover B x (H + W)
+    positions; the output is one three-operand einsum.
+    """
+    h = x.shape[2]
+    w1, b1 = params["conv1.weight"], params.get("conv1.bias")
+    rows, columns = _strip_map(x.mean(3), w1, b1), _strip_map(x.mean(2), w1, b1)
+    f = torch.cat([rows, columns], dim=2)  # (B, C', H + W)
+    if spec.norm == "batchnorm":
+        f = batch_norm(f, params, "bn1.", training)
+    f = activation(f, spec.activation)
+    s_h = _strip_map(f[..., :h], params["conv_h.weight"], params.get("conv_h.bias"))
+    s_w = _strip_map(f[..., h:], params["conv_w.weight"], params.get("conv_w.bias"))
+    g_h, g_w = gate(s_h, spec.gate), gate(s_w, spec.gate)
+    y = torch.einsum("bcij,bci,bcj->bcij", x, g_h, g_w)
+    return y + x if spec.skip else y
+
+
+def simple_coordinate_attention(x: Tensor, params: Params, spec: ScoordSpec) -> Tensor:
+    """timm's SimpleCoordAttn (no paper; from its docstring: linear layers, no norm, additive
+    recombination before the gate):
+
+    z^h_c(i) = 1/W sum_j x_c(i, j), z^w_c(j) = 1/H sum_i x_c(i, j)
+    s^h = W_h act(W_1 z^h + b_1) + b_h, s^w = W_w act(W_1 z^w + b_1) + b_w   (W_1 shared)
+    y_c(i, j) = x_c(i, j) * gate(s^h_c(i) + s^w_c(j)); with ``skip``, y + x
+
+    The linear layers as einsums over (B, C, L) strips; the sum as an outer broadcast.
+    """
+    w1, b1 = params["fc1.weight"], params.get("fc1.bias")
+
+    def scores(z: Tensor, head: str) -> Tensor:
+        hidden = activation(_strip_map(z, w1, b1), spec.activation)
+        return _strip_map(hidden, params[f"{head}.weight"], params.get(f"{head}.bias"))
+
+    s = scores(x.mean(3), "fc_h")[:, :, :, None] + scores(x.mean(2), "fc_w")[:, :, None, :]
+    y = x * gate(s, spec.gate)
+    return y + x if spec.skip else y
 
 
 def causal_allowed(

@@ -838,12 +838,130 @@ class StripSpec(_Planar, _Variant):
         return self
 
 
+# The fields coord and scoord share (each model lists its own, in the order a reader expects).
+def _coord_reduction(default: int, first: str, heads: str) -> Any:
+    return Field(
+        default,
+        ge=1,
+        le=1024,
+        description=(
+            f"Reduction ratio r of the shared bottleneck {first}: C -> C / r * se_factor "
+            f"(rounded, see divisor) -> C in each of {heads}."
+        ),
+    )
+
+
+def _coord_divisor() -> Any:
+    return Field(
+        8,
+        ge=1,
+        le=256,
+        description=(
+            "Rounding of the bottleneck width. An integer d: timm's make_divisible(C * (1 / r) * "
+            "se_factor, d) with round_limit 0, computed as timm does: the nearest multiple of d, "
+            "at least d. null: floor(C / r), as in the paper's code (there with min_channels 8)."
+        ),
+    )
+
+
+def _coord_min_channels() -> Any:
+    return Field(
+        1,
+        ge=1,
+        le=4096,
+        description="Lower bound on the bottleneck width (with a divisor d, at least d anyway).",
+    )
+
+
+def _coord_se_factor() -> Any:
+    return Field(
+        2 / 3,
+        gt=0.0,
+        le=4.0,
+        description=(
+            "With a divisor: C / r is multiplied by it before rounding (timm's se_factor; its 2/3 "
+            "keeps the parameter count near an SE block's, which has one head where this has two)."
+        ),
+    )
+
+
+def _coord_skip() -> Any:
+    return Field(
+        False,
+        description=(
+            "Add x to the output, x * gate + x (timm's has_skip): a residual, so the output is no "
+            "longer bounded by x."
+        ),
+    )
+
+
+def _se_factor_needs_divisor(spec: CoordSpec | ScoordSpec) -> CoordSpec | ScoordSpec:
+    if spec.divisor is None and spec.se_factor != 1.0:
+        raise ValueError(
+            "se_factor applies only with a divisor (timm's rounding); with divisor null the "
+            "width is floor(C / reduction): give se_factor 1.0"
+        )
+    return spec
+
+
+class CoordSpec(_Planar, _Variant):
+    kind: Literal["coord"] = Field(
+        description=(
+            "Coordinate attention (Hou et al., 2021): a row gate and a column gate from strip pooling."
+        )
+    )
+    reduction: int = _coord_reduction(16, "conv1", "conv_h and conv_w")
+    divisor: int | None = _coord_divisor()
+    min_channels: int = _coord_min_channels()
+    se_factor: float = _coord_se_factor()
+    activation: Activation = Field(
+        "hard_swish", description="Activation after conv1 (and bn1): hard_swish in the paper."
+    )
+    norm: Norm = Field(
+        "batchnorm",
+        description=(
+            "Normalisation bn1 after conv1, over both strips together (batch statistics over B "
+            "and H + W positions). batchnorm keeps running statistics: training and eval differ."
+        ),
+    )
+    gate: Gate = Field(
+        "sigmoid", description="Gate applied to each axis's scores: x * gate(s_h) * gate(s_w)."
+    )
+    bias: bool = Field(False, description="Biases on conv1, conv_h and conv_w.")
+    skip: bool = _coord_skip()
+
+    _se_factor_rule = model_validator(mode="after")(_se_factor_needs_divisor)
+
+
+class ScoordSpec(_Planar, _Variant):
+    kind: Literal["scoord"] = Field(
+        description=(
+            "timm's simplified coordinate attention: linear layers, no norm, one gate of the row "
+            "and column scores summed."
+        )
+    )
+    reduction: int = _coord_reduction(4, "fc1", "fc_h and fc_w")
+    divisor: int | None = _coord_divisor()
+    min_channels: int = _coord_min_channels()
+    se_factor: float = _coord_se_factor()
+    activation: Activation = Field("silu", description="Activation after fc1.")
+    gate: Gate = Field(
+        "sigmoid", description="Gate applied to the summed scores: x * gate(s_h + s_w)."
+    )
+    bias: bool = Field(True, description="Biases on fc1, fc_h and fc_w.")
+    skip: bool = _coord_skip()
+
+    _se_factor_rule = model_validator(mode="after")(_se_factor_needs_divisor)
+
+
 AnySpec = (
     ChannelSpec
     | SpatialSpec
     | CbamSpec
     | EcaSpec
     | EseSpec
+    | CoordSpec
+    | ScoordSpec
     | ElaSpec
     | StripSpec
     | GeSpec
@@ -859,6 +977,8 @@ ImageSpec = (
     | CbamSpec
     | EcaSpec
     | EseSpec
+    | CoordSpec
+    | ScoordSpec
     | ElaSpec
     | StripSpec
     | GeSpec
@@ -876,6 +996,8 @@ MODELS: dict[str, type[_Variant]] = {
     "ese": EseSpec,
     "ge": GeSpec,
     "gc": GcSpec,
+    "coord": CoordSpec,
+    "scoord": ScoordSpec,
     "ela": ElaSpec,
     "strip": StripSpec,
     "simam": SimamSpec,

@@ -98,6 +98,22 @@ spatial_opts = st.fixed_dictionaries(
         "bias": st.booleans(),
     },
 )
+coord_opts = st.fixed_dictionaries(
+    {},
+    optional={
+        "reduction": st.integers(1, 64),
+        "min_channels": st.integers(1, 8),
+        "activation": st.sampled_from(["relu", "hard_swish", "gelu"]),
+        "norm": st.sampled_from(["none", "batchnorm"]),
+        "gate": gates,
+        "bias": st.booleans(),
+        "skip": st.booleans(),
+    },
+)
+# se_factor only with a divisor; the paper's floor(C / r) (divisor null) takes se_factor 1.
+coord_width = st.fixed_dictionaries(
+    {}, optional={"divisor": st.integers(1, 16), "se_factor": st.floats(0.1, 4.0)}
+) | st.just({"divisor": None, "se_factor": 1.0})
 attention_opts = {
     "scale": st.none() | st.floats(0.01, 10),
     "dropout": st.just(0.0) | st.floats(0.0, 0.9),
@@ -217,6 +233,16 @@ variants = st.one_of(
             lambda t: {**t[0], **t[1]}
         ),
     ),
+    _variant(
+        "coord",
+        st.tuples(coord_opts, coord_width).map(lambda t: {**t[0], **t[1]}),
+    ),
+    _variant(
+        "scoord",
+        st.tuples(coord_opts, coord_width).map(
+            lambda t: {**{k: v for k, v in t[0].items() if k != "norm"}, **t[1]}
+        ),
+    ),
     _variant("sdpa", st.fixed_dictionaries({}, optional=attention_opts)),
     _variant(
         "mha",
@@ -241,7 +267,18 @@ _packages = itertools.count()
 
 
 def _inputs(spec) -> tuple[tuple, tuple]:
-    if spec.kind in ("channel", "spatial", "cbam", "eca", "ge", "gc", "simam", "sge"):
+    if spec.kind in (
+        "channel",
+        "spatial",
+        "cbam",
+        "eca",
+        "ge",
+        "gc",
+        "simam",
+        "sge",
+        "coord",
+        "scoord",
+    ):
         return (6,), (torch.randn(2, 6, *[3] * spec.dims),)
     if spec.kind == "sdpa":
         return (), (torch.randn(2, 3, 8), torch.randn(2, 5, 8), torch.randn(2, 5, 4))
@@ -319,6 +356,9 @@ FIELDS = [
     "beta",
     "e_lambda",
     "groups",
+    "se_factor",
+    "norm",
+    "skip",
     "name",
     "kind",
     "reduction",

@@ -120,6 +120,28 @@ FIELDS = [
     ("strip", "bias", True, None),
     ("strip", "gate", "hard_sigmoid", "relu"),
     ("strip", "skip", True, 1),
+    ("coord", "dims", 2, 3),  # rows and columns only
+    ("coord", "dims", 2, 2.0),
+    ("coord", "reduction", 32, 0),
+    ("coord", "divisor", 1, 0),
+    ("coord", "divisor", 16, 257),
+    ("coord", "min_channels", 8, 0),
+    ("coord", "se_factor", 1.0, 0.0),
+    ("coord", "se_factor", 0.5, 4.5),
+    ("coord", "activation", "relu", "h_swish"),
+    ("coord", "norm", "none", "groupnorm"),
+    ("coord", "gate", "hard_sigmoid", "tanh"),
+    ("coord", "bias", True, "true"),
+    ("coord", "skip", True, 1),
+    ("scoord", "dims", 2, 1),
+    ("scoord", "reduction", 1024, 1025),
+    ("scoord", "divisor", 8, "8"),
+    ("scoord", "min_channels", 4096, 4097),
+    ("scoord", "se_factor", 4.0, -0.5),
+    ("scoord", "activation", "gelu", "swish"),
+    ("scoord", "gate", "sigmoid", "softmax"),
+    ("scoord", "bias", False, None),
+    ("scoord", "skip", False, "no"),
     ("sdpa", "causal_alignment", "top_left", "bottom_right"),  # bottom_right needs causal: true
     ("sdpa", "causal_alignment", "top_left", "center"),
     ("mha", "causal_alignment", "top_left", "bottom"),
@@ -283,3 +305,20 @@ def test_strip_block_rules():
     with pytest.raises(ValidationError, match="kernel_size, bias apply only with conv: true"):
         specs.validate({**BASE["strip"], "conv": False, "kernel_size": 5, "bias": True})
     assert not specs.validate({**BASE["strip"], "conv": False, "skip": True}).conv
+
+
+@pytest.mark.parametrize("kind", ["coord", "scoord"])
+def test_coordinate_attention_rules(kind):
+    with pytest.raises(ValidationError, match="se_factor applies only with a divisor"):
+        specs.validate({**BASE[kind], "divisor": None})
+    s = specs.validate({**BASE[kind], "divisor": None, "se_factor": 1.0, "min_channels": 8})
+    assert (s.divisor, s.se_factor, s.min_channels) == (None, 1.0, 8)
+    with pytest.raises(
+        ValidationError, match=r"pools along H and along W .* dims must be 2, got 3"
+    ):
+        specs.validate({**BASE[kind], "dims": 3})
+    with pytest.raises(ValidationError, match="extra"):
+        specs.validate({**BASE[kind], "has_skip": True})  # ours is skip
+    assert specs.validate(BASE["coord"]).norm == "batchnorm"
+    with pytest.raises(ValidationError, match="extra"):
+        specs.validate({**BASE["scoord"], "norm": "batchnorm"})  # SimpleCoordAttn has none

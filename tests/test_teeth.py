@@ -630,6 +630,48 @@ class StripSkipInsideGate(_base("strip_k7_skip")):
         return x * (torch.sigmoid(s) + 1) + x
 
 
+class CoordHeadsSwapped(_base("coord_timm")):
+    """Scores the rows with conv_w and the columns with conv_h (shapes agree, so nothing fails)."""
+
+    def forward(self, x):
+        h, w = x.shape[2], x.shape[3]
+        pooled = torch.cat([x.mean(3, keepdim=True), x.mean(2, keepdim=True).transpose(2, 3)], 2)
+        y_h, y_w = torch.split(self.act(self.bn1(self.conv1(pooled))), [h, w], dim=2)
+        a_h = torch.sigmoid(self.conv_w(y_h))
+        a_w = torch.sigmoid(self.conv_h(y_w.transpose(2, 3)))
+        return x * a_h * a_w
+
+
+class CoordBnPerStrip(_base("coord_timm")):
+    """Runs bn1 on the row strip and the column strip separately: in eval the same function, in
+    training each strip normalised by its own batch statistics (and the running ones updated
+    twice)."""
+
+    def forward(self, x):
+        y_h = self.act(self.bn1(self.conv1(x.mean(3, keepdim=True))))
+        y_w = self.act(self.bn1(self.conv1(x.mean(2, keepdim=True).transpose(2, 3))))
+        return x * torch.sigmoid(self.conv_h(y_h)) * torch.sigmoid(self.conv_w(y_w.transpose(2, 3)))
+
+
+class ScoordGateProduct(_base("scoord_timm")):
+    """Multiplies a row gate and a column gate (CoordAttn's recombination) where SimpleCoordAttn
+    gates the sum of the scores."""
+
+    def forward(self, x):
+        s_h = self.fc_h(self.act(self.fc1(x.mean(3).transpose(1, 2)))).transpose(1, 2)
+        s_w = self.fc_w(self.act(self.fc1(x.mean(2).transpose(1, 2)))).transpose(1, 2)
+        return x * torch.sigmoid(s_h[..., None]) * torch.sigmoid(s_w[..., None, :])
+
+
+class ScoordSkipDropped(_base("scoord_skip")):
+    """Forgets has_skip's residual: returns x * gate where the spec asks for x * gate + x."""
+
+    def forward(self, x):
+        s_h = self.fc_h(self.act(self.fc1(x.mean(3).transpose(1, 2)))).transpose(1, 2)
+        s_w = self.fc_w(self.act(self.fc1(x.mean(2).transpose(1, 2)))).transpose(1, 2)
+        return x * (F.relu6(s_h[..., None] + s_w[..., None, :] + 3) / 6)
+
+
 ACT = "act_b1_c448_21x22"
 F16, BF16, F32, F64 = torch.float16, torch.bfloat16, torch.float32, torch.float64
 
@@ -704,6 +746,12 @@ SEEDED = [
     (StripGatesMultiplied, "strip_timm", "reference", "b2_c32_7x5", F64, {}),
     (StripMaxPooled, "strip_pooled", "reference", "b2_c32_7x5", F64, {}),
     (StripSkipInsideGate, "strip_k7_skip", "reference", "b2_c32_7x5", F64, {}),
+    # Coordinate attention: H != W in the cases, so rows and columns cannot be confused.
+    (CoordHeadsSwapped, "coord_timm", "reference", "b2_c32_7x5", F64, {}),
+    (CoordHeadsSwapped, "coord_timm", "reference", "b3_c24_4x9", F64, {}),
+    (CoordBnPerStrip, "coord_timm", "train", "b2_c32_7x5", F64, {}),
+    (ScoordGateProduct, "scoord_timm", "reference", "b2_c32_7x5", F64, {}),
+    (ScoordSkipDropped, "scoord_skip", "reference", "b2_c32_7x5", F64, {}),
 ]
 # The dtype-only bugs pass where they do not bite: the same case in the other dtypes.
 DTYPE_ONLY = [

@@ -22,7 +22,21 @@ timm = pytest.importorskip(
 
 # timm's create_attn types of the gating family that attnforge reads. Not "ge": timm 1.0.31 cannot
 # build its GatherExcite with an MLP or extra_params (it passes *dd for **dd), so no such model.
-TYPES = ["se", "ese", "eca", "ecam", "ceca", "cbam", "lcbam", "ela", "strip", "gc", "gca"]
+TYPES = [
+    "se",
+    "ese",
+    "eca",
+    "ecam",
+    "ceca",
+    "cbam",
+    "lcbam",
+    "coord",
+    "scoord",
+    "ela",
+    "strip",
+    "gc",
+    "gca",
+]
 
 
 def _resnet(attn: str) -> nn.Module:

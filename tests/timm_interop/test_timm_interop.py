@@ -97,6 +97,28 @@ CONFIGS: list[tuple[str, dict]] = [
     ("gc", {"act_layer": nn.SiLU}),
     ("gc", {"gate_layer": "hard_sigmoid"}),
     ("gca", {"init_last_zero": True}),  # an initialisation flag timm stores and never reads
+    ("coord", {}),
+    ("coord", {"rd_ratio": 1 / 8}),
+    ("coord", {"rd_ratio": 1 / 4, "rd_divisor": 1}),
+    ("coord", {"rd_divisor": 16, "se_factor": 1.0}),
+    ("coord", {"rd_channels": 24}),  # above C * 2/3 at 16 channels: the lower bound carries it
+    ("coord", {"bias": True}),
+    ("coord", {"act_layer": nn.SiLU}),
+    ("coord", {"act_layer": nn.ReLU}),
+    ("coord", {"act_layer": nn.GELU}),
+    ("coord", {"norm_layer": None}),
+    ("coord", {"gate_layer": "hard_sigmoid"}),
+    ("coord", {"has_skip": True}),
+    ("scoord", {}),
+    ("scoord", {"rd_ratio": 1 / 16}),
+    ("scoord", {"rd_divisor": 1}),
+    ("scoord", {"se_factor": 0.5}),
+    ("scoord", {"rd_channels": 12}),
+    ("scoord", {"bias": False}),
+    ("scoord", {"act_layer": nn.ReLU6}),
+    ("scoord", {"act_layer": nn.Hardswish}),
+    ("scoord", {"gate_layer": "hard_sigmoid"}),
+    ("scoord", {"has_skip": True}),
     ("ela", {}),
     ("ela", {"kernel_size": 3}),
     ("ela", {"kernel_size": 5, "bias": True}),
@@ -250,6 +272,9 @@ def test_from_timm_equals_timm(
         ("gca_timm", "gca", {}),
         ("gc_both", "gc", {"fuse_add": True, "rd_ratio": 1 / 4}),
         ("gc_avg", "gca", {"use_attn": False}),
+        ("coord_timm", "coord", {}),
+        ("scoord_timm", "scoord", {}),
+        ("scoord_skip", "scoord", {"has_skip": True, "gate_layer": "hard_sigmoid"}),
         ("ela_timm", "ela", {}),
         ("ela_gn16", "ela", {"norm_layer": partial(nn.GroupNorm, 16), "act_layer": nn.Identity}),
         (
@@ -308,6 +333,22 @@ def test_a_different_configuration_is_a_clear_error():
         attnforge.from_timm("ge_extent4", create_attn("ge", 64, extent=2, use_mlp=False))
     with pytest.raises(ValueError, match=r"GlobalContext.mlp_scale.act: activation Tanh"):
         attnforge.spec_from_timm(create_attn("gc", 64, act_layer=nn.Tanh), "x")
+    with pytest.raises(ValueError, match=r"CoordAttn.bn1: norm GroupNorm1 is not supported"):
+        attnforge.spec_from_timm(
+            create_attn("coord", 64, norm_layer=timm_layers.get_norm_layer("groupnorm1")), "x"
+        )
+    with pytest.raises(
+        ValueError,
+        match=r"coord_timm does not match CoordAttn: skip: False here, True in the module",
+    ):
+        attnforge.from_timm("coord_timm", create_attn("coord", 64, has_skip=True))
+    no_shift = create_attn("coord", 64, norm_layer=partial(nn.BatchNorm2d, bias=False))
+    with pytest.raises(
+        ValueError, match=r"CoordAttn.bn1: BatchNorm2d\(.*bias=False.*not supported"
+    ):
+        attnforge.from_timm("coord_timm", no_shift)
+    with pytest.raises(ValueError, match=r"scoord_timm is a scoord variant; the module is coord"):
+        attnforge.from_timm("scoord_timm", create_attn("coord", 64))
 
 
 @pytest.mark.parametrize(
@@ -392,3 +433,27 @@ def test_the_strip_blocks_options_timm_has_and_attnforge_does_not():
         attnforge.from_timm("ela_timm", create_attn("ela", 64, has_skip=True))
     with pytest.raises(ValueError, match="does not record its channel count"):
         attnforge.from_timm("strip_pooled", create_attn("strip", 64, use_conv=False))
+
+
+def test_coordinate_attention_reads_timm_defaults():
+    """create_attn's defaults read back as the kinds' defaults: coord_timm and scoord_timm are
+    timm's modules, field for field."""
+    assert attnforge.spec_from_timm(create_attn("coord", 64), "c") == {
+        "name": "c",
+        "kind": "coord",
+        "reduction": 16,
+        "activation": "hard_swish",
+        "norm": "batchnorm",
+        "gate": "sigmoid",
+        "bias": False,
+        "skip": False,
+    }
+    assert attnforge.spec_from_timm(create_attn("scoord", 64), "s") == {
+        "name": "s",
+        "kind": "scoord",
+        "reduction": 4,
+        "activation": "silu",
+        "gate": "sigmoid",
+        "bias": True,
+        "skip": False,
+    }
