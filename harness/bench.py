@@ -135,6 +135,8 @@ IMAGE_ROWS: list[tuple[str, tuple[str, dict[str, Any]] | None]] = [
     ("cbam_paper", None),
     ("cbam_timm", ("cbam", {})),
     ("lcbam_timm", ("lcbam", {})),
+    ("triplet", None),
+    ("bam", None),
 ]
 IMAGE = (32, 256, 28, 28)
 

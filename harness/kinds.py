@@ -25,6 +25,7 @@ from .anchors import Anchor
 from .spec import (
     AnySpec,
     AttentionOptions,
+    BamSpec,
     CbamSpec,
     ChannelOptions,
     ChannelSpec,
@@ -35,6 +36,7 @@ from .spec import (
     SdpaSpec,
     SpatialOptions,
     SpatialSpec,
+    TripletSpec,
 )
 
 S = TypeVar("S", bound=AnySpec)
@@ -101,7 +103,9 @@ class Kind(Generic[S]):
     name: ClassVar[str]
     dtypes: ClassVar[tuple[torch.dtype, ...]] = ALL_DTYPES
     factory_kwargs: ClassVar[bool] = True  # the constructor takes device= and dtype=
-    gated: ClassVar[bool] = False  # the output is x * gate with gate in [0, 1]
+    gated: ClassVar[bool] = False  # the output is x * gate, the gate within gate_range everywhere
+    # The gate's bounds: [0, 1] for a sigmoid gate (|x| never grows); [1, 2] for x * (1 + sigmoid).
+    gate_range: ClassVar[tuple[float, float]] = (0.0, 1.0)
     channels_last: ClassVar[bool] = False  # an image kind: channels_last inputs must not matter
     # Under torch.autocast: True, the output keeps the input's dtype (the last op multiplies x by a
     # gate, which autocast leaves alone, as timm's blocks do); False, it is the autocast dtype (the
@@ -428,6 +432,85 @@ class Ese(_Image[EseSpec]):
 
     def anchors(self, spec: EseSpec) -> list[Anchor]:
         return [_timm_anchor("timm EffectiveSEModule formulation", self, spec)]
+
+
+class Triplet(_Image[TripletSpec]):
+    name = "triplet"
+
+    def param_shapes(self, spec: TripletSpec, case: Case) -> dict[str, tuple[int, ...]]:
+        k = spec.kernel_size
+        shapes: dict[str, tuple[int, ...]] = {}
+        for branch in references.triplet_branches(spec):
+            shapes |= {
+                f"{branch}.conv.conv.weight": (1, 2, k, k),
+                f"{branch}.conv.bn.weight": (1,),
+                f"{branch}.conv.bn.bias": (1,),
+            }
+        return shapes
+
+    def reference(
+        self, spec: TripletSpec, params: references.State, inputs: Inputs, *, training: bool = False
+    ) -> Tensor:
+        return references.triplet(inputs.args[0], params, spec, training=training)
+
+    def plain(self, spec: TripletSpec, params: references.Params, inputs: Inputs) -> Tensor:
+        return anchors.zoo_triplet(inputs.args[0], params, spec)
+
+    def anchors(self, spec: TripletSpec) -> list[Anchor]:
+        return [_timm_anchor("official TripletAttention formulation", self, spec)]
+
+
+class Bam(_Image[BamSpec]):
+    name = "bam"
+    # x * (1 + sigmoid(s)): x plus x gated, so |x| <= |output| <= 2 |x| everywhere.
+    gate_range = (1.0, 2.0)
+
+    def cases(self, spec: BamSpec) -> list[Case]:
+        # Besides the image cases (some smaller than the dilation), one where every tap of the
+        # dilated convs reaches into the map from every side (H, W > 2 * dilation); 64 channels
+        # leave 4 reduced ones at r = 16.
+        d = spec.dilation
+        shape = (2, 64, 2 * d + 3, 2 * d + 2)
+        return [*super().cases(spec), Case(_shape_name(shape), (64,), (shape,))]
+
+    def param_shapes(self, spec: BamSpec, case: Case) -> dict[str, tuple[int, ...]]:
+        c = case.ctor[0]
+        rd = references.hidden_width(c, spec.reduction, None, spec.min_channels)
+        gc, gs = "channel_att.gate_c.", "spatial_att.gate_s."
+        shapes = {
+            f"{gc}gate_c_fc_0.weight": (rd, c),
+            f"{gc}gate_c_fc_0.bias": (rd,),
+            f"{gc}gate_c_bn_1.weight": (rd,),
+            f"{gc}gate_c_bn_1.bias": (rd,),
+            f"{gc}gate_c_fc_final.weight": (c, rd),
+            f"{gc}gate_c_fc_final.bias": (c,),
+            f"{gs}gate_s_conv_reduce0.weight": (rd, c, 1, 1),
+            f"{gs}gate_s_conv_reduce0.bias": (rd,),
+            f"{gs}gate_s_bn_reduce0.weight": (rd,),
+            f"{gs}gate_s_bn_reduce0.bias": (rd,),
+        }
+        for i in range(spec.dilated_convs):
+            shapes |= {
+                f"{gs}gate_s_conv_di_{i}.weight": (rd, rd, 3, 3),
+                f"{gs}gate_s_conv_di_{i}.bias": (rd,),
+                f"{gs}gate_s_bn_di_{i}.weight": (rd,),
+                f"{gs}gate_s_bn_di_{i}.bias": (rd,),
+            }
+        return shapes | {
+            f"{gs}gate_s_conv_final.weight": (1, rd, 1, 1),
+            f"{gs}gate_s_conv_final.bias": (1,),
+        }
+
+    def reference(
+        self, spec: BamSpec, params: references.State, inputs: Inputs, *, training: bool = False
+    ) -> Tensor:
+        return references.bam(inputs.args[0], params, spec, training=training)
+
+    def plain(self, spec: BamSpec, params: references.Params, inputs: Inputs) -> Tensor:
+        return anchors.zoo_bam(inputs.args[0], params, spec)
+
+    def anchors(self, spec: BamSpec) -> list[Anchor]:
+        return [_timm_anchor("the authors' BAM formulation", self, spec)]
 
 
 # --- attention kinds (sdpa, mha) ---------------------------------------------------------------------
@@ -867,7 +950,7 @@ class Mha(_Attention[MhaSpec]):
 
 #: kind name -> its record.
 KIND_DB: dict[str, Kind[Any]] = {
-    k.name: k for k in (Channel(), Spatial(), Cbam(), Eca(), Ese(), Sdpa(), Mha())
+    k.name: k for k in (Channel(), Spatial(), Cbam(), Eca(), Ese(), Triplet(), Bam(), Sdpa(), Mha())
 }
 
 

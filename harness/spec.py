@@ -370,6 +370,105 @@ class EseSpec(_Spatial, _Variant):
     _pooling_unique = field_validator("pooling")(_unique)
 
 
+Dims2d = Annotated[Literal[2], BeforeValidator(_integer)]
+
+
+class TripletSpec(_Variant):
+    kind: Literal["triplet"] = Field(
+        description=(
+            "Triplet attention (Misra et al., 2021): three branches, each pooling over one of "
+            "C, H, W and gating the plane of the other two; their gated copies averaged."
+        )
+    )
+    dims: Dims2d = Field(
+        2,
+        description=(
+            "Spatial dims of the input: 2 only, (B, C, H, W); the branches rotate C, H and W "
+            "into one another."
+        ),
+    )
+    kernel_size: int = Field(
+        7,
+        ge=1,
+        le=31,
+        description=(
+            "Side of each branch's conv kernel (the paper's k = 7); odd, so every map keeps its size."
+        ),
+    )
+    no_spatial: bool = Field(
+        False,
+        description=(
+            "Drop the hw branch (spatial attention over H, W): the cw and hc branches alone, "
+            "averaged (the official code's no_spatial)."
+        ),
+    )
+
+    @field_validator("kernel_size")
+    @classmethod
+    def _odd(cls, value: int) -> int:
+        if value % 2 == 0:
+            raise ValueError(
+                f"kernel_size must be odd (even sizes change the output size), got {value}"
+            )
+        return value
+
+
+BAM_DILATION = 4
+
+
+class BamSpec(_Variant):
+    kind: Literal["bam"] = Field(
+        description=(
+            "BAM, bottleneck attention module (Park et al., 2018): channel and spatial attention "
+            "in parallel, x * (1 + sigmoid(channel + spatial))."
+        )
+    )
+    dims: Dims2d = Field(
+        2, description="Spatial dims of the input: 2 only, (B, C, H, W), as in the paper."
+    )
+    reduction: int = Field(
+        16,
+        ge=1,
+        le=1024,
+        description=(
+            "Reduction ratio r: the channel MLP's hidden layer and the spatial branch work at "
+            "C' = floor(C / r) channels (at least min_channels)."
+        ),
+    )
+    min_channels: int = Field(1, ge=1, le=4096, description="Lower bound on C' (never 0 channels).")
+    dilation: int = Field(
+        BAM_DILATION,
+        ge=1,
+        le=32,
+        description=(
+            "Dilation d of the spatial branch's 3x3 convs, padded by d so the map keeps its size "
+            "(the paper's 4)."
+        ),
+    )
+    dilated_convs: int = Field(
+        2,
+        ge=0,
+        le=8,
+        description=(
+            "Number of dilated 3x3 convs C' -> C' in the spatial branch, each followed by a "
+            "batchnorm and a ReLU (the paper's 2)."
+        ),
+    )
+    merge: Literal["sum", "product"] = Field(
+        "sum",
+        description=(
+            "How the two branches combine before the sigmoid: sum, as in the paper (the best in "
+            "its ablation); product, as in the authors' released code (MODELS/bam.py)."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _dilation_needs_convs(self) -> BamSpec:
+        if self.dilated_convs == 0 and self.dilation != BAM_DILATION:
+            raise ValueError("dilation applies only with dilated_convs of at least 1")
+        return self
+
+
 class AttentionOptions(_Model):
     """What scaled dot-product attention and multi-head attention share."""
 
@@ -460,8 +559,18 @@ class MhaSpec(AttentionOptions, _Variant):
         return self
 
 
-AnySpec = ChannelSpec | SpatialSpec | CbamSpec | EcaSpec | EseSpec | SdpaSpec | MhaSpec
-ImageSpec = ChannelSpec | SpatialSpec | CbamSpec | EcaSpec | EseSpec
+AnySpec = (
+    ChannelSpec
+    | SpatialSpec
+    | CbamSpec
+    | EcaSpec
+    | EseSpec
+    | TripletSpec
+    | BamSpec
+    | SdpaSpec
+    | MhaSpec
+)
+ImageSpec = ChannelSpec | SpatialSpec | CbamSpec | EcaSpec | EseSpec | TripletSpec | BamSpec
 SPEC_ADAPTER: TypeAdapter[AnySpec] = TypeAdapter(Annotated[AnySpec, Field(discriminator="kind")])
 #: kind name -> its spec model. The kind names, in the order the README lists them.
 MODELS: dict[str, type[_Variant]] = {
@@ -470,6 +579,8 @@ MODELS: dict[str, type[_Variant]] = {
     "cbam": CbamSpec,
     "eca": EcaSpec,
     "ese": EseSpec,
+    "triplet": TripletSpec,
+    "bam": BamSpec,
     "sdpa": SdpaSpec,
     "mha": MhaSpec,
 }

@@ -65,6 +65,20 @@ FIELDS = [
     ("ese", "pooling", ["avg", "max"], ["max", "max"]),
     ("ese", "gate", "sigmoid", "tanh"),
     ("ese", "bias", False, None),
+    ("triplet", "dims", 2, 3),
+    ("triplet", "dims", 2, 2.0),
+    ("triplet", "kernel_size", 3, 4),
+    ("triplet", "kernel_size", 31, 33),
+    ("triplet", "no_spatial", True, "true"),
+    ("bam", "dims", 2, 1),
+    ("bam", "reduction", 1, 0),
+    ("bam", "reduction", 1024, 1025),
+    ("bam", "min_channels", 4, 0),
+    ("bam", "dilation", 1, 0),
+    ("bam", "dilation", 32, 33),
+    ("bam", "dilated_convs", 0, -1),
+    ("bam", "dilated_convs", 8, 9),
+    ("bam", "merge", "product", "concat"),
     ("sdpa", "causal_alignment", "top_left", "bottom_right"),  # bottom_right needs causal: true
     ("sdpa", "causal_alignment", "top_left", "center"),
     ("mha", "causal_alignment", "top_left", "bottom"),
@@ -157,3 +171,7 @@ def test_cross_field_rules():
         }
     )
     assert specs.validate({**BASE["mha"], "heads": 6, "kv_heads": 3}).kv_heads == 3
+    with pytest.raises(ValidationError, match="dilation applies only with dilated_convs"):
+        specs.validate({**BASE["bam"], "dilated_convs": 0, "dilation": 2})
+    assert specs.validate({**BASE["bam"], "dilated_convs": 0}).dilation == 4
+    assert specs.validate({**BASE["bam"], "dilated_convs": 1, "dilation": 2}).dilation == 2
