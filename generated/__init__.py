@@ -8,6 +8,18 @@ A static index: importing this package imports no variant. Use ``attnforge.Catal
 
 #: variant name -> (kind, spec file, class name, description's first line), sorted by name.
 VARIANTS: dict[str, tuple[str, str, str, str]] = {
+    "bam": (
+        "bam",
+        "bam.yaml",
+        "Bam",
+        "BAM as in the paper (r = 16, two 3x3 convs with dilation 4, branches summed).",
+    ),
+    "bam_product": (
+        "bam",
+        "bam.yaml",
+        "BamProduct",
+        "BAM as in the authors' released code, which multiplies the two branches where t…",
+    ),
     "cbam_3d": (
         "cbam",
         "cbam.yaml",
@@ -99,6 +111,24 @@ VARIANTS: dict[str, tuple[str, str, str, str]] = {
         "eca.yaml",
         "EcamTimm",
         "timm's ecam, EcaModule with use_mlp=True (a 1x1 conv to C/8, ReLU, the k-wide c…",
+    ),
+    "ela_bn_skip": (
+        "ela",
+        "ela.yaml",
+        "ElaBnSkip",
+        "timm's EfficientLocalAttn with norm_layer=nn.BatchNorm2d, kernel 5, hard sigmoi…",
+    ),
+    "ela_gn16": (
+        "ela",
+        "ela.yaml",
+        "ElaGn16",
+        "The widely copied ELA code's settings on timm's layout: kernel 7, a group norm …",
+    ),
+    "ela_timm": (
+        "ela",
+        "ela.yaml",
+        "ElaTimm",
+        "timm's EfficientLocalAttn as create_attn('ela') builds it: kernel 7, GroupNorm1…",
     ),
     "ese_maxpool": (
         "ese",
@@ -244,5 +274,61 @@ VARIANTS: dict[str, tuple[str, str, str, str]] = {
         "se.yaml",
         "SeTutorial",
         "The tutorial's SELayer(channel, reduction=4), with its bugs fixed.",
+    ),
+    "sge": ("sge", "sge.yaml", "Sge", "SGE with the paper's 64 groups, as in SGE-ResNet."),
+    "sge_g8": (
+        "sge",
+        "sge.yaml",
+        "SgeG8",
+        "SGE with 8 groups of more channels each, for narrower layers.",
+    ),
+    "sge_seq": ("sge", "sge.yaml", "SgeSeq", "SGE over sequences (B, C, L), 64 groups."),
+    "simam": (
+        "simam",
+        "simam.yaml",
+        "Simam",
+        "SimAM with the lambda of the paper and its code, 1e-4.",
+    ),
+    "simam_3d": (
+        "simam",
+        "simam.yaml",
+        "Simam3d",
+        "SimAM over (B, C, D, H, W) feature maps (video, volumes); lambda 1e-4.",
+    ),
+    "simam_l0p1": (
+        "simam",
+        "simam.yaml",
+        "SimamL0p1",
+        "SimAM with lambda 0.1, a smoother gate (closer to sigmoid(1/2) everywhere).",
+    ),
+    "strip_k7_skip": (
+        "strip",
+        "strip.yaml",
+        "StripK7Skip",
+        "timm's StripAttn with kernel_size=7, bias=True and has_skip=True (x * gate + x).",
+    ),
+    "strip_pooled": (
+        "strip",
+        "strip.yaml",
+        "StripPooled",
+        "timm's StripAttn with use_conv=False: the pooled strips gate x directly (no par…",
+    ),
+    "strip_timm": (
+        "strip",
+        "strip.yaml",
+        "StripTimm",
+        "timm's StripAttn as create_attn('strip') builds it: depthwise 3-long convs on b…",
+    ),
+    "triplet": (
+        "triplet",
+        "triplet.yaml",
+        "Triplet",
+        "Triplet attention as in the paper and the official code (three branches, 7x7 co…",
+    ),
+    "triplet_no_spatial": (
+        "triplet",
+        "triplet.yaml",
+        "TripletNoSpatial",
+        "The official code's no_spatial=True (the cw and hc branches, no spatial attenti…",
     ),
 }

@@ -3,11 +3,15 @@
 - PyTorch's own: ``F.scaled_dot_product_attention`` (sdpa) and ``nn.MultiheadAttention`` (mha with a
   same-configuration counterpart; weights copied by the generated ``from_torch``). Our mask
   conventions are translated to theirs here.
-- timm's, written out as functions of the module's parameters and buffers: SE, ESE, CBAM, ECA
-  after ``timm/layers/squeeze_excite.py`` (SEModule, EffectiveSEModule), ``cbam.py`` (ChannelAttn,
-  SpatialAttn and the Light ones) and ``eca.py`` (EcaModule, CecaModule): pooling with
+- timm's, written out as functions of the module's parameters and buffers: SE, ESE, CBAM, ECA,
+  ELA and strip attention after ``timm/layers/squeeze_excite.py`` (SEModule, EffectiveSEModule),
+  ``cbam.py`` (ChannelAttn, SpatialAttn and the Light ones), ``eca.py`` (EcaModule, CecaModule)
+  and ``coord_attn.py`` (EfficientLocalAttn, StripAttn): pooling with
   ``mean``/``amax``, the MLP as 1x1 convs, CBAM's channel MLP called once per pooling. timm is not
   a dependency; ``tests/timm_interop`` compares the generated modules with timm itself.
+- The zoo's, for blocks timm does not have: SimAM and SGE after their official code (ZjjConan/SimAM,
+  implus/PytorchInsight), which External-Attention-pytorch repeats: flattened views, ``mean`` and
+  ``pow(2)``, ``adaptive_avg_pool`` and ``std``, written for any number of spatial dims.
 - The zoo's, for blocks timm does not have, after the authors' released code: triplet attention
   (landskape-ai/triplet-attention, ``triplet_attention.py``: permute, ZPool, BasicConv, sigmoid,
   permute back, 1/3 of the sum) and BAM (Jongchan/attention-module, ``MODELS/bam.py``: the gates
@@ -16,6 +20,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -31,10 +36,14 @@ from .spec import (
     CbamSpec,
     ChannelOptions,
     EcaSpec,
+    ElaSpec,
     EseSpec,
     MhaSpec,
     SdpaSpec,
+    SgeSpec,
+    SimamSpec,
     SpatialOptions,
+    StripSpec,
     TripletSpec,
 )
 
@@ -248,6 +257,53 @@ def timm_ese(x: Tensor, params: Params, spec: EseSpec) -> Tensor:
     return x * _timm_gate(s, spec.gate)
 
 
+# --- the zoo's formulations (blocks timm does not have) ------------------------------------------------
+
+
+def zoo_simam(x: Tensor, params: Params, spec: SimamSpec) -> Tensor:
+    """simam_module.forward (ZjjConan/SimAM; External-Attention-pytorch's SimAM): n = h * w - 1,
+    the squared deviations from the spatial mean, ``y = d / (4 * (d.sum / n + e_lambda)) + 0.5``,
+    ``x * sigmoid(y)``."""
+    dims = tuple(range(2, x.ndim))  # the code's [2, 3], for any number of spatial dims
+    n = math.prod(x.shape[2:]) - 1
+    x_minus_mu_square = (x - x.mean(dim=dims, keepdim=True)).pow(2)
+    y = (
+        x_minus_mu_square
+        / (4 * (x_minus_mu_square.sum(dim=dims, keepdim=True) / n + spec.e_lambda))
+        + 0.5
+    )
+    return x * torch.sigmoid(y)
+
+
+_ADAPTIVE_AVG_POOL: dict[int, Callable[..., Tensor]] = {
+    3: F.adaptive_avg_pool1d,
+    4: F.adaptive_avg_pool2d,
+    5: F.adaptive_avg_pool3d,
+}
+
+
+def zoo_sge(x: Tensor, params: Params, spec: SgeSpec) -> Tensor:
+    """SpatialGroupEnhance.forward (implus/PytorchInsight; External-Attention-pytorch's SGE): the
+    groups folded into the batch, ``x * avg_pool(x)`` summed over the group's channels, centred and
+    divided by ``t.std(dim=1) + 1e-5`` (unbiased), ``t * weight + bias``, ``x * sigmoid(t)``. The
+    code's ``view`` calls are ``reshape`` here, so non-contiguous inputs work too."""
+    b, c = x.shape[:2]
+    spatial = x.shape[2:]
+    g = spec.groups
+    x = x.reshape(b * g, -1, *spatial)
+    xn = x * _ADAPTIVE_AVG_POOL[x.ndim](x, 1)
+    xn = xn.sum(dim=1, keepdim=True)
+    t = xn.reshape(b * g, -1)
+    t = t - t.mean(dim=1, keepdim=True)
+    std = t.std(dim=1, keepdim=True) + 1e-5
+    t = t / std
+    t = t.reshape(b, g, *spatial)
+    t = t * params["weight"] + params["bias"]
+    t = t.reshape(b * g, 1, *spatial)
+    x = x * torch.sigmoid(t)
+    return x.reshape(b, c, *spatial)
+
+
 def zoo_triplet(x: Tensor, params: Params, spec: TripletSpec) -> Tensor:
     """TripletAttention as the official code computes it: each branch permutes x (contiguous),
     ZPool (cat of max and mean over dim 1), BasicConv (conv, eval-mode BN), ``x * sigmoid``, and
@@ -299,6 +355,61 @@ def zoo_bam(x: Tensor, params: Params, spec: BamSpec) -> Tensor:
     else:
         att = 1 + torch.sigmoid(channel_att + spatial_att)
     return att * x
+
+
+def _timm_strip_convs(x: Tensor, params: Params, kernel_size: int) -> tuple[Tensor, Tensor]:
+    """The strips x.mean(3) and x.mean(2), kept, through conv_h (k x 1) and conv_w (1 x k), both
+    depthwise with timm's padding k // 2."""
+    pad, c = kernel_size // 2, x.shape[1]
+    x_h = F.conv2d(
+        x.mean(dim=3, keepdim=True),
+        params["conv_h.weight"],
+        params.get("conv_h.bias"),
+        padding=(pad, 0),
+        groups=c,
+    )
+    x_w = F.conv2d(
+        x.mean(dim=2, keepdim=True),
+        params["conv_w.weight"],
+        params.get("conv_w.bias"),
+        padding=(0, pad),
+        groups=c,
+    )
+    return x_h, x_w
+
+
+def timm_ela(x: Tensor, params: Params, spec: ElaSpec) -> Tensor:
+    """EfficientLocalAttn: strip pooling, conv_h / conv_w, norm_h / norm_w (GroupNorm1 or
+    F.group_norm with its groups; an eval-mode BatchNorm), act, gate; identity * a_h * a_w, plus
+    identity with has_skip."""
+
+    def norm(t: Tensor, axis: str) -> Tensor:
+        if spec.norm == "groupnorm":
+            w, b = params[f"norm_{axis}.weight"], params[f"norm_{axis}.bias"]
+            return F.group_norm(t, spec.norm_groups, w, b, 1e-5)
+        if spec.norm == "batchnorm":
+            return _bn(t, params, f"norm_{axis}.")
+        return t
+
+    def act(t: Tensor) -> Tensor:
+        return t if spec.activation == "none" else _ACT[spec.activation](t)
+
+    x_h, x_w = _timm_strip_convs(x, params, spec.kernel_size)
+    a_h = _timm_gate(act(norm(x_h, "h")), spec.gate)
+    a_w = _timm_gate(act(norm(x_w, "w")), spec.gate)
+    out = x * a_h * a_w
+    return out + x if spec.skip else out
+
+
+def timm_strip(x: Tensor, params: Params, spec: StripSpec) -> Tensor:
+    """StripAttn: strip pooling, conv_h / conv_w with use_conv (identities without), the gate of
+    their broadcast sum; identity * a_hw, plus identity with has_skip."""
+    if spec.conv:
+        x_h, x_w = _timm_strip_convs(x, params, spec.kernel_size)
+    else:
+        x_h, x_w = x.mean(dim=3, keepdim=True), x.mean(dim=2, keepdim=True)
+    out = x * _timm_gate(x_h + x_w, spec.gate)
+    return out + x if spec.skip else out
 
 
 def formulation_anchor(name: str, fn: AnchorFn) -> Anchor:

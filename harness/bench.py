@@ -135,6 +135,10 @@ IMAGE_ROWS: list[tuple[str, tuple[str, dict[str, Any]] | None]] = [
     ("cbam_paper", None),
     ("cbam_timm", ("cbam", {})),
     ("lcbam_timm", ("lcbam", {})),
+    ("simam", None),
+    ("sge", None),
+    ("ela_timm", ("ela", {})),
+    ("strip_timm", ("strip", {})),
     ("triplet", None),
     ("bam", None),
 ]

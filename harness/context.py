@@ -271,6 +271,76 @@ class EseModule(Module):
 
 
 @dataclass(frozen=True)
+class PositionsCheck:
+    """A block whose statistics divide by (positions - 1) refuses a single position (the
+    check_positions macro)."""
+
+    cls: str
+    single_test: str  # true when every spatial dim is 1
+    spatial_names: str
+    reason: str  # why one position is not enough, for the message
+
+
+@dataclass(frozen=True)
+class SimamModule(Module):
+    doc: str
+    count: str  # the number of positions, an expression: "x.shape[2] * x.shape[3]"
+    dims: str  # the spatial dims, "(2, 3)"
+    e_lambda: str
+    checks: InputChecks
+    positions: PositionsCheck
+
+
+@dataclass(frozen=True)
+class SgeModule(Module):
+    doc: str
+    groups: int
+    param_shape: str  # "1, 64, 1, 1": one scale and one shift per group
+    grouped_shape: str  # the grouped view's shape, "(B, 64, C / 64, H, W)"
+    group_dims: str  # its spatial dims, "(3, 4)"
+    dims: str  # the spatial dims of the (B, G, ...) scores, "(2, 3)"
+    checks: InputChecks
+    positions: PositionsCheck
+
+
+@dataclass(frozen=True)
+class StripConvs:
+    """The depthwise 1D convs over the strips (conv_h, conv_w): kernels and paddings as printed."""
+
+    kernel_h: str  # "(7, 1)"
+    padding_h: str  # "(3, 0)"
+    kernel_w: str
+    padding_w: str
+    comment: str
+
+
+@dataclass(frozen=True)
+class ElaModule(Module):
+    doc: str
+    convs: StripConvs
+    bias: bool
+    norm: str | None  # the constructor of norm_h and norm_w
+    groups: int | None  # the group norm's groups, when more than one (they must divide C)
+    act: str | None
+    a_h: str  # the H strip's gate, an expression of s_h
+    a_w: str
+    skip: bool
+    checks: InputChecks
+
+
+@dataclass(frozen=True)
+class StripModule(Module):
+    doc: str
+    conv: bool
+    convs: StripConvs
+    bias: bool
+    strips: str  # the H strip plus the W strip, (B, C, H, 1) + (B, C, 1, W)
+    gate: str
+    skip: bool
+    checks: InputChecks
+
+
+@dataclass(frozen=True)
 class TripletBranch:
     """One branch of triplet attention: its name, what it pools, and its gate's expression."""
 
@@ -670,6 +740,243 @@ def _ese(spec: specs.EseSpec, base: dict[str, Any]) -> EseModule:
         bias=spec.bias,
         pooled=pooled,
         gate=GATES[spec.gate].format("s"),
+        checks=_input_checks(base["cls"], spec.dims),
+    )
+
+
+# --- simam, sge: statistics over the positions ---------------------------------------------------------
+
+
+def _positions_check(cls: str, dims: int, reason: str) -> PositionsCheck:
+    return PositionsCheck(
+        cls=cls,
+        single_test=" and ".join(f"x.shape[{2 + i}] == 1" for i in range(dims)),
+        spatial_names=", ".join(SPATIAL_NAMES[dims]),
+        reason=reason,
+    )
+
+
+def _positions(dims: int) -> str:
+    """The number of positions as the formulas print it: H * W."""
+    return " * ".join(SPATIAL_NAMES[dims])
+
+
+def _shifted_dims(dims: int, by: int) -> str:
+    return "(" + ", ".join(str(by + i) for i in range(dims)) + ("," if dims == 1 else "") + ")"
+
+
+_HALF_STATISTICS = (
+    "Statistics are computed in float32 for float16 and bfloat16 inputs (the gate is rounded "
+    "back to the input's dtype): {what} overflow float16 at the magnitudes of real activations."
+)
+
+
+@builder("simam")
+def _simam(spec: specs.SimamSpec, base: dict[str, Any]) -> SimamModule:
+    dims = spec.dims
+    m = _positions(dims)
+    e_lambda = _scalar_literal(spec.e_lambda)
+    doc = _paragraphs(
+        "SimAM: a simple, parameter-free attention module (Yang et al., ICML 2021).",
+        spec.description,
+        "Gates every neuron by how much it stands out of its channel; no parameters. Per "
+        f"channel,\nover its {m} positions:\n\n"
+        f"    n = {m} - 1\n"
+        "    d = (x - mean(x))^2\n"
+        "    v = sum(d) / n\n"
+        f"    1 / e* = d / (4 (v + lambda)) + 1/2,  lambda = {e_lambda}\n\n"
+        "and returns ``x * sigmoid(1 / e*)``, e* being the neuron's minimal energy.",
+        _prose(
+            f"v divides by n = {m} - 1, as the paper's PyTorch-style code and the official code "
+            f"do (the text of its closed form averages over all {m} positions). One position "
+            f"leaves v undefined (n = 0), so an input with {m} = 1 raises ValueError rather "
+            "than returning NaN. " + _HALF_STATISTICS.format(what="squared deviations above 256")
+        ),
+        "Args:\n    channels: C, the number of input channels (checked on input).\n"
+        "    device, dtype: accepted for the common constructor; SimAM has no parameters or\n"
+        "        buffers.",
+        f"Shape:\n    x: {_shape(dims)}, {m} >= 2; returns the same shape and dtype.",
+    )
+    return SimamModule(
+        **base,
+        functional=False,
+        helpers=_helpers("_mean("),
+        doc=docstring(doc, "    "),
+        count=" * ".join(f"x.shape[{2 + i}]" for i in range(dims)),
+        dims=SPATIAL_DIMS[dims],
+        e_lambda=e_lambda,
+        checks=_input_checks(base["cls"], dims),
+        positions=_positions_check(base["cls"], dims, f"SimAM's variance divides by {m} - 1"),
+    )
+
+
+@builder("sge")
+def _sge(spec: specs.SgeSpec, base: dict[str, Any]) -> SgeModule:
+    dims, g = spec.dims, spec.groups
+    m = _positions(dims)
+    groups = "one group of C channels" if g == 1 else f"{g} groups of C / {g} channels"
+    doc = _paragraphs(
+        "Spatial group-wise enhance (Li, Hu and Yang, 2019).",
+        spec.description,
+        f"Splits the C channels into {groups}. Per group, over its\n{m} positions i "
+        "with feature vectors x_i:\n\n"
+        "    g = mean_i(x_i)                          the group's mean vector (average pooling)\n"
+        "    c_i = g . x_i                            each position's similarity with it\n"
+        "    n_i = (c_i - mean(c)) / (std(c) + 1e-5)  normalised over the positions\n"
+        "    a_i = weight * n_i + bias                one weight and one bias per group\n\n"
+        "and returns ``x_i * sigmoid(a_i)``: one spatial gate shared by the group's channels.",
+        _prose(
+            "As in the official code (PytorchInsight): std is the unbiased standard deviation, "
+            f"dividing by {m} - 1 (torch.std; the paper's text divides by {m}), eps is added to "
+            "it, not under the square root, and ``weight`` starts at 0 and ``bias`` at 1, so "
+            "every gate starts at sigmoid(1) (External-Attention-pytorch starts ``bias`` at 0). "
+            f"One position leaves std undefined (it divides by zero), so an input with {m} = 1 "
+            "raises ValueError rather than returning NaN. "
+            + _HALF_STATISTICS.format(what="the products of x with its mean and their sums")
+        ),
+        f"Args:\n    channels: C, divisible by {g}.\n"
+        "    device, dtype: factory kwargs for every parameter.",
+        f"Shape:\n    x: {_shape(dims)}, {m} >= 2; returns the same shape and dtype.",
+    )
+    return SgeModule(
+        **base,
+        functional=False,
+        helpers=_helpers("_mean("),
+        doc=docstring(doc, "    "),
+        groups=g,
+        param_shape=", ".join(["1", str(g), *["1"] * dims]),
+        grouped_shape=_shape(dims).replace("C", f"{g}, C / {g}"),
+        group_dims=_shifted_dims(dims, 3),
+        dims=SPATIAL_DIMS[dims],
+        checks=_input_checks(base["cls"], dims),
+        positions=_positions_check(
+            base["cls"], dims, f"the standard deviation over positions divides by {m} - 1"
+        ),
+    )
+
+
+# --- ela, strip ------------------------------------------------------------------------------------
+
+# Each strip is x averaged along the other axis, kept: along W (dim 3) for H, along H (dim 2) for W.
+STRIP_POOLS = {"h": "_mean(x, (3,))", "w": "_mean(x, (2,))"}
+STRIP_NORMS = {
+    "batchnorm": "nn.BatchNorm2d(channels, **factory)",
+    "groupnorm": "nn.GroupNorm({}, channels, eps=1e-5, **factory)",
+}
+
+
+def _strip_convs(k: int) -> StripConvs:
+    p = k // 2
+    return StripConvs(
+        kernel_h=f"({k}, 1)",
+        padding_h=f"({p}, 0)",
+        kernel_w=f"(1, {k})",
+        padding_w=f"(0, {p})",
+        comment=(
+            f"Depthwise 1D convs: {k} x 1 along H, 1 x {k} along W; padding {p} keeps each strip's length."
+        ),
+    )
+
+
+def _skip_doc(skip: bool) -> str:
+    return " plus ``x`` (a residual: the output is no longer a gated ``x``)" if skip else ""
+
+
+@builder("ela")
+def _ela(spec: specs.ElaSpec, base: dict[str, Any]) -> ElaModule:
+    k = spec.kernel_size
+    groups = spec.norm_groups
+    norm = STRIP_NORMS[spec.norm].format(groups) if spec.norm != "none" else None
+    act = ACTIVATIONS[spec.activation] if spec.activation != "none" else None
+
+    def strip(axis: str) -> str:
+        s = f"s_{axis}"
+        if norm:
+            s = f"self.norm_{axis}({s})"
+        if act:
+            s = f"self.act({s})"
+        gated = GATES[spec.gate].format(s)
+        # Assigned, not multiplied: hard sigmoid's outer parentheses would be redundant.
+        return gated[1:-1] if gated.startswith("(") else gated
+
+    norm_text = {
+        "groupnorm": (
+            "a group norm (``norm_h``, ``norm_w``; "
+            f"{'one group over the whole strip' if groups == 1 else f'{groups} groups of channels'}, "
+            "statistics of each sample, so training and eval agree)"
+        ),
+        "batchnorm": "a batchnorm (``norm_h``, ``norm_w``; running statistics in eval)",
+        "none": "",
+    }[spec.norm]
+    steps = [
+        f"a depthwise 1D conv of length {k} (``conv_h``: {k} x 1, ``conv_w``: 1 x {k}, "
+        f"{'with' if spec.bias else 'no'} bias)",
+        *([norm_text] if norm_text else []),
+        *([spec.activation] if act else []),
+        spec.gate,
+    ]
+    doc = _paragraphs(
+        "ELA: efficient local attention (Xu and Wan, 2024).",
+        spec.description,
+        _prose(
+            "Averages ``x`` along W and along H into two strips, (B, C, H, 1) and (B, C, 1, W), "
+            f"and runs each through {', '.join(steps[:-1])}, then {steps[-1]}: a gate along H "
+            f"and a gate along W. Returns ``x * a_h * a_w``{_skip_doc(spec.skip)}. No channel "
+            "reduction, unlike coordinate attention."
+        ),
+        *_image_doc(spec.dims),
+    )
+    return ElaModule(
+        **base,
+        functional=_functional(spec.gate),
+        helpers=_helpers(*STRIP_POOLS.values()),
+        doc=docstring(doc, "    "),
+        convs=_strip_convs(k),
+        bias=spec.bias,
+        norm=norm,
+        groups=groups if spec.norm == "groupnorm" and groups > 1 else None,
+        act=act,
+        a_h=strip("h"),
+        a_w=strip("w"),
+        skip=spec.skip,
+        checks=_input_checks(base["cls"], spec.dims),
+    )
+
+
+@builder("strip")
+def _strip(spec: specs.StripSpec, base: dict[str, Any]) -> StripModule:
+    k = spec.kernel_size
+    pool_h, pool_w = STRIP_POOLS["h"], STRIP_POOLS["w"]
+    if spec.conv:
+        strips = f"self.conv_h({pool_h}) + self.conv_w({pool_w})"
+        refine = (
+            f", refines each by a depthwise 1D conv of length {k} (``conv_h``: {k} x 1, "
+            f"``conv_w``: 1 x {k}, {'with' if spec.bias else 'no'} bias)"
+        )
+    else:
+        strips = f"{pool_h} + {pool_w}"
+        refine = " (no parameters: the strips are used as pooled)"
+    doc = _paragraphs(
+        "Strip attention (timm's StripAttn), after strip pooling (Hou et al., 2020).",
+        spec.description,
+        _prose(
+            "Averages ``x`` along W and along H into two strips, (B, C, H, 1) and (B, C, 1, W)"
+            f"{refine}, and sums them, broadcast to (B, C, H, W), into one gate: returns "
+            f"``x * {spec.gate}(s_h + s_w)``{_skip_doc(spec.skip)}."
+        ),
+        *_image_doc(spec.dims),
+    )
+    return StripModule(
+        **base,
+        functional=_functional(spec.gate),
+        helpers=_helpers(strips),
+        doc=docstring(doc, "    "),
+        conv=spec.conv,
+        convs=_strip_convs(k),
+        bias=spec.bias,
+        strips=strips,
+        gate=GATES[spec.gate].format("s"),
+        skip=spec.skip,
         checks=_input_checks(base["cls"], spec.dims),
     )
 

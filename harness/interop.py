@@ -223,6 +223,86 @@ def _cbam(m: Any, light: bool) -> Layout:
     return Layout("cbam", fields, m.channel.fc1.in_channels)
 
 
+def _strip_convs(m: Any, where: str, required: bool) -> dict[str, Any]:
+    """conv_h and conv_w: depthwise, k x 1 and 1 x k, padded k // 2 (timm builds them so; anything
+    else is not a module we generate). Without convs (nn.Identity, StripAttn's use_conv=False):
+    no fields, or a ValueError where convs are ``required``."""
+    h, w = m.conv_h, m.conv_w
+    if isinstance(h, nn.Identity) and isinstance(w, nn.Identity) and not required:
+        return {}
+    if not (isinstance(h, nn.Conv2d) and isinstance(w, nn.Conv2d)):
+        raise ValueError(f"{where}: conv_h {_name(h)} and conv_w {_name(w)} are not two Conv2d")
+    k = h.kernel_size[0]
+    c = h.in_channels
+    expected = ((k, 1), (k // 2, 0), (1, k), (0, k // 2))
+    found = (h.kernel_size, h.padding, w.kernel_size, w.padding)
+    plain = all(
+        conv.in_channels == conv.out_channels == conv.groups == c
+        and conv.stride == (1, 1)
+        and conv.dilation == (1, 1)
+        and conv.padding_mode == "zeros"
+        for conv in (h, w)
+    )
+    if found != expected or not plain or _conv_bias(h) != _conv_bias(w):
+        raise ValueError(
+            f"{where}: conv_h / conv_w are not depthwise {k} x 1 and 1 x {k} convs over {c} "
+            "channels with padding k // 2, stride 1, one bias setting (the ones timm builds)"
+        )
+    if k % 2 == 0:
+        raise ValueError(
+            f"{where}: kernel_size {k} is even: the padded strips come out one longer than x "
+            "(timm's forward fails on any input)"
+        )
+    return {"kernel_size": k, "bias": _conv_bias(h)}
+
+
+def _strip_norm(norm_h: nn.Module, norm_w: nn.Module, where: str) -> dict[str, Any]:
+    kinds = [_name(norm_h), _name(norm_w)]
+    if kinds[0] != kinds[1]:
+        raise ValueError(f"{where}: norm_h {kinds[0]} and norm_w {kinds[1]} differ")
+    if isinstance(norm_h, nn.GroupNorm):
+        groups = {norm_h.num_groups, norm_w.num_groups}
+        if norm_h.eps != 1e-5 or not norm_h.affine or len(groups) > 1:
+            raise ValueError(
+                f"{where}: {kinds[0]}(num_groups={norm_h.num_groups}, eps={norm_h.eps}, affine="
+                f"{norm_h.affine}) is not supported (eps 1e-5, affine, one group count are)"
+            )
+        return {"norm": "groupnorm", "norm_groups": norm_h.num_groups}
+    if isinstance(norm_h, nn.Identity | nn.BatchNorm2d):
+        _norm(norm_w, f"{where}.norm_w")
+        return {"norm": _norm(norm_h, f"{where}.norm_h")}
+    raise ValueError(
+        f"{where}: norm {kinds[0]} is not supported (GroupNorm, GroupNorm1, BatchNorm2d and none are)"
+    )
+
+
+def _ela(m: Any) -> Layout:
+    where = "EfficientLocalAttn"
+    fields = {
+        **_strip_convs(m, where, required=True),
+        **_strip_norm(m.norm_h, m.norm_w, where),
+        "activation": "none"
+        if isinstance(m.act, nn.Identity)
+        else _activation(m.act, f"{where}.act"),
+        "gate": _gate(m.gate, f"{where}.gate"),
+        "skip": bool(m.has_skip),
+    }
+    return Layout("ela", fields, m.conv_h.in_channels)
+
+
+def _strip(m: Any) -> Layout:
+    where = "StripAttn"
+    convs = _strip_convs(m, where, required=False)
+    fields = {
+        "conv": bool(convs),
+        **convs,
+        "gate": _gate(m.gate, f"{where}.gate"),
+        "skip": bool(m.has_skip),
+    }
+    # Without convs the module holds no parameter and records no channel count.
+    return Layout("strip", fields, m.conv_h.in_channels if convs else -1)
+
+
 #: timm class name -> how to read it. Checked against the class's module: timm's own classes only.
 CONVERTERS: dict[str, Callable[[Any, int | None], Layout]] = {
     "SEModule": lambda m, c: _se(m),
@@ -231,6 +311,8 @@ CONVERTERS: dict[str, Callable[[Any, int | None], Layout]] = {
     "CecaModule": lambda m, c: _eca(m, True, c),
     "CbamModule": lambda m, c: _cbam(m, light=False),
     "LightCbamModule": lambda m, c: _cbam(m, light=True),
+    "EfficientLocalAttn": lambda m, c: _ela(m),
+    "StripAttn": lambda m, c: _strip(m),
 }
 
 
@@ -251,6 +333,7 @@ def spec_from_timm(module: nn.Module, name: str, *, channels: int | None = None)
 
     Generating it gives a variant that ``from_timm(name, module)`` loads the module's weights into.
     ECA modules with an MLP do not record the channel count that sized it: give ``channels``.
+    (StripAttn without convs records none either; its spec does not depend on it.)
     """
     found = layout(module, channels)
     spec = {"name": name, "kind": found.kind, **found.fields}
@@ -287,7 +370,7 @@ def from_timm(
     ``ValueError`` names every option where the variant's spec and the module differ, or the first
     parameter whose shape differs (a width or a kernel size that the spec computes otherwise at
     this channel count). ECA modules do not record their channel count (their kernel was sized
-    from it): give it as ``channels``.
+    from it), nor does StripAttn without convs: give it as ``channels``.
     """
     catalogue = catalogue or registry.default
     found = layout(module, channels)
@@ -307,8 +390,14 @@ def from_timm(
             f"{_name(module)} does not record its channel count: from_timm({name!r}, module, "
             "channels=C)"
         )
-    weight = next(iter(state.values()))
-    block = catalogue.build(name, channels, device=weight.device, dtype=weight.dtype)
+    # A module without parameters or buffers (StripAttn without convs) has no device or dtype.
+    weight = next((t for t in state.values() if t.is_floating_point()), None)
+    block = catalogue.build(
+        name,
+        channels,
+        device=None if weight is None else weight.device,
+        dtype=None if weight is None else weight.dtype,
+    )
     mine = block.state_dict()
     for key, tensor in state.items():
         if key not in mine:

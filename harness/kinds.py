@@ -13,6 +13,7 @@ reference.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar
@@ -30,12 +31,16 @@ from .spec import (
     ChannelOptions,
     ChannelSpec,
     EcaSpec,
+    ElaSpec,
     EseSpec,
     ImageSpec,
     MhaSpec,
     SdpaSpec,
+    SgeSpec,
+    SimamSpec,
     SpatialOptions,
     SpatialSpec,
+    StripSpec,
     TripletSpec,
 )
 
@@ -103,15 +108,16 @@ class Kind(Generic[S]):
     name: ClassVar[str]
     dtypes: ClassVar[tuple[torch.dtype, ...]] = ALL_DTYPES
     factory_kwargs: ClassVar[bool] = True  # the constructor takes device= and dtype=
-    gated: ClassVar[bool] = False  # the output is x * gate, the gate within gate_range everywhere
-    # The gate's bounds: [0, 1] for a sigmoid gate (|x| never grows); [1, 2] for x * (1 + sigmoid).
-    gate_range: ClassVar[tuple[float, float]] = (0.0, 1.0)
     channels_last: ClassVar[bool] = False  # an image kind: channels_last inputs must not matter
     # Under torch.autocast: True, the output keeps the input's dtype (the last op multiplies x by a
     # gate, which autocast leaves alone, as timm's blocks do); False, it is the autocast dtype (the
     # last op is a projection or SDPA, as with nn.Linear and nn.MultiheadAttention).
     autocast_keeps_dtype: ClassVar[bool] = True
     attention: ClassVar[bool] = False  # queries attend over keys: the attention properties apply
+
+    def gated(self, spec: S) -> bool:
+        """The output is x * gate with the gate in [0, 1] (so |output| <= |x| everywhere)."""
+        return False
 
     def cases(self, spec: S) -> list[Case]:
         raise NotImplementedError
@@ -191,7 +197,7 @@ class Kind(Generic[S]):
         return None
 
 
-# --- image kinds (channel, spatial, cbam, eca) ------------------------------------------------------
+# --- image kinds (channel, spatial, cbam, eca, ese, ela, strip, simam, sge, triplet, bam) ----------
 
 # The first case has 32 channels, so a reduction of 16 leaves two hidden units (with one, a dead
 # ReLU would hide the MLP from every check for half of all seeds).
@@ -243,18 +249,35 @@ def _shape_name(s: tuple[int, ...]) -> str:
 
 
 class _Image(Kind[Img]):
-    gated = True
     channels_last = True
+    # Blocks whose statistics divide by (positions - 1), a variance or an unbiased std, need two
+    # positions: their single-position cases get two (along the last dim), and a single-position
+    # input must raise (error input single_position).
+    min_positions: ClassVar[int] = 1
+
+    def case_channels(self, spec: Img, channels: int) -> int:
+        """The channel count the cases use for ``channels`` (a block with groups needs multiples)."""
+        return channels
+
+    def _fit(self, spec: Img, shape: tuple[int, ...]) -> tuple[int, ...]:
+        b, c, *spatial = shape
+        if math.prod(spatial) < self.min_positions:
+            spatial[-1] = self.min_positions
+        return (b, self.case_channels(spec, c), *spatial)
+
+    def gated(self, spec: Img) -> bool:
+        return True
 
     def cases(self, spec: Img) -> list[Case]:
-        act = _ACTIVATION[spec.dims]
+        act = self._fit(spec, _ACTIVATION[spec.dims])
+        sizes = [self._fit(spec, s) for s in _SIZES[spec.dims]]
         return [
-            *(Case(_shape_name(s), (s[1],), (s,)) for s in _SIZES[spec.dims]),
+            *(Case(_shape_name(s), (s[1],), (s,)) for s in sizes),
             Case("act_" + _shape_name(act), (act[1],), (act,), magnitudes=(_ACTIVATION_MAGNITUDE,)),
         ]
 
     def tiny(self, spec: Img) -> Case:
-        s = _TINY[spec.dims]
+        s = self._fit(spec, _TINY[spec.dims])
         return Case("tiny", (s[1],), (s,))
 
     def inputs(
@@ -278,20 +301,22 @@ class _Image(Kind[Img]):
     def error_inputs(self, spec: Img) -> list[ErrorInput]:
         dims = spec.dims
         names = _SPATIAL_NAMES[dims]
-        rank = (2, 8, *[5] * (dims + 1))
-        width = (2, 6, *[5] * dims)
-        ok = (2, 8, *[5] * dims)
-        empty = (2, 8, *[5] * (dims - 1), 0)
-        expected = rf"\(B, 8, {names}\)"
-        return [
+        c = self.case_channels(spec, 8)
+        rank = (2, c, *[5] * (dims + 1))
+        width = (2, c - 2, *[5] * dims)
+        ok = (2, c, *[5] * dims)
+        empty = (2, c, *[5] * (dims - 1), 0)
+        single = (2, c, *[1] * dims)
+        expected = rf"\(B, {c}, {names}\)"
+        errors = [
             ErrorInput(
                 "wrong_rank",
-                lambda f, d: f(8, device=d)(torch.randn(rank, device=d)),
+                lambda f, d: f(c, device=d)(torch.randn(rank, device=d)),
                 rf"^{{cls}}: expected input of shape {expected}, got \({', '.join(map(str, rank))}\)$",
             ),
             ErrorInput(
                 "wrong_channels",
-                lambda f, d: f(8, device=d)(torch.randn(width, device=d)),
+                lambda f, d: f(c, device=d)(torch.randn(width, device=d)),
                 rf"^{{cls}}: expected input of shape {expected}, got \({', '.join(map(str, width))}\)$",
             ),
             ErrorInput(
@@ -301,15 +326,24 @@ class _Image(Kind[Img]):
             ),
             ErrorInput(
                 "integer_input",
-                lambda f, d: f(8, device=d)(torch.ones(ok, dtype=torch.int64, device=d)),
+                lambda f, d: f(c, device=d)(torch.ones(ok, dtype=torch.int64, device=d)),
                 r"^{cls}: expected a floating-point input, got torch.int64$",
             ),
             ErrorInput(
                 "empty_spatial",
-                lambda f, d: f(8, device=d)(torch.randn(empty, device=d)),
+                lambda f, d: f(c, device=d)(torch.randn(empty, device=d)),
                 rf"^{{cls}}: expected at least one position in {names}, got \({', '.join(map(str, empty))}\)$",
             ),
         ]
+        if self.min_positions > 1:
+            errors.append(
+                ErrorInput(
+                    "single_position",
+                    lambda f, d: f(c, device=d)(torch.randn(single, device=d)),
+                    rf"^{{cls}}: expected at least two positions in {names} \(.+\), got \({', '.join(map(str, single))}\)$",
+                )
+            )
+        return errors
 
 
 def _timm_anchor(name: str, kind: Kind[Any], spec: Any) -> Anchor:
@@ -434,6 +468,157 @@ class Ese(_Image[EseSpec]):
         return [_timm_anchor("timm EffectiveSEModule formulation", self, spec)]
 
 
+def _statistics_in_float32(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+    """``fn(x)``; for float16 and bfloat16 ``x``, ``fn`` run in float32 and its output rounded back.
+
+    The zoo's code run in float16 overflows on realistic activations (SimAM's squared deviations,
+    SGE's products of x with its mean: above 65504) and would leave the low-precision rule no
+    yardstick. In float32 it is the yardstick the generated modules must keep up with: they, too,
+    compute their statistics in float32 and round only the gate and the product.
+    """
+    if x.dtype in (torch.float16, torch.bfloat16):
+        return fn(x.float()).to(x.dtype)
+    return fn(x)
+
+
+class Simam(_Image[SimamSpec]):
+    name = "simam"
+    min_positions = 2  # the variance divides by H * W - 1
+
+    def param_shapes(self, spec: SimamSpec, case: Case) -> dict[str, tuple[int, ...]]:
+        return {}
+
+    def reference(
+        self, spec: SimamSpec, params: references.State, inputs: Inputs, *, training: bool = False
+    ) -> Tensor:
+        return references.simam(inputs.args[0], spec)
+
+    def plain(self, spec: SimamSpec, params: references.Params, inputs: Inputs) -> Tensor:
+        return _statistics_in_float32(lambda x: anchors.zoo_simam(x, params, spec), inputs.args[0])
+
+    def anchors(self, spec: SimamSpec) -> list[Anchor]:
+        return [_timm_anchor("SimAM's official code (simam_module) formulation", self, spec)]
+
+
+class Sge(_Image[SgeSpec]):
+    name = "sge"
+    min_positions = 2  # the unbiased std divides by H * W - 1
+
+    def case_channels(self, spec: SgeSpec, channels: int) -> int:
+        # A multiple of the groups, with at least two channels a group: the similarity then sums
+        # over channels and the grouping's order matters.
+        g = spec.groups
+        return g * max(2, -(-channels // g))
+
+    def param_shapes(self, spec: SgeSpec, case: Case) -> dict[str, tuple[int, ...]]:
+        shape = (1, spec.groups, *(1,) * spec.dims)
+        return {"weight": shape, "bias": shape}
+
+    def reference(
+        self, spec: SgeSpec, params: references.State, inputs: Inputs, *, training: bool = False
+    ) -> Tensor:
+        return references.sge(inputs.args[0], params, spec)
+
+    def plain(self, spec: SgeSpec, params: references.Params, inputs: Inputs) -> Tensor:
+        return _statistics_in_float32(lambda x: anchors.zoo_sge(x, params, spec), inputs.args[0])
+
+    def anchors(self, spec: SgeSpec) -> list[Anchor]:
+        return [_timm_anchor("SGE's official code (SpatialGroupEnhance) formulation", self, spec)]
+
+    def error_inputs(self, spec: SgeSpec) -> list[ErrorInput]:
+        g = spec.groups
+        errors = super().error_inputs(spec)
+        if g > 1:
+            errors.append(
+                ErrorInput(
+                    "indivisible_channels",
+                    lambda f, d: f(g + 1, device=d),
+                    rf"^{{cls}}: channels must be divisible by {g} groups, got {g + 1}$",
+                )
+            )
+        return errors
+
+
+def _strip_conv_shapes(c: int, k: int, bias: bool) -> dict[str, tuple[int, ...]]:
+    shapes: dict[str, tuple[int, ...]] = {
+        "conv_h.weight": (c, 1, k, 1),
+        "conv_w.weight": (c, 1, 1, k),
+    }
+    if bias:
+        shapes |= {"conv_h.bias": (c,), "conv_w.bias": (c,)}
+    return shapes
+
+
+class Ela(_Image[ElaSpec]):
+    name = "ela"
+
+    def gated(self, spec: ElaSpec) -> bool:
+        return not spec.skip  # with skip, x * a_h * a_w + x: up to 2 |x|
+
+    @staticmethod
+    def _groups(spec: ElaSpec) -> int:
+        return spec.norm_groups if spec.norm == "groupnorm" else 1
+
+    def case_channels(self, spec: ElaSpec, channels: int) -> int:
+        # A multiple of the norm's groups, with at least two channels a group: F.group_norm refuses
+        # a group holding a single value (in eval too), which one channel a group would give on a
+        # batch of one with a strip of length one.
+        g = self._groups(spec)
+        return max(-(-channels // g), 2) * g
+
+    def error_inputs(self, spec: ElaSpec) -> list[ErrorInput]:
+        errors = super().error_inputs(spec)
+        g = self._groups(spec)
+        if g > 1:
+            errors.append(
+                ErrorInput(
+                    "indivisible_channels",
+                    lambda f, d: f(g + 1, device=d),
+                    rf"^{{cls}}: channels must be a multiple of the norm's {g} groups, got {g + 1}$",
+                )
+            )
+        return errors
+
+    def param_shapes(self, spec: ElaSpec, case: Case) -> dict[str, tuple[int, ...]]:
+        c = case.ctor[0]
+        shapes = _strip_conv_shapes(c, spec.kernel_size, spec.bias)
+        if spec.norm != "none":
+            shapes |= {f"norm_{a}.{p}": (c,) for a in "hw" for p in ("weight", "bias")}
+        return shapes
+
+    def reference(
+        self, spec: ElaSpec, params: references.State, inputs: Inputs, *, training: bool = False
+    ) -> Tensor:
+        return references.ela(inputs.args[0], params, spec, training=training)
+
+    def plain(self, spec: ElaSpec, params: references.Params, inputs: Inputs) -> Tensor:
+        return anchors.timm_ela(inputs.args[0], params, spec)
+
+    def anchors(self, spec: ElaSpec) -> list[Anchor]:
+        return [_timm_anchor("timm EfficientLocalAttn formulation", self, spec)]
+
+
+class Strip(_Image[StripSpec]):
+    name = "strip"
+
+    def gated(self, spec: StripSpec) -> bool:
+        return not spec.skip  # with skip, x * a + x: up to 2 |x|
+
+    def param_shapes(self, spec: StripSpec, case: Case) -> dict[str, tuple[int, ...]]:
+        return _strip_conv_shapes(case.ctor[0], spec.kernel_size, spec.bias) if spec.conv else {}
+
+    def reference(
+        self, spec: StripSpec, params: references.State, inputs: Inputs, *, training: bool = False
+    ) -> Tensor:
+        return references.strip(inputs.args[0], params, spec)
+
+    def plain(self, spec: StripSpec, params: references.Params, inputs: Inputs) -> Tensor:
+        return anchors.timm_strip(inputs.args[0], params, spec)
+
+    def anchors(self, spec: StripSpec) -> list[Anchor]:
+        return [_timm_anchor("timm StripAttn formulation", self, spec)]
+
+
 class Triplet(_Image[TripletSpec]):
     name = "triplet"
 
@@ -462,8 +647,9 @@ class Triplet(_Image[TripletSpec]):
 
 class Bam(_Image[BamSpec]):
     name = "bam"
-    # x * (1 + sigmoid(s)): x plus x gated, so |x| <= |output| <= 2 |x| everywhere.
-    gate_range = (1.0, 2.0)
+
+    def gated(self, spec: BamSpec) -> bool:
+        return False  # x * (1 + sigmoid(s)): x plus x gated, up to 2 |x|
 
     def cases(self, spec: BamSpec) -> list[Case]:
         # Besides the image cases (some smaller than the dilation), one where every tap of the
@@ -950,7 +1136,11 @@ class Mha(_Attention[MhaSpec]):
 
 #: kind name -> its record.
 KIND_DB: dict[str, Kind[Any]] = {
-    k.name: k for k in (Channel(), Spatial(), Cbam(), Eca(), Ese(), Triplet(), Bam(), Sdpa(), Mha())
+    k.name: k
+    for k in (
+        *(Channel(), Spatial(), Cbam(), Eca(), Ese(), Ela(), Strip()),
+        *(Simam(), Sge(), Triplet(), Bam(), Sdpa(), Mha()),
+    )
 }
 
 

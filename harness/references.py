@@ -28,9 +28,13 @@ from .spec import (
     CbamSpec,
     ChannelOptions,
     EcaSpec,
+    ElaSpec,
     EseSpec,
     MhaSpec,
+    SgeSpec,
+    SimamSpec,
     SpatialOptions,
+    StripSpec,
     TripletSpec,
 )
 
@@ -244,6 +248,96 @@ def ese(x: Tensor, params: Params, spec: EseSpec) -> Tensor:
         pooled = torch.max(flat, dim=-1).values
     s = F.linear(pooled, params["fc.weight"].reshape(c, c), params.get("fc.bias"))
     return x * gate(s, spec.gate).reshape(b, c, *([1] * (x.ndim - 2)))
+
+
+def simam(x: Tensor, spec: SimamSpec) -> Tensor:
+    """SimAM from the paper's minimal energy, e* = 4 (s^2 + lambda) / ((t - mu)^2 + 2 s^2 + 2 lambda)
+    per neuron t, then ``x * sigmoid(1 / e*)``; mu and s^2 the channel's mean and variance over its
+    M positions, the variance by ``torch.var`` with M - 1 as the paper's code divides."""
+    b, c = x.shape[:2]
+    flat = x.reshape(b, c, -1)
+    mu = flat.mean(-1, keepdim=True)
+    var = torch.var(flat, dim=-1, correction=1, keepdim=True)
+    lam = spec.e_lambda
+    energy = 4 * (var + lam) / ((flat - mu) ** 2 + 2 * var + 2 * lam)
+    return x * gate(1 / energy, "sigmoid").reshape(x.shape)
+
+
+def sge(x: Tensor, params: Params, spec: SgeSpec) -> Tensor:
+    """SGE as the paper writes it, per group of C / G channels and its m positions x_i: the mean
+    vector g = (1 / m) sum_i x_i, similarities c_i = g . x_i (an einsum), normalised as
+    (c_i - mean) / (std + 1e-5) with the std by the unbiased sum of squares (the paper's code:
+    torch.std), a_i = weight * that + bias, and ``x_i * sigmoid(a_i)``."""
+    b, c = x.shape[:2]
+    groups = spec.groups
+    flat = x.reshape(b, groups, c // groups, -1)  # (B, G, C / G, m)
+    m = flat.shape[-1]
+    mean_vector = flat.sum(-1) / m
+    sim = torch.einsum("bgkm,bgk->bgm", flat, mean_vector)
+    centred = sim - sim.sum(-1, keepdim=True) / m
+    std = torch.sqrt((centred * centred).sum(-1, keepdim=True) / (m - 1))
+    weight = params["weight"].reshape(1, groups, 1)
+    bias = params["bias"].reshape(1, groups, 1)
+    a = centred / (std + 1e-5) * weight + bias
+    return (flat * gate(a, "sigmoid")[:, :, None, :]).reshape(x.shape)
+
+
+def depthwise_strip_conv(z: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """A depthwise conv along the last dim of a (B, C, L) strip with zero padding k // 2 on each
+    side: sliding windows (``unfold``) contracted with each channel's kernel (``einsum``), no conv
+    op. ``weight`` is the conv's (C, 1, k, 1) or (C, 1, 1, k): one k-long kernel per channel."""
+    kernels = weight.reshape(weight.shape[0], -1)
+    k = kernels.shape[-1]
+    windows = F.pad(z, (k // 2, k // 2)).unfold(-1, k, 1)  # (B, C, L, k)
+    out = torch.einsum("bclk,ck->bcl", windows, kernels)
+    return out if bias is None else out + bias[:, None]
+
+
+def group_norm(z: Tensor, weight: Tensor, bias: Tensor, groups: int, eps: float = 1e-5) -> Tensor:
+    """Group norm of a (B, C, ...) tensor, written out: each sample's channels split into
+    ``groups`` contiguous groups, each normalised by its own mean and biased variance over its
+    channels and positions, then a per-channel affine."""
+    grouped = z.reshape(z.shape[0], groups, -1)
+    mean = grouped.mean(-1, keepdim=True)
+    var = ((grouped - mean) ** 2).mean(-1, keepdim=True)
+    out = ((grouped - mean) / torch.sqrt(var + eps)).reshape(z.shape)
+    shape = (1, -1, *[1] * (z.ndim - 2))
+    return out * weight.reshape(shape) + bias.reshape(shape)
+
+
+def ela(x: Tensor, params: State, spec: ElaSpec, training: bool = False) -> Tensor:
+    """The paper's ELA (Xu and Wan, 2024): z_h = x averaged along W, a (B, C, H)
+    strip, and z_w = x averaged along H, (B, C, W); y = gate(act(norm(F(z)))) for each, F a
+    depthwise 1D conv; the output x[b, c, h, w] * y_h[b, c, h] * y_w[b, c, w]. Per axis its own
+    conv and norm, as timm has them (conv_h, norm_h, conv_w, norm_w)."""
+    strips = {"h": x.mean(3), "w": x.mean(2)}
+    gates = {}
+    for axis, z in strips.items():
+        s = depthwise_strip_conv(z, params[f"conv_{axis}.weight"], params.get(f"conv_{axis}.bias"))
+        if spec.norm == "groupnorm":
+            s = group_norm(
+                s, params[f"norm_{axis}.weight"], params[f"norm_{axis}.bias"], spec.norm_groups
+            )
+        elif spec.norm == "batchnorm":
+            s = batch_norm(s, params, f"norm_{axis}.", training)
+        if spec.activation != "none":
+            s = activation(s, spec.activation)
+        gates[axis] = gate(s, spec.gate)
+    out = torch.einsum("bchw,bch,bcw->bchw", x, gates["h"], gates["w"])
+    return out + x if spec.skip else out
+
+
+def strip(x: Tensor, params: Params, spec: StripSpec) -> Tensor:
+    """Strip attention: the (B, C, H) strip of x averaged along W and the (B, C, W) strip averaged
+    along H, each through its depthwise 1D conv (when there are convs), combined as an outer sum
+    into a (B, C, H, W) map s[b, c, h, w] = s_h[b, c, h] + s_w[b, c, w]; x * gate(s)."""
+    s_h, s_w = x.mean(3), x.mean(2)
+    if spec.conv:
+        s_h = depthwise_strip_conv(s_h, params["conv_h.weight"], params.get("conv_h.bias"))
+        s_w = depthwise_strip_conv(s_w, params["conv_w.weight"], params.get("conv_w.bias"))
+    s = s_h[:, :, :, None].expand(x.shape) + s_w[:, :, None, :].expand(x.shape)
+    out = x * gate(s, spec.gate)
+    return out + x if spec.skip else out
 
 
 def _conv_taps(x: Tensor, w: Tensor, bias: Tensor | None, dilation: int = 1) -> Tensor:

@@ -28,6 +28,10 @@ from pydantic import (
 Gate = Literal["sigmoid", "hard_sigmoid"]
 Activation = Literal["relu", "relu6", "silu", "gelu", "hard_swish"]
 Norm = Literal["none", "batchnorm"]
+# The strip blocks (ela): a norm on each pooled strip, group norm included (no running statistics).
+StripNorm = Literal["none", "groupnorm", "batchnorm"]
+# An activation that may be absent (ela: the paper has none between its norm and its gate).
+ActivationOrNone = Literal["none", "relu", "relu6", "silu", "gelu", "hard_swish"]
 
 
 def _integer(value: Any) -> Any:
@@ -370,103 +374,43 @@ class EseSpec(_Spatial, _Variant):
     _pooling_unique = field_validator("pooling")(_unique)
 
 
-Dims2d = Annotated[Literal[2], BeforeValidator(_integer)]
-
-
-class TripletSpec(_Variant):
-    kind: Literal["triplet"] = Field(
+class SimamSpec(_Spatial, _Variant):
+    kind: Literal["simam"] = Field(
         description=(
-            "Triplet attention (Misra et al., 2021): three branches, each pooling over one of "
-            "C, H, W and gating the plane of the other two; their gated copies averaged."
+            "SimAM (Yang et al., 2021): parameter-free attention, each neuron gated by the inverse "
+            "of its minimal energy within its channel."
         )
     )
-    dims: Dims2d = Field(
-        2,
+    e_lambda: float = Field(
+        1e-4,
+        ge=1e-8,
+        le=100.0,
         description=(
-            "Spatial dims of the input: 2 only, (B, C, H, W); the branches rotate C, H and W "
-            "into one another."
-        ),
-    )
-    kernel_size: int = Field(
-        7,
-        ge=1,
-        le=31,
-        description=(
-            "Side of each branch's conv kernel (the paper's k = 7); odd, so every map keeps its size."
-        ),
-    )
-    no_spatial: bool = Field(
-        False,
-        description=(
-            "Drop the hw branch (spatial attention over H, W): the cw and hc branches alone, "
-            "averaged (the official code's no_spatial)."
+            "lambda, the energy's regulariser: the gate is sigmoid(d / (4 (v + lambda)) + 1/2), d a "
+            "position's squared deviation from its channel's mean, v = sum(d) / (positions - 1). "
+            "Positive, so a constant channel gets sigmoid(1/2), not 0 / 0; larger values flatten "
+            "every gate towards that."
         ),
     )
 
-    @field_validator("kernel_size")
-    @classmethod
-    def _odd(cls, value: int) -> int:
-        if value % 2 == 0:
-            raise ValueError(
-                f"kernel_size must be odd (even sizes change the output size), got {value}"
-            )
-        return value
 
-
-BAM_DILATION = 4
-
-
-class BamSpec(_Variant):
-    kind: Literal["bam"] = Field(
+class SgeSpec(_Spatial, _Variant):
+    kind: Literal["sge"] = Field(
         description=(
-            "BAM, bottleneck attention module (Park et al., 2018): channel and spatial attention "
-            "in parallel, x * (1 + sigmoid(channel + spatial))."
+            "Spatial group-wise enhance (Li et al., 2019): per channel group, a spatial gate from "
+            "each position's similarity with the group's mean vector."
         )
     )
-    dims: Dims2d = Field(
-        2, description="Spatial dims of the input: 2 only, (B, C, H, W), as in the paper."
-    )
-    reduction: int = Field(
-        16,
+    groups: int = Field(
+        64,
         ge=1,
         le=1024,
         description=(
-            "Reduction ratio r: the channel MLP's hidden layer and the spatial branch work at "
-            "C' = floor(C / r) channels (at least min_channels)."
+            "G, the number of channel groups (64 in the paper); each group has its own scale "
+            "``weight`` and shift ``bias``. The channel count must be divisible by G (checked when "
+            "the module is built)."
         ),
     )
-    min_channels: int = Field(1, ge=1, le=4096, description="Lower bound on C' (never 0 channels).")
-    dilation: int = Field(
-        BAM_DILATION,
-        ge=1,
-        le=32,
-        description=(
-            "Dilation d of the spatial branch's 3x3 convs, padded by d so the map keeps its size "
-            "(the paper's 4)."
-        ),
-    )
-    dilated_convs: int = Field(
-        2,
-        ge=0,
-        le=8,
-        description=(
-            "Number of dilated 3x3 convs C' -> C' in the spatial branch, each followed by a "
-            "batchnorm and a ReLU (the paper's 2)."
-        ),
-    )
-    merge: Literal["sum", "product"] = Field(
-        "sum",
-        description=(
-            "How the two branches combine before the sigmoid: sum, as in the paper (the best in "
-            "its ablation); product, as in the authors' released code (MODELS/bam.py)."
-        ),
-    )
-
-    @model_validator(mode="after")
-    def _dilation_needs_convs(self) -> BamSpec:
-        if self.dilated_convs == 0 and self.dilation != BAM_DILATION:
-            raise ValueError("dilation applies only with dilated_convs of at least 1")
-        return self
 
 
 class AttentionOptions(_Model):
@@ -559,18 +503,270 @@ class MhaSpec(AttentionOptions, _Variant):
         return self
 
 
+class _Planar(_Spatial):
+    """Blocks that pool along H and along W separately: 2D inputs only."""
+
+    dims: Dims = Field(
+        2,
+        description=(
+            "Spatial dims of the input: 2 only, (B, C, H, W); the block pools along H and along "
+            "W separately."
+        ),
+    )
+
+    @field_validator("dims")
+    @classmethod
+    def _two_dims(cls, value: int) -> int:
+        if value != 2:
+            raise ValueError(
+                f"this block pools along H and along W separately: dims must be 2, got {value}"
+            )
+        return value
+
+
+def _odd_strip_kernel(value: int) -> int:
+    if value % 2 == 0:
+        raise ValueError(
+            f"kernel_size must be odd (an even one lengthens the strip by one), got {value}"
+        )
+    return value
+
+
+class ElaSpec(_Planar, _Variant):
+    kind: Literal["ela"] = Field(
+        description=(
+            "Efficient local attention (Xu and Wan, 2024): a gate along H times a gate along W, "
+            "each from a depthwise 1D conv over a pooled strip."
+        )
+    )
+    kernel_size: int = Field(
+        7,
+        ge=1,
+        le=31,
+        description=(
+            "Odd length of the depthwise 1D convs: k x 1 along H (conv_h), 1 x k along W (conv_w)."
+        ),
+    )
+    bias: bool = Field(False, description="Biases on conv_h and conv_w.")
+    norm: StripNorm = Field(
+        "groupnorm",
+        description=(
+            "Normalisation of each conv's output (norm_h, norm_w): groupnorm (statistics of each "
+            "sample: training and eval agree), batchnorm (running statistics: they differ) or none."
+        ),
+    )
+    norm_groups: int = Field(
+        1,
+        ge=1,
+        le=1024,
+        description=(
+            "With groupnorm: its number of groups, which must divide C. 1: one group over every "
+            "channel and position of the strip (timm's GroupNorm1); the widely copied ELA code uses 16."
+        ),
+    )
+    activation: ActivationOrNone = Field(
+        "silu",
+        description=(
+            "Activation between the norm and the gate (timm's); none: the norm's output goes "
+            "straight into the gate, as in the paper."
+        ),
+    )
+    gate: Gate = Field(
+        "sigmoid", description="Gate applied to each strip: x * gate(h strip) * gate(w strip)."
+    )
+    skip: bool = Field(
+        False,
+        description="Adds x to the gated output (a residual): x * a_h * a_w + x, no longer a gate.",
+    )
+
+    _odd = field_validator("kernel_size")(_odd_strip_kernel)
+
+    @model_validator(mode="after")
+    def _groups_need_groupnorm(self) -> ElaSpec:
+        if self.norm_groups != 1 and self.norm != "groupnorm":
+            raise ValueError("norm_groups applies only with norm: groupnorm")
+        return self
+
+
+class StripSpec(_Planar, _Variant):
+    kind: Literal["strip"] = Field(
+        description=(
+            "Strip attention (timm's StripAttn): one gate from the sum of a pooled H strip and a "
+            "pooled W strip, each optionally refined by a depthwise 1D conv."
+        )
+    )
+    conv: bool = Field(
+        True,
+        description=(
+            "Depthwise 1D convs on the strips, k x 1 along H (conv_h) and 1 x k along W (conv_w); "
+            "false: the pooled strips are summed as they are (no parameters)."
+        ),
+    )
+    kernel_size: int = Field(
+        3, ge=1, le=31, description="With conv: the odd length of conv_h and conv_w."
+    )
+    bias: bool = Field(False, description="With conv: biases on conv_h and conv_w.")
+    gate: Gate = Field("sigmoid", description="Gate applied to the summed strips before x * gate.")
+    skip: bool = Field(
+        False,
+        description="Adds x to the gated output (a residual): x * a + x, no longer a gate.",
+    )
+
+    _odd = field_validator("kernel_size")(_odd_strip_kernel)
+
+    @model_validator(mode="after")
+    def _conv_options(self) -> StripSpec:
+        changed = [f for f, v in (("kernel_size", 3), ("bias", False)) if getattr(self, f) != v]
+        if changed and not self.conv:
+            verb = "applies" if len(changed) == 1 else "apply"
+            raise ValueError(f"{', '.join(changed)} {verb} only with conv: true")
+        return self
+
+
+class TripletSpec(_Planar, _Variant):
+    kind: Literal["triplet"] = Field(
+        description=(
+            "Triplet attention (Misra et al., 2021): three branches, each pooling over one of "
+            "C, H, W and gating the plane of the other two; their gated copies averaged."
+        )
+    )
+    dims: Dims = Field(
+        2,
+        description=(
+            "Spatial dims of the input: 2 only, (B, C, H, W); the branches rotate C, H and W "
+            "into one another."
+        ),
+    )
+    kernel_size: int = Field(
+        7,
+        ge=1,
+        le=31,
+        description=(
+            "Side of each branch's conv kernel (the paper's k = 7); odd, so every map keeps its size."
+        ),
+    )
+    no_spatial: bool = Field(
+        False,
+        description=(
+            "Drop the hw branch (spatial attention over H, W): the cw and hc branches alone, "
+            "averaged (the official code's no_spatial)."
+        ),
+    )
+
+    @field_validator("dims")
+    @classmethod
+    def _two_dims(cls, value: int) -> int:
+        if value != 2:
+            raise ValueError(
+                f"triplet attention rotates C, H and W into one another: dims must be 2, got {value}"
+            )
+        return value
+
+    @field_validator("kernel_size")
+    @classmethod
+    def _odd(cls, value: int) -> int:
+        if value % 2 == 0:
+            raise ValueError(
+                f"kernel_size must be odd (even sizes change the output size), got {value}"
+            )
+        return value
+
+
+BAM_DILATION = 4
+
+
+class BamSpec(_Planar, _Variant):
+    kind: Literal["bam"] = Field(
+        description=(
+            "BAM, bottleneck attention module (Park et al., 2018): channel and spatial attention "
+            "in parallel, x * (1 + sigmoid(channel + spatial))."
+        )
+    )
+    dims: Dims = Field(
+        2,
+        description=(
+            "Spatial dims of the input: 2 only, (B, C, H, W), as in the paper and the authors' "
+            "code (2D convs and batchnorms)."
+        ),
+    )
+    reduction: int = Field(
+        16,
+        ge=1,
+        le=1024,
+        description=(
+            "Reduction ratio r: the channel MLP's hidden layer and the spatial branch work at "
+            "C' = floor(C / r) channels (at least min_channels)."
+        ),
+    )
+    min_channels: int = Field(1, ge=1, le=4096, description="Lower bound on C' (never 0 channels).")
+    dilation: int = Field(
+        BAM_DILATION,
+        ge=1,
+        le=32,
+        description=(
+            "Dilation d of the spatial branch's 3x3 convs, padded by d so the map keeps its size "
+            "(the paper's 4)."
+        ),
+    )
+    dilated_convs: int = Field(
+        2,
+        ge=0,
+        le=8,
+        description=(
+            "Number of dilated 3x3 convs C' -> C' in the spatial branch, each followed by a "
+            "batchnorm and a ReLU (the paper's 2)."
+        ),
+    )
+    merge: Literal["sum", "product"] = Field(
+        "sum",
+        description=(
+            "How the two branches combine before the sigmoid: sum, as in the paper (the best in "
+            "its ablation); product, as in the authors' released code (MODELS/bam.py)."
+        ),
+    )
+
+    @field_validator("dims")
+    @classmethod
+    def _two_dims(cls, value: int) -> int:
+        if value != 2:
+            raise ValueError(f"BAM is defined for 2D inputs only: dims must be 2, got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _dilation_needs_convs(self) -> BamSpec:
+        if self.dilated_convs == 0 and self.dilation != BAM_DILATION:
+            raise ValueError("dilation applies only with dilated_convs of at least 1")
+        return self
+
+
 AnySpec = (
     ChannelSpec
     | SpatialSpec
     | CbamSpec
     | EcaSpec
     | EseSpec
+    | ElaSpec
+    | StripSpec
+    | SimamSpec
+    | SgeSpec
     | TripletSpec
     | BamSpec
     | SdpaSpec
     | MhaSpec
 )
-ImageSpec = ChannelSpec | SpatialSpec | CbamSpec | EcaSpec | EseSpec | TripletSpec | BamSpec
+ImageSpec = (
+    ChannelSpec
+    | SpatialSpec
+    | CbamSpec
+    | EcaSpec
+    | EseSpec
+    | ElaSpec
+    | StripSpec
+    | SimamSpec
+    | SgeSpec
+    | TripletSpec
+    | BamSpec
+)
 SPEC_ADAPTER: TypeAdapter[AnySpec] = TypeAdapter(Annotated[AnySpec, Field(discriminator="kind")])
 #: kind name -> its spec model. The kind names, in the order the README lists them.
 MODELS: dict[str, type[_Variant]] = {
@@ -579,6 +775,10 @@ MODELS: dict[str, type[_Variant]] = {
     "cbam": CbamSpec,
     "eca": EcaSpec,
     "ese": EseSpec,
+    "ela": ElaSpec,
+    "strip": StripSpec,
+    "simam": SimamSpec,
+    "sge": SgeSpec,
     "triplet": TripletSpec,
     "bam": BamSpec,
     "sdpa": SdpaSpec,

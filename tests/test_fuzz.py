@@ -141,6 +141,19 @@ variants = st.one_of(
             st.fixed_dictionaries({}, optional={"gate": gates}),
         ).map(lambda t: {**t[0], **t[1], **t[2]}),
     ),
+    _variant(
+        "simam",
+        st.tuples(st.fixed_dictionaries({}, optional={"e_lambda": st.floats(1e-8, 100)}), dims).map(
+            lambda t: {**t[0], **t[1]}
+        ),
+    ),
+    # groups always given: the default 64 does not divide the fuzz inputs' 6 channels.
+    _variant(
+        "sge",
+        st.tuples(st.fixed_dictionaries({"groups": st.sampled_from([1, 2, 3, 6])}), dims).map(
+            lambda t: {**t[0], **t[1]}
+        ),
+    ),
     _variant("sdpa", st.fixed_dictionaries({}, optional=attention_opts)),
     _variant(
         "mha",
@@ -165,7 +178,7 @@ _packages = itertools.count()
 
 
 def _inputs(spec) -> tuple[tuple, tuple]:
-    if spec.kind in ("channel", "spatial", "cbam", "eca"):
+    if spec.kind in ("channel", "spatial", "cbam", "eca", "simam", "sge"):
         return (6,), (torch.randn(2, 6, *[3] * spec.dims),)
     if spec.kind == "sdpa":
         return (), (torch.randn(2, 3, 8), torch.randn(2, 5, 8), torch.randn(2, 5, 4))
@@ -241,6 +254,8 @@ FIELDS = [
     "causal_alignment",
     "gamma",
     "beta",
+    "e_lambda",
+    "groups",
     "name",
     "kind",
     "reduction",

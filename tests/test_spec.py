@@ -65,6 +65,37 @@ FIELDS = [
     ("ese", "pooling", ["avg", "max"], ["max", "max"]),
     ("ese", "gate", "sigmoid", "tanh"),
     ("ese", "bias", False, None),
+    ("simam", "dims", 3, 0),
+    ("simam", "e_lambda", 1e-4, 0.0),  # must stay positive: a constant channel's 0 / (4 lambda)
+    ("simam", "e_lambda", 1e-8, 5e-9),
+    ("simam", "e_lambda", 100, 100.5),
+    ("simam", "e_lambda", 1e-8, "1e-4"),
+    ("sge", "dims", 1, 4),
+    ("sge", "groups", 8, 0),
+    ("sge", "groups", 1024, 1025),
+    ("sge", "groups", 64, 64.0),
+    ("ela", "dims", 2, 3),
+    ("ela", "dims", 2, 1),
+    ("ela", "kernel_size", 5, 4),
+    ("ela", "kernel_size", 31, 33),
+    ("ela", "kernel_size", 1, 0),
+    ("ela", "bias", True, "true"),
+    ("ela", "norm", "batchnorm", "layernorm"),
+    ("ela", "norm", "none", "groupnorm1"),
+    ("ela", "norm_groups", 16, 0),
+    ("ela", "norm_groups", 1024, 1025),
+    ("ela", "activation", "none", "identity"),
+    ("ela", "activation", "hard_swish", "tanh"),
+    ("ela", "gate", "hard_sigmoid", "tanh"),
+    ("ela", "skip", True, "yes"),
+    ("strip", "dims", 2, 3),
+    ("strip", "dims", 2, 2.0),
+    ("strip", "conv", False, 0),
+    ("strip", "kernel_size", 7, 2),
+    ("strip", "kernel_size", 1, 0),
+    ("strip", "bias", True, None),
+    ("strip", "gate", "hard_sigmoid", "relu"),
+    ("strip", "skip", True, 1),
     ("triplet", "dims", 2, 3),
     ("triplet", "dims", 2, 2.0),
     ("triplet", "kernel_size", 3, 4),
@@ -171,6 +202,38 @@ def test_cross_field_rules():
         }
     )
     assert specs.validate({**BASE["mha"], "heads": 6, "kv_heads": 3}).kv_heads == 3
+
+
+def test_strip_block_rules():
+    for kind in ("ela", "strip"):
+        for dims in (1, 3):
+            with pytest.raises(
+                ValidationError,
+                match=rf"pools along H and along W separately: dims must be 2, got {dims}",
+            ):
+                specs.validate({**BASE[kind], "dims": dims})
+    with pytest.raises(ValidationError, match="kernel_size must be odd"):
+        specs.validate({**BASE["ela"], "kernel_size": 6})
+    with pytest.raises(ValidationError, match="norm_groups applies only with norm: groupnorm"):
+        specs.validate({**BASE["ela"], "norm": "batchnorm", "norm_groups": 2})
+    assert (
+        specs.validate({**BASE["ela"], "norm_groups": 16, "activation": "none"}).norm_groups == 16
+    )
+    with pytest.raises(ValidationError, match="kernel_size applies only with conv: true"):
+        specs.validate({**BASE["strip"], "conv": False, "kernel_size": 5})
+    with pytest.raises(ValidationError, match="kernel_size, bias apply only with conv: true"):
+        specs.validate({**BASE["strip"], "conv": False, "kernel_size": 5, "bias": True})
+    assert not specs.validate({**BASE["strip"], "conv": False, "skip": True}).conv
+
+
+def test_triplet_bam_rules():
+    for dims in (1, 3):
+        with pytest.raises(ValidationError, match=rf"rotates C, H and W .* must be 2, got {dims}"):
+            specs.validate({**BASE["triplet"], "dims": dims})
+        with pytest.raises(ValidationError, match=rf"2D inputs only: dims must be 2, got {dims}"):
+            specs.validate({**BASE["bam"], "dims": dims})
+    with pytest.raises(ValidationError, match="kernel_size must be odd"):
+        specs.validate({**BASE["triplet"], "kernel_size": 6})
     with pytest.raises(ValidationError, match="dilation applies only with dilated_convs"):
         specs.validate({**BASE["bam"], "dilated_convs": 0, "dilation": 2})
     assert specs.validate({**BASE["bam"], "dilated_convs": 0}).dilation == 4

@@ -401,6 +401,165 @@ class CbamTimmSpatialNoNorm(_base("cbam_timm")):
         return x * torch.sigmoid(s)
 
 
+# --- the zoo's blocks (SimAM, SGE) ------------------------------------------------------------------
+
+
+class SimamPaperVariance(_base("simam")):
+    """Divides the variance by H * W, as the text of the paper's closed form, where the spec (and the
+    paper's own code) divide by H * W - 1."""
+
+    def forward(self, x):
+        d = (x - x.mean((2, 3), keepdim=True)).square()
+        v = d.mean((2, 3), keepdim=True)
+        return x * torch.sigmoid(d / (4 * (v + 1e-4)) + 0.5)
+
+
+class SimamNoPositionCheck(_base("simam")):
+    """Drops the single-position check: a 1x1 map returns NaN (0 / 0) instead of raising."""
+
+    def forward(self, x):
+        n = x.shape[2] * x.shape[3] - 1
+        d = (x - x.mean((2, 3), keepdim=True)).square()
+        return x * torch.sigmoid(d / (4 * (d.sum((2, 3), keepdim=True) / n + 1e-4)) + 0.5)
+
+
+class SimamHalfStatistics(_base("simam")):
+    """The official code as written, its statistics in the input's dtype: right in float64, float32
+    and bfloat16; in float16 the squared deviations of realistic activations (above 256) overflow
+    and the gate turns NaN."""
+
+    def forward(self, x):
+        n = x.shape[2] * x.shape[3] - 1
+        x_minus_mu_square = (x - x.mean(dim=(2, 3), keepdim=True)).pow(2)
+        y = x_minus_mu_square / (4 * (x_minus_mu_square.sum((2, 3), keepdim=True) / n + 1e-4))
+        return x * torch.sigmoid(y + 0.5)
+
+
+class SgeBiasedStd(_base("sge")):
+    """Normalises by the biased standard deviation (the paper's text) where the spec, after the
+    official code, takes torch.std's unbiased one."""
+
+    def forward(self, x):
+        groups = x.unflatten(1, (64, -1))
+        c = (groups * groups.mean((3, 4), keepdim=True)).sum(2)
+        c = c - c.mean((2, 3), keepdim=True)
+        c = c / (c.std((2, 3), correction=0, keepdim=True) + 1e-5)
+        gate = torch.sigmoid(c * self.weight + self.bias)
+        return (groups * gate.unsqueeze(2)).flatten(1, 2)
+
+
+class SgeGroupsInterleaved(_base("sge_g8")):
+    """Groups channels c, c + 8, c + 16 ... (unflatten into (C / 8, 8)) where the official code
+    groups contiguous channels."""
+
+    def forward(self, x):
+        groups = x.unflatten(1, (-1, 8)).transpose(1, 2)
+        c = (groups * groups.mean((3, 4), keepdim=True)).sum(2)
+        c = c - c.mean((2, 3), keepdim=True)
+        c = c / (c.std((2, 3), keepdim=True) + 1e-5)
+        gate = torch.sigmoid(c * self.weight + self.bias)
+        return (groups * gate.unsqueeze(2)).transpose(1, 2).flatten(1, 2)
+
+
+class SgeHalfStatistics(_base("sge")):
+    """The official code as written (views, avg_pool, std), in the input's dtype: right in
+    float64, float32 and bfloat16; in float16 the products of realistic activations with their
+    means, summed over a group, overflow."""
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        x = x.view(b * 64, -1, h, w)
+        xn = (x * F.adaptive_avg_pool2d(x, 1)).sum(dim=1, keepdim=True)
+        t = xn.view(b * 64, -1)
+        t = t - t.mean(dim=1, keepdim=True)
+        t = t / (t.std(dim=1, keepdim=True) + 1e-5)
+        t = t.view(b, 64, h, w) * self.weight + self.bias
+        return (x * torch.sigmoid(t.view(b * 64, 1, h, w))).view(b, c, h, w)
+
+
+# --- ela, strip ------------------------------------------------------------------------------------
+
+
+def _group_norm_over_batch(s, norm):
+    """A group norm (one group) whose statistics span the whole batch, not each sample."""
+    mean, var = s.mean(), s.var(unbiased=False)
+    shape = (1, -1, 1, 1)
+    return (s - mean) / torch.sqrt(var + norm.eps) * norm.weight.view(shape) + norm.bias.view(shape)
+
+
+class ElaSharedNorm(_base("ela_timm")):
+    """Normalises both strips with norm_h (the paper's code shares one norm; timm has one per
+    axis, and norm_w's parameters then get no gradient)."""
+
+    def forward(self, x):
+        a_h = torch.sigmoid(self.act(self.norm_h(self.conv_h(x.mean(3, keepdim=True)))))
+        a_w = torch.sigmoid(self.act(self.norm_h(self.conv_w(x.mean(2, keepdim=True)))))
+        return x * a_h * a_w
+
+
+class ElaKernelsSwapped(_base("ela_timm")):
+    """Runs the H strip through conv_w's kernel and the W strip through conv_h's (transposed to
+    fit): the axes mixed up, invisible to the shapes."""
+
+    def forward(self, x):
+        c = self.channels
+        kh, kw = self.conv_w.weight.transpose(2, 3), self.conv_h.weight.transpose(2, 3)
+        s_h = F.conv2d(x.mean(3, keepdim=True), kh, padding=(3, 0), groups=c)
+        s_w = F.conv2d(x.mean(2, keepdim=True), kw, padding=(0, 3), groups=c)
+        a_h = torch.sigmoid(self.act(self.norm_h(s_h)))
+        a_w = torch.sigmoid(self.act(self.norm_w(s_w)))
+        return x * a_h * a_w
+
+
+class ElaBatchStatistics(_base("ela_timm")):
+    """Group norm statistics over the whole batch: the samples are no longer independent."""
+
+    def forward(self, x):
+        s_h = _group_norm_over_batch(self.conv_h(x.mean(3, keepdim=True)), self.norm_h)
+        s_w = _group_norm_over_batch(self.conv_w(x.mean(2, keepdim=True)), self.norm_w)
+        return x * torch.sigmoid(self.act(s_h)) * torch.sigmoid(self.act(s_w))
+
+
+class ElaBnFrozen(_base("ela_bn_skip")):
+    """Runs its batchnorms on the running statistics in training too: eval is right, training
+    normalises with the wrong statistics and never updates them."""
+
+    def forward(self, x):
+        def norm(s, bn):
+            return F.batch_norm(
+                s, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps
+            )
+
+        a_h = F.relu6(self.act(norm(self.conv_h(x.mean(3, keepdim=True)), self.norm_h)) + 3) / 6
+        a_w = F.relu6(self.act(norm(self.conv_w(x.mean(2, keepdim=True)), self.norm_w)) + 3) / 6
+        return x * a_h * a_w + x
+
+
+class StripGatesMultiplied(_base("strip_timm")):
+    """Gates each strip on its own and multiplies the gates (ELA's combination), where StripAttn
+    gates the sum of the strips."""
+
+    def forward(self, x):
+        a_h = torch.sigmoid(self.conv_h(x.mean(3, keepdim=True)))
+        a_w = torch.sigmoid(self.conv_w(x.mean(2, keepdim=True)))
+        return x * a_h * a_w
+
+
+class StripMaxPooled(_base("strip_pooled")):
+    """Max-pools the strips where StripAttn averages them."""
+
+    def forward(self, x):
+        return x * torch.sigmoid(x.amax(3, keepdim=True) + x.amax(2, keepdim=True))
+
+
+class StripSkipInsideGate(_base("strip_k7_skip")):
+    """Adds the residual to the gate (x * (gate + 1)) and then x again: x counted twice."""
+
+    def forward(self, x):
+        s = self.conv_h(x.mean(3, keepdim=True)) + self.conv_w(x.mean(2, keepdim=True))
+        return x * (torch.sigmoid(s) + 1) + x
+
+
 # --- zoo blocks: triplet attention, BAM -----------------------------------------------------------
 
 
@@ -536,13 +695,28 @@ SEEDED = [
     (CecaZeroPadding, "ceca_timm", "reference", "b2_c32_7x5", F64, {}),
     (EcamSkipsActivation, "ecam_timm", "reference", "b2_c32_7x5", F64, {}),
     (CbamTimmSpatialNoNorm, "cbam_timm", "reference", "b2_c32_7x5", F64, {}),
+    # The zoo's blocks: the paper's text against its code, a missing check, the grouping, float16.
+    (SimamPaperVariance, "simam", "reference", "b2_c32_7x5", F64, {}),
+    (SimamNoPositionCheck, "simam", "errors", "single_position", F32, {}),
+    (SimamHalfStatistics, "simam", "reference", ACT, F16, {}),
+    (SgeBiasedStd, "sge", "reference", "b2_c128_7x5", F64, {}),
+    (SgeGroupsInterleaved, "sge_g8", "reference", "b2_c32_7x5", F64, {}),
+    (SgeHalfStatistics, "sge", "reference", ACT, F16, {}),
+    # The strip blocks: one norm for two axes, the axes' kernels swapped (H != W in the case),
+    # batch statistics in a group norm, a frozen batchnorm, gates combined the other block's way.
+    (ElaSharedNorm, "ela_timm", "reference", "b2_c32_7x5", F64, {}),
+    (ElaKernelsSwapped, "ela_timm", "reference", "b3_c24_4x9", F64, {}),
+    (ElaBatchStatistics, "ela_timm", "layout", "b2_c32_7x5", F64, {}),
+    (ElaBnFrozen, "ela_bn_skip", "train", "b2_c32_7x5", F64, {}),
+    (StripGatesMultiplied, "strip_timm", "reference", "b2_c32_7x5", F64, {}),
+    (StripMaxPooled, "strip_pooled", "reference", "b2_c32_7x5", F64, {}),
+    (StripSkipInsideGate, "strip_k7_skip", "reference", "b2_c32_7x5", F64, {}),
     # The zoo blocks: the official code's pooling order, rotations, norm momentum and average;
     # BAM's residual, merge, dilation and norms.
     (TripletZPoolMeanFirst, "triplet", "reference", "b2_c32_7x5", F64, {}),
     (TripletHcPlaneTransposed, "triplet", "reference", "b2_c32_7x5", F64, {}),
     (TripletDefaultMomentum, "triplet", "train", "b2_c32_7x5", F64, {}),
     (TripletSummed, "triplet", "gate_bound", "b2_c32_7x5", F64, {}),
-    (BamNoResidual, "bam", "gate_bound", "b2_c32_7x5", F64, {}),
     (BamNoResidual, "bam", "reference", "b2_c32_7x5", F64, {}),
     (BamProduct, "bam", "reference", "b2_c32_7x5", F64, {}),
     (BamUndilated, "bam", "reference", "b2_c64_11x10", F64, {}),
@@ -553,6 +727,8 @@ DTYPE_ONLY = [
     (SeSumPooling, "se_resnet", ACT, (F64, F32, BF16)),
     (SeBfloat16ViaFloat16, "se_resnet", ACT, (F64, F32, F16)),
     (SdpaSoftmaxNoUpcast, "sdpa", "act_b2h4_q32_k48", (F64, F32, BF16)),
+    (SimamHalfStatistics, "simam", ACT, (F64, F32, BF16)),
+    (SgeHalfStatistics, "sge", ACT, (F64, F32, BF16)),
 ]
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import functools
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -17,11 +18,12 @@ import attnforge
 from attnforge import Catalogue
 from attnforge.generate import generate
 
-create_attn = pytest.importorskip(
+timm_layers = pytest.importorskip(
     "timm.layers",
     reason="timm is not installed: `tox -e timm` runs these (timm needs torchvision, which needs "
     "torch 2.14.1, so they live in an env of their own)",
-).create_attn
+)
+create_attn = timm_layers.create_attn
 
 CHANNELS = (16, 64, 96, 200, 288)
 # (timm's create_attn type, kwargs): every constructor option timm offers for these types.
@@ -58,6 +60,27 @@ CONFIGS: list[tuple[str, dict]] = [
     ("lcbam", {}),
     ("lcbam", {"rd_ratio": 1 / 4, "spatial_kernel_size": 5}),
     ("lcbam", {"gate_layer": "hard_sigmoid"}),  # LightChannelAttn gates with sigmoid regardless
+    ("ela", {}),
+    ("ela", {"kernel_size": 3}),
+    ("ela", {"kernel_size": 5, "bias": True}),
+    ("ela", {"act_layer": nn.Identity}),
+    ("ela", {"act_layer": nn.ReLU}),
+    ("ela", {"act_layer": nn.GELU}),
+    ("ela", {"act_layer": nn.Hardswish}),
+    ("ela", {"gate_layer": "hard_sigmoid"}),
+    ("ela", {"norm_layer": None}),
+    ("ela", {"norm_layer": nn.BatchNorm2d}),
+    ("ela", {"norm_layer": partial(nn.GroupNorm, 8)}),
+    ("ela", {"norm_layer": partial(timm_layers.GroupNorm, num_groups=4)}),
+    ("ela", {"has_skip": True}),
+    ("ela", {"act_layer": nn.Identity, "norm_layer": None, "has_skip": True}),
+    ("strip", {}),
+    ("strip", {"use_conv": False}),
+    ("strip", {"kernel_size": 7, "bias": True}),
+    ("strip", {"kernel_size": 1}),
+    ("strip", {"gate_layer": "hard_sigmoid"}),
+    ("strip", {"has_skip": True}),
+    ("strip", {"use_conv": False, "has_skip": True, "gate_layer": "hard_sigmoid"}),
 ]
 CASES = [(i, attn, kwargs, c) for i, (attn, kwargs) in enumerate(CONFIGS) for c in CHANNELS]
 
@@ -175,6 +198,21 @@ def test_from_timm_equals_timm(
         ("ceca_timm", "ceca", {}),
         ("cbam_timm", "cbam", {}),
         ("lcbam_timm", "lcbam", {}),
+        ("ela_timm", "ela", {}),
+        ("ela_gn16", "ela", {"norm_layer": partial(nn.GroupNorm, 16), "act_layer": nn.Identity}),
+        (
+            "ela_bn_skip",
+            "ela",
+            {
+                "kernel_size": 5,
+                "norm_layer": nn.BatchNorm2d,
+                "gate_layer": "hard_sigmoid",
+                "has_skip": True,
+            },
+        ),
+        ("strip_timm", "strip", {}),
+        ("strip_pooled", "strip", {"use_conv": False}),
+        ("strip_k7_skip", "strip", {"kernel_size": 7, "bias": True, "has_skip": True}),
     ],
 )
 @pytest.mark.parametrize("channels", [32, 64, 256])
@@ -206,3 +244,34 @@ def test_a_different_configuration_is_a_clear_error():
         attnforge.from_timm("eca_timm", create_attn("eca", 64))
     with pytest.raises(ValueError, match="activation Tanh is not supported"):
         attnforge.spec_from_timm(create_attn("se", 64, act_layer=nn.Tanh), "x")
+
+
+def test_the_strip_blocks_options_timm_has_and_attnforge_does_not():
+    # timm builds an even kernel, then its forward fails on every input: the strips come out one
+    # longer than x. There is no such variant to load it into.
+    ela = create_attn("ela", 64, kernel_size=4)
+    with pytest.raises(RuntimeError):
+        ela(torch.randn(1, 64, 7, 9))
+    with pytest.raises(ValueError, match="EfficientLocalAttn: kernel_size 4 is even"):
+        attnforge.spec_from_timm(ela, "x")
+    with pytest.raises(ValueError, match="StripAttn: kernel_size 2 is even"):
+        attnforge.spec_from_timm(create_attn("strip", 64, kernel_size=2), "x")
+    with pytest.raises(ValueError, match="EfficientLocalAttn: norm LayerNorm2d is not supported"):
+        attnforge.spec_from_timm(create_attn("ela", 64, norm_layer=timm_layers.LayerNorm2d), "x")
+    with pytest.raises(ValueError, match=r"GroupNorm\(num_groups=2, eps=1e-06"):
+        attnforge.spec_from_timm(
+            create_attn("ela", 64, norm_layer=partial(nn.GroupNorm, 2, eps=1e-6)), "x"
+        )
+    with pytest.raises(ValueError, match="gate Tanh is not supported"):
+        attnforge.spec_from_timm(create_attn("strip", 64, gate_layer=nn.Tanh), "x")
+    with pytest.raises(
+        ValueError,
+        match=r"strip_timm does not match StripAttn: conv: True here, False in the module",
+    ):
+        attnforge.from_timm("strip_timm", create_attn("strip", 64, use_conv=False), channels=64)
+    with pytest.raises(
+        ValueError, match=r"ela_timm does not match EfficientLocalAttn: skip: False here, True"
+    ):
+        attnforge.from_timm("ela_timm", create_attn("ela", 64, has_skip=True))
+    with pytest.raises(ValueError, match="does not record its channel count"):
+        attnforge.from_timm("strip_pooled", create_attn("strip", 64, use_conv=False))
