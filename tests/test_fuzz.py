@@ -154,6 +154,30 @@ variants = st.one_of(
             lambda t: {**t[0], **t[1]}
         ),
     ),
+    _variant(
+        "triplet",
+        st.fixed_dictionaries(
+            {}, optional={"kernel_size": st.sampled_from([1, 3, 7]), "no_spatial": st.booleans()}
+        ),
+    ),
+    # dilation only with dilated convs (the spec refuses it without).
+    _variant(
+        "bam",
+        st.tuples(
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    "reduction": st.integers(1, 32),
+                    "min_channels": st.integers(1, 8),
+                    "merge": st.sampled_from(["sum", "product"]),
+                },
+            ),
+            st.fixed_dictionaries(
+                {"dilated_convs": st.integers(1, 3)}, optional={"dilation": st.integers(1, 5)}
+            )
+            | st.just({"dilated_convs": 0}),
+        ).map(lambda t: {**t[0], **t[1]}),
+    ),
     _variant("sdpa", st.fixed_dictionaries({}, optional=attention_opts)),
     _variant(
         "mha",
@@ -178,7 +202,7 @@ _packages = itertools.count()
 
 
 def _inputs(spec) -> tuple[tuple, tuple]:
-    if spec.kind in ("channel", "spatial", "cbam", "eca", "simam", "sge"):
+    if spec.kind in ("channel", "spatial", "cbam", "eca", "simam", "sge", "triplet", "bam"):
         return (6,), (torch.randn(2, 6, *[3] * spec.dims),)
     if spec.kind == "sdpa":
         return (), (torch.randn(2, 3, 8), torch.randn(2, 5, 8), torch.randn(2, 5, 4))
@@ -256,6 +280,10 @@ FIELDS = [
     "beta",
     "e_lambda",
     "groups",
+    "no_spatial",
+    "dilation",
+    "dilated_convs",
+    "merge",
     "name",
     "kind",
     "reduction",
