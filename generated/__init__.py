@@ -8,6 +8,18 @@ A static index: importing this package imports no variant. Use ``attnforge.Catal
 
 #: variant name -> (kind, spec file, class name, description's first line), sorted by name.
 VARIANTS: dict[str, tuple[str, str, str, str]] = {
+    "bam": (
+        "bam",
+        "bam.yaml",
+        "Bam",
+        "BAM as in the paper (r = 16, two 3x3 convs with dilation 4, branches summed).",
+    ),
+    "bam_product": (
+        "bam",
+        "bam.yaml",
+        "BamProduct",
+        "BAM as in the authors' released code, which multiplies the two branches where t…",
+    ),
     "cbam_3d": (
         "cbam",
         "cbam.yaml",
@@ -384,5 +396,17 @@ VARIANTS: dict[str, tuple[str, str, str, str]] = {
         "strip.yaml",
         "StripTimm",
         "timm's StripAttn as create_attn('strip') builds it: depthwise 3-long convs on b…",
+    ),
+    "triplet": (
+        "triplet",
+        "triplet.yaml",
+        "Triplet",
+        "Triplet attention as in the paper and the official code (three branches, 7x7 co…",
+    ),
+    "triplet_no_spatial": (
+        "triplet",
+        "triplet.yaml",
+        "TripletNoSpatial",
+        "The official code's no_spatial=True (the cw and hc branches, no spatial attenti…",
     ),
 }

@@ -13,6 +13,10 @@
 - The zoo's, for blocks timm does not have: SimAM and SGE after their official code (ZjjConan/SimAM,
   implus/PytorchInsight), which External-Attention-pytorch repeats: flattened views, ``mean`` and
   ``pow(2)``, ``adaptive_avg_pool`` and ``std``, written for any number of spatial dims.
+- The zoo's, for blocks timm does not have, after the authors' released code: triplet attention
+  (landskape-ai/triplet-attention, ``triplet_attention.py``: permute, ZPool, BasicConv, sigmoid,
+  permute back, 1/3 of the sum) and BAM (Jongchan/attention-module, ``MODELS/bam.py``: the gates
+  as Sequential chains, ``expand_as``, ``1 + sigmoid``).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from torch import Tensor, nn
 from .references import Params, causal_allowed
 from .spec import (
     AttentionOptions,
+    BamSpec,
     CbamSpec,
     ChannelOptions,
     CoordSpec,
@@ -44,6 +49,7 @@ from .spec import (
     SimamSpec,
     SpatialOptions,
     StripSpec,
+    TripletSpec,
 )
 
 if TYPE_CHECKING:
@@ -414,6 +420,59 @@ def zoo_sge(x: Tensor, params: Params, spec: SgeSpec) -> Tensor:
     t = t.reshape(b * g, 1, *spatial)
     x = x * torch.sigmoid(t)
     return x.reshape(b, c, *spatial)
+
+
+def zoo_triplet(x: Tensor, params: Params, spec: TripletSpec) -> Tensor:
+    """TripletAttention as the official code computes it: each branch permutes x (contiguous),
+    ZPool (cat of max and mean over dim 1), BasicConv (conv, eval-mode BN), ``x * sigmoid``, and
+    permutes back; the output is 1/3 of the three branches' sum (1/2 of two with no_spatial)."""
+    k = spec.kernel_size
+
+    def attention_gate(t: Tensor, name: str) -> Tensor:
+        compressed = torch.cat(
+            (torch.max(t, 1)[0].unsqueeze(1), torch.mean(t, 1).unsqueeze(1)), dim=1
+        )
+        s = F.conv2d(compressed, params[f"{name}.conv.conv.weight"], padding=(k - 1) // 2)
+        return t * torch.sigmoid(_bn(s, params, f"{name}.conv.bn."))
+
+    x_perm1 = x.permute(0, 2, 1, 3).contiguous()
+    x_out11 = attention_gate(x_perm1, "cw").permute(0, 2, 1, 3).contiguous()
+    x_perm2 = x.permute(0, 3, 2, 1).contiguous()
+    x_out21 = attention_gate(x_perm2, "hc").permute(0, 3, 2, 1).contiguous()
+    if spec.no_spatial:
+        return 1 / 2 * (x_out11 + x_out21)
+    return 1 / 3 * (attention_gate(x, "hw") + x_out11 + x_out21)
+
+
+def zoo_bam(x: Tensor, params: Params, spec: BamSpec) -> Tensor:
+    """BAM as the authors' code computes it: ChannelGate (pool, Linear, BatchNorm1d, ReLU, Linear,
+    expand_as) and SpatialGate (1x1 conv, then each dilated conv, with BatchNorm2d and ReLU after
+    each, a final 1x1 conv, expand_as), ``att = 1 + sigmoid(...)``, ``att * x``. Norms in eval
+    mode. The branches multiplied as the code does (merge product) or summed as the paper does;
+    the pooling global (the code's ``avg_pool2d`` with an H-wide kernel is global for square
+    maps only)."""
+    gc, gs = "channel_att.gate_c.", "spatial_att.gate_s."
+
+    def linear(t: Tensor, name: str) -> Tensor:
+        return F.linear(t, params[f"{name}.weight"], params[f"{name}.bias"])
+
+    def conv(t: Tensor, name: str, dilation: int = 1) -> Tensor:
+        w, b = params[f"{name}.weight"], params[f"{name}.bias"]
+        return F.conv2d(t, w, b, padding=dilation * (w.shape[-1] // 2), dilation=dilation)
+
+    y = F.adaptive_avg_pool2d(x, 1).flatten(1)
+    y = F.relu(_bn(linear(y, f"{gc}gate_c_fc_0"), params, f"{gc}gate_c_bn_1."))
+    channel_att = linear(y, f"{gc}gate_c_fc_final").unsqueeze(2).unsqueeze(3).expand_as(x)
+    s = F.relu(_bn(conv(x, f"{gs}gate_s_conv_reduce0"), params, f"{gs}gate_s_bn_reduce0."))
+    for i in range(spec.dilated_convs):
+        s = conv(s, f"{gs}gate_s_conv_di_{i}", spec.dilation)
+        s = F.relu(_bn(s, params, f"{gs}gate_s_bn_di_{i}."))
+    spatial_att = conv(s, f"{gs}gate_s_conv_final").expand_as(x)
+    if spec.merge == "product":
+        att = 1 + torch.sigmoid(channel_att * spatial_att)
+    else:
+        att = 1 + torch.sigmoid(channel_att + spatial_att)
+    return att * x
 
 
 def _timm_strip_convs(x: Tensor, params: Params, kernel_size: int) -> tuple[Tensor, Tensor]:

@@ -144,6 +144,8 @@ IMAGE_ROWS: list[tuple[str, tuple[str, dict[str, Any]] | None]] = [
     ("sge", None),
     ("ela_timm", ("ela", {})),
     ("strip_timm", ("strip", {})),
+    ("triplet", None),
+    ("bam", None),
 ]
 IMAGE = (32, 256, 28, 28)
 

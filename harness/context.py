@@ -389,9 +389,45 @@ class ScoordModule(Module):
 
 
 @dataclass(frozen=True)
+class TripletBranch:
+    """One branch of triplet attention: its name, what it pools, and its gate's expression."""
+
+    name: str  # cw, hc, hw (the official code's submodule names)
+    gate: str  # the branch's gate, rotated back to x's dims: "self.cw(x.transpose(1, 2))..."
+    comment: str  # "pools H: (B, C, 1, W)"
+
+
+@dataclass(frozen=True)
+class TripletModule(Module):
+    doc: str
+    gate_cls: str
+    gate_doc: str
+    kernel_size: int
+    padding: int
+    branches: tuple[TripletBranch, ...]
+    mean_gate: str  # "(cw + hc + hw) / 3"
+    checks: InputChecks
+
+
+@dataclass(frozen=True)
 class CoordModule(ScoordModule):
     norm: bool  # bn1 after conv1
     hidden: str  # what the activation is applied to, "self.bn1(self.conv1(pooled))"
+
+
+@dataclass(frozen=True)
+class BamModule(Module):
+    doc: str
+    channel_cls: str
+    channel_doc: str
+    spatial_cls: str
+    spatial_doc: str
+    rd_expr: str
+    rd_comment: str
+    dilation: int
+    dilated_convs: tuple[int, ...]  # the indices of the dilated convs: 0, 1, ...
+    merge: str  # the operator joining the branches: "+" or "*"
+    checks: InputChecks
 
 
 @dataclass(frozen=True)
@@ -1376,6 +1412,137 @@ def _scoord(spec: specs.ScoordSpec, base: dict[str, Any]) -> ScoordModule:
         pool_w=STRIP_POOLS["w"],
         output=f"x * {GATES[spec.gate].format('s_h + s_w')}{' + x' if spec.skip else ''}",
         checks=_input_checks(base["cls"], 2),
+    )
+
+
+# --- triplet, bam (zoo blocks timm does not have) -------------------------------------------------
+
+_COUNTS = ("no", "one", "two", "three", "four", "five", "six", "seven", "eight")
+
+# Triplet attention's branches, as the official code names and orders them: each rotates x so
+# that the dim it pools comes first (Z-pool over dim 1), and rotates its gate back.
+TRIPLET_BRANCHES = (
+    TripletBranch("cw", "self.cw(x.transpose(1, 2)).transpose(1, 2)", "pools H: (B, C, 1, W)"),
+    TripletBranch(
+        "hc", "self.hc(x.permute(0, 3, 2, 1)).permute(0, 3, 2, 1)", "pools W: (B, C, H, 1)"
+    ),
+    TripletBranch("hw", "self.hw(x)", "pools C: (B, 1, H, W)"),
+)
+
+
+@builder("triplet")
+def _triplet(spec: specs.TripletSpec, base: dict[str, Any]) -> TripletModule:
+    k = spec.kernel_size
+    branches = TRIPLET_BRANCHES[:2] if spec.no_spatial else TRIPLET_BRANCHES
+    n = len(branches)
+    gate_cls = f"{base['cls']}Gate"
+    planes = (
+        "``cw`` pools over H and gates the (C, W) plane, ``hc`` pools over W and gates the (H, C) "
+        "plane"
+    )
+    if spec.no_spatial:
+        planes += " (no ``hw`` branch: no spatial attention over H, W)"
+    else:
+        planes += ", ``hw`` pools over C and gates the (H, W) plane (spatial attention)"
+    doc = _paragraphs(
+        'Triplet attention (Misra et al., 2021, "Rotate to Attend").',
+        spec.description,
+        _prose(
+            f"{_COUNTS[n].capitalize()} branches, each a {gate_cls} on ``x`` rotated so that the dim it pools comes "
+            f"first: {planes}. Returns the average of the {_COUNTS[n]} gated copies of ``x``, computed as "
+            f"``x * ({' + '.join(b.name for b in branches)}) / {n}``."
+        ),
+        "Args:\n    channels: C, the number of input channels (checked on input).\n"
+        "    device, dtype: factory kwargs for every parameter and buffer.",
+        "Shape:\n    x: (B, C, H, W); returns the same shape and dtype.",
+    )
+    gate_doc = _paragraphs(
+        "One branch of triplet attention: a gate over the plane of its input's dims 2 and 3.",
+        _prose(
+            "Z-pools the input over dim 1 (max and mean, concatenated in that order, as the "
+            f"official code's ZPool), runs a {k}x{k} conv ``conv.conv`` (2 channels to 1, padding "
+            f"{k // 2}, no bias) and a batchnorm ``conv.bn`` (eps 1e-5, momentum 0.01, as the "
+            "official code's BasicConv), and returns its sigmoid."
+        ),
+        "Shape:\n    x: (B, N, P, Q); returns the gate, (B, 1, P, Q).",
+    )
+    pools = ["_mean(x, (1,))", "_max_pool(x, 1)"]
+    return TripletModule(
+        **{**base, "stdlib_imports": ("from collections import OrderedDict",)},
+        functional=False,
+        helpers=_helpers(*pools),
+        doc=docstring(doc, "    "),
+        gate_cls=gate_cls,
+        gate_doc=docstring(gate_doc, "    "),
+        kernel_size=k,
+        padding=k // 2,
+        branches=branches,
+        mean_gate=f"({' + '.join(b.name for b in branches)}) / {n}",
+        checks=_input_checks(base["cls"], 2),
+    )
+
+
+@builder("bam")
+def _bam(spec: specs.BamSpec, base: dict[str, Any]) -> BamModule:
+    cls = base["cls"]
+    rd_expr, rd_comment = hidden_width(spec.reduction, None, spec.min_channels)
+    d, n = spec.dilation, spec.dilated_convs
+    convs = (
+        f"a 1x1 conv C -> C' and {_COUNTS[n]} dilated 3x3 conv{'s' if n > 1 else ''} C' -> C' "
+        f"(dilation {d}, padding {d}: the size is kept), each followed by a batchnorm and a ReLU"
+        if n
+        else "a 1x1 conv C -> C', a batchnorm and a ReLU"
+    )
+    if spec.merge == "sum":
+        merge, how = "+", "sums the two (the paper's merge)"
+    else:
+        merge, how = "*", "multiplies the two (the authors' released code; the paper sums them)"
+    doc = _paragraphs(
+        "BAM: bottleneck attention module (Park et al., 2018).",
+        spec.description,
+        _prose(
+            f"Runs two branches on ``x`` in parallel, ``channel_att`` (one logit per channel) and "
+            f"``spatial_att`` (one logit per position), both working at C' channels, C' = "
+            f"{rd_comment}; "
+            f"{how}, broadcast to (B, C, H, W), into ``s``, and returns ``x * (1 + sigmoid(s))``: "
+            "``x`` plus ``x`` gated, so the block can stress a feature but never remove it."
+        ),
+        _prose(
+            "Submodules are named as in the authors' code (MODELS/bam.py), so its state_dict loads."
+        ),
+        "Args:\n    channels: C, the number of input channels.\n"
+        "    device, dtype: factory kwargs for every parameter and buffer.",
+        "Shape:\n    x: (B, C, H, W); returns the same shape and dtype.",
+    )
+    channel_doc = _paragraphs(
+        "BAM's channel branch: one attention logit per channel, (B, C, 1, 1).",
+        _prose(
+            "Average-pools ``x`` over H, W and runs the pooled vector through ``gate_c``: a "
+            f"linear layer C -> C', a batchnorm, a ReLU, a linear layer C' -> C; C' = {rd_comment}."
+        ),
+    )
+    spatial_doc = _paragraphs(
+        "BAM's spatial branch: one attention logit per position, (B, 1, H, W).",
+        _prose(
+            f"Runs ``x`` through ``gate_s``: {convs}, then a 1x1 conv C' -> 1; C' = {rd_comment}."
+        ),
+    )
+    pool = CHANNEL_POOLS["avg"][2]
+    return BamModule(
+        **{**base, "stdlib_imports": ("from collections import OrderedDict",)},
+        functional=False,
+        helpers=_helpers(pool, rd_expr),
+        doc=docstring(doc, "    "),
+        channel_cls=f"{cls}Channel",
+        channel_doc=docstring(channel_doc, "    "),
+        spatial_cls=f"{cls}Spatial",
+        spatial_doc=docstring(spatial_doc, "    "),
+        rd_expr=rd_expr,
+        rd_comment=rd_comment,
+        dilation=d,
+        dilated_convs=tuple(range(n)),
+        merge=merge,
+        checks=_input_checks(cls, 2),
     )
 
 

@@ -26,6 +26,7 @@ from .anchors import Anchor
 from .spec import (
     AnySpec,
     AttentionOptions,
+    BamSpec,
     CbamSpec,
     ChannelOptions,
     ChannelSpec,
@@ -44,6 +45,7 @@ from .spec import (
     SpatialOptions,
     SpatialSpec,
     StripSpec,
+    TripletSpec,
 )
 
 S = TypeVar("S", bound=AnySpec)
@@ -205,7 +207,8 @@ class Kind(Generic[S]):
         return None
 
 
-# --- image kinds (channel, spatial, cbam, eca, ese, ge, gc, coord, scoord, ela, strip) --------------
+# --- image kinds (channel, spatial, cbam, eca, ese, ge, gc, coord, scoord, ela, strip, simam, sge,
+# triplet, bam) -------------------------------------------------------------------------------------
 
 # The first case has 32 channels, so a reduction of 16 leaves two hidden units (with one, a dead
 # ReLU would hide the MLP from every check for half of all seeds).
@@ -810,6 +813,86 @@ class Gc(_Image[GcSpec]):
         return [_timm_anchor("timm GlobalContext formulation", self, spec)]
 
 
+class Triplet(_Image[TripletSpec]):
+    name = "triplet"
+
+    def param_shapes(self, spec: TripletSpec, case: Case) -> dict[str, tuple[int, ...]]:
+        k = spec.kernel_size
+        shapes: dict[str, tuple[int, ...]] = {}
+        for branch in references.triplet_branches(spec):
+            shapes |= {
+                f"{branch}.conv.conv.weight": (1, 2, k, k),
+                f"{branch}.conv.bn.weight": (1,),
+                f"{branch}.conv.bn.bias": (1,),
+            }
+        return shapes
+
+    def reference(
+        self, spec: TripletSpec, params: references.State, inputs: Inputs, *, training: bool = False
+    ) -> Tensor:
+        return references.triplet(inputs.args[0], params, spec, training=training)
+
+    def plain(self, spec: TripletSpec, params: references.Params, inputs: Inputs) -> Tensor:
+        return anchors.zoo_triplet(inputs.args[0], params, spec)
+
+    def anchors(self, spec: TripletSpec) -> list[Anchor]:
+        return [_timm_anchor("official TripletAttention formulation", self, spec)]
+
+
+class Bam(_Image[BamSpec]):
+    name = "bam"
+
+    def gated(self, spec: BamSpec) -> bool:
+        return False  # x * (1 + sigmoid(s)): x plus x gated, up to 2 |x|
+
+    def cases(self, spec: BamSpec) -> list[Case]:
+        # Besides the image cases (some smaller than the dilation), one where every tap of the
+        # dilated convs reaches into the map from every side (H, W > 2 * dilation); 64 channels
+        # leave 4 reduced ones at r = 16.
+        d = spec.dilation
+        shape = (2, 64, 2 * d + 3, 2 * d + 2)
+        return [*super().cases(spec), Case(_shape_name(shape), (64,), (shape,))]
+
+    def param_shapes(self, spec: BamSpec, case: Case) -> dict[str, tuple[int, ...]]:
+        c = case.ctor[0]
+        rd = references.hidden_width(c, spec.reduction, None, spec.min_channels)
+        gc, gs = "channel_att.gate_c.", "spatial_att.gate_s."
+        shapes = {
+            f"{gc}gate_c_fc_0.weight": (rd, c),
+            f"{gc}gate_c_fc_0.bias": (rd,),
+            f"{gc}gate_c_bn_1.weight": (rd,),
+            f"{gc}gate_c_bn_1.bias": (rd,),
+            f"{gc}gate_c_fc_final.weight": (c, rd),
+            f"{gc}gate_c_fc_final.bias": (c,),
+            f"{gs}gate_s_conv_reduce0.weight": (rd, c, 1, 1),
+            f"{gs}gate_s_conv_reduce0.bias": (rd,),
+            f"{gs}gate_s_bn_reduce0.weight": (rd,),
+            f"{gs}gate_s_bn_reduce0.bias": (rd,),
+        }
+        for i in range(spec.dilated_convs):
+            shapes |= {
+                f"{gs}gate_s_conv_di_{i}.weight": (rd, rd, 3, 3),
+                f"{gs}gate_s_conv_di_{i}.bias": (rd,),
+                f"{gs}gate_s_bn_di_{i}.weight": (rd,),
+                f"{gs}gate_s_bn_di_{i}.bias": (rd,),
+            }
+        return shapes | {
+            f"{gs}gate_s_conv_final.weight": (1, rd, 1, 1),
+            f"{gs}gate_s_conv_final.bias": (1,),
+        }
+
+    def reference(
+        self, spec: BamSpec, params: references.State, inputs: Inputs, *, training: bool = False
+    ) -> Tensor:
+        return references.bam(inputs.args[0], params, spec, training=training)
+
+    def plain(self, spec: BamSpec, params: references.Params, inputs: Inputs) -> Tensor:
+        return anchors.zoo_bam(inputs.args[0], params, spec)
+
+    def anchors(self, spec: BamSpec) -> list[Anchor]:
+        return [_timm_anchor("the authors' BAM formulation", self, spec)]
+
+
 # --- attention kinds (sdpa, mha) ---------------------------------------------------------------------
 
 
@@ -1250,8 +1333,7 @@ KIND_DB: dict[str, Kind[Any]] = {
     k.name: k
     for k in (
         *(Channel(), Spatial(), Cbam(), Eca(), Ese(), Ge(), Gc(), Coord(), Scoord()),
-        *(Ela(), Strip()),
-        *(Simam(), Sge(), Sdpa(), Mha()),
+        *(Ela(), Strip(), Simam(), Sge(), Triplet(), Bam(), Sdpa(), Mha()),
     )
 }
 

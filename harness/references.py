@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .spec import (
+    BamSpec,
     CbamSpec,
     ChannelOptions,
     CoordSpec,
@@ -40,6 +41,7 @@ from .spec import (
     SimamSpec,
     SpatialOptions,
     StripSpec,
+    TripletSpec,
 )
 
 Params = Mapping[str, Tensor]
@@ -552,6 +554,90 @@ def simple_coordinate_attention(x: Tensor, params: Params, spec: ScoordSpec) -> 
     s = scores(x.mean(3), "fc_h")[:, :, :, None] + scores(x.mean(2), "fc_w")[:, :, None, :]
     y = x * gate(s, spec.gate)
     return y + x if spec.skip else y
+
+
+def _conv_taps(x: Tensor, w: Tensor, bias: Tensor | None, dilation: int = 1) -> Tensor:
+    """A 'same' 2D convolution (odd square kernel, stride 1) as a sum over the kernel's taps: each
+    tap mixes the channels of the zero-padded input, shifted by the tap's offset, with an einsum."""
+    k = w.shape[-1]
+    pad = dilation * (k // 2)
+    h, wd = x.shape[-2:]
+    padded = F.pad(x, (pad, pad, pad, pad))
+    taps = [
+        torch.einsum(
+            "bchw,oc->bohw",
+            padded[:, :, i * dilation : i * dilation + h, j * dilation : j * dilation + wd],
+            w[:, :, i, j],
+        )
+        for i in range(k)
+        for j in range(k)
+    ]
+    out = torch.stack(taps).sum(0)
+    return out if bias is None else out + bias.reshape(1, -1, 1, 1)
+
+
+# Triplet attention's branches (Misra et al., 2021, Fig. 2 and Sec. 3.2): each pools x over one of
+# C, H, W and attends over the plane of the other two, in the orientation of the paper's rotations
+# (rows, columns as einsum letters): cw rotates H out, (C, W); hc rotates W out, (H, C); hw is
+# plain spatial attention, (H, W).
+TRIPLET_PLANES = {"cw": ("h", "cw"), "hc": ("w", "hc"), "hw": ("c", "hw")}
+TRIPLET_MOMENTUM = 0.01  # the official code's BatchNorm2d(momentum=0.01); the paper does not say
+
+
+def triplet_branches(spec: TripletSpec) -> tuple[str, ...]:
+    return ("cw", "hc") if spec.no_spatial else ("cw", "hc", "hw")
+
+
+def triplet(x: Tensor, params: State, spec: TripletSpec, training: bool = False) -> Tensor:
+    """The average over the branches of ``x * sigmoid(BN(conv(Z-pool(x))))``: Z-pool over the
+    branch's dim (max, then mean), the plane put in the paper's orientation by an einsum, the conv
+    as a sum of taps, the gate applied to ``x`` by an einsum. BN with running statistics (momentum
+    0.01, as the official code)."""
+    gated = []
+    for name in triplet_branches(spec):
+        pooled_dim, plane = TRIPLET_PLANES[name]
+        dim = "bchw".index(pooled_dim)
+        rest = "bchw".replace(pooled_dim, "")[1:]  # the two dims left, in x's order
+        zpool = torch.stack([torch.max(x, dim=dim).values, x.mean(dim)], dim=1)
+        maps = torch.einsum(f"bz{rest}->bz{plane}", zpool)
+        s = _conv_taps(maps, params[f"{name}.conv.conv.weight"], None)
+        s = batch_norm(s, params, f"{name}.conv.bn.", training, momentum=TRIPLET_MOMENTUM)
+        gated.append(torch.einsum(f"bchw,b{plane}->bchw", x, _logistic(s[:, 0])))
+    return torch.stack(gated).mean(0)
+
+
+def bam(x: Tensor, params: State, spec: BamSpec, training: bool = False) -> Tensor:
+    """The paper's ``F' = F + F * sigmoid(M_c(F) + M_s(F))`` (``M_c * M_s`` with merge product),
+    written out: M_c from the average-pooled vector through two einsum layers with a batchnorm and
+    a ReLU between; M_s through 1x1 convs as einsums and the dilated 3x3 convs as sums of taps, each
+    but the last conv followed by a batchnorm and a ReLU. The batchnorms sit where the authors' code
+    puts them (the paper's equations put one at the end of each branch)."""
+    gc, gs = "channel_att.gate_c.", "spatial_att.gate_s."
+    b, ch = x.shape[:2]
+    pooled = x.reshape(b, ch, -1).mean(-1)
+    hidden = torch.einsum("bc,rc->br", pooled, params[f"{gc}gate_c_fc_0.weight"])
+    hidden = hidden + params[f"{gc}gate_c_fc_0.bias"]
+    hidden = activation(batch_norm(hidden, params, f"{gc}gate_c_bn_1.", training), "relu")
+    m_c = torch.einsum("br,cr->bc", hidden, params[f"{gc}gate_c_fc_final.weight"])
+    m_c = m_c + params[f"{gc}gate_c_fc_final.bias"]
+
+    def norm_relu(t: Tensor, bn: str) -> Tensor:
+        return activation(batch_norm(t, params, f"{gs}{bn}.", training), "relu")
+
+    w = params[f"{gs}gate_s_conv_reduce0.weight"][:, :, 0, 0]
+    t = torch.einsum("bchw,rc->brhw", x, w) + params[f"{gs}gate_s_conv_reduce0.bias"][:, None, None]
+    t = norm_relu(t, "gate_s_bn_reduce0")
+    for i in range(spec.dilated_convs):
+        conv = f"{gs}gate_s_conv_di_{i}."
+        t = _conv_taps(t, params[f"{conv}weight"], params[f"{conv}bias"], spec.dilation)
+        t = norm_relu(t, f"gate_s_bn_di_{i}")
+    w_final = params[f"{gs}gate_s_conv_final.weight"][0, :, 0, 0]
+    m_s = torch.einsum("brhw,r->bhw", t, w_final) + params[f"{gs}gate_s_conv_final.bias"]
+    if spec.merge == "sum":
+        logits = m_c[:, :, None, None] + m_s[:, None]
+    else:
+        logits = m_c[:, :, None, None] * m_s[:, None]
+    return x + x * gate(logits, "sigmoid")
 
 
 def causal_allowed(

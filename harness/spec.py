@@ -954,6 +954,122 @@ class ScoordSpec(_Planar, _Variant):
     _se_factor_rule = model_validator(mode="after")(_se_factor_needs_divisor)
 
 
+class TripletSpec(_Planar, _Variant):
+    kind: Literal["triplet"] = Field(
+        description=(
+            "Triplet attention (Misra et al., 2021): three branches, each pooling over one of "
+            "C, H, W and gating the plane of the other two; their gated copies averaged."
+        )
+    )
+    dims: Dims = Field(
+        2,
+        description=(
+            "Spatial dims of the input: 2 only, (B, C, H, W); the branches rotate C, H and W "
+            "into one another."
+        ),
+    )
+    kernel_size: int = Field(
+        7,
+        ge=1,
+        le=31,
+        description=(
+            "Side of each branch's conv kernel (the paper's k = 7); odd, so every map keeps its size."
+        ),
+    )
+    no_spatial: bool = Field(
+        False,
+        description=(
+            "Drop the hw branch (spatial attention over H, W): the cw and hc branches alone, "
+            "averaged (the official code's no_spatial)."
+        ),
+    )
+
+    @field_validator("dims")
+    @classmethod
+    def _two_dims(cls, value: int) -> int:
+        if value != 2:
+            raise ValueError(
+                f"triplet attention rotates C, H and W into one another: dims must be 2, got {value}"
+            )
+        return value
+
+    @field_validator("kernel_size")
+    @classmethod
+    def _odd(cls, value: int) -> int:
+        if value % 2 == 0:
+            raise ValueError(
+                f"kernel_size must be odd (even sizes change the output size), got {value}"
+            )
+        return value
+
+
+BAM_DILATION = 4
+
+
+class BamSpec(_Planar, _Variant):
+    kind: Literal["bam"] = Field(
+        description=(
+            "BAM, bottleneck attention module (Park et al., 2018): channel and spatial attention "
+            "in parallel, x * (1 + sigmoid(channel + spatial))."
+        )
+    )
+    dims: Dims = Field(
+        2,
+        description=(
+            "Spatial dims of the input: 2 only, (B, C, H, W), as in the paper and the authors' "
+            "code (2D convs and batchnorms)."
+        ),
+    )
+    reduction: int = Field(
+        16,
+        ge=1,
+        le=1024,
+        description=(
+            "Reduction ratio r: the channel MLP's hidden layer and the spatial branch work at "
+            "C' = floor(C / r) channels (at least min_channels)."
+        ),
+    )
+    min_channels: int = Field(1, ge=1, le=4096, description="Lower bound on C' (never 0 channels).")
+    dilation: int = Field(
+        BAM_DILATION,
+        ge=1,
+        le=32,
+        description=(
+            "Dilation d of the spatial branch's 3x3 convs, padded by d so the map keeps its size "
+            "(the paper's 4)."
+        ),
+    )
+    dilated_convs: int = Field(
+        2,
+        ge=0,
+        le=8,
+        description=(
+            "Number of dilated 3x3 convs C' -> C' in the spatial branch, each followed by a "
+            "batchnorm and a ReLU (the paper's 2)."
+        ),
+    )
+    merge: Literal["sum", "product"] = Field(
+        "sum",
+        description=(
+            "How the two branches combine before the sigmoid: sum, as in the paper (the best in "
+            "its ablation); product, as in the authors' released code (MODELS/bam.py)."
+        ),
+    )
+
+    @field_validator("dims")
+    @classmethod
+    def _two_dims(cls, value: int) -> int:
+        if value != 2:
+            raise ValueError(f"BAM is defined for 2D inputs only: dims must be 2, got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _dilation_needs_convs(self) -> BamSpec:
+        if self.dilated_convs == 0 and self.dilation != BAM_DILATION:
+            raise ValueError("dilation applies only with dilated_convs of at least 1")
+        return self
+
+
 AnySpec = (
     ChannelSpec
     | SpatialSpec
@@ -968,6 +1084,8 @@ AnySpec = (
     | GcSpec
     | SimamSpec
     | SgeSpec
+    | TripletSpec
+    | BamSpec
     | SdpaSpec
     | MhaSpec
 )
@@ -985,6 +1103,8 @@ ImageSpec = (
     | GcSpec
     | SimamSpec
     | SgeSpec
+    | TripletSpec
+    | BamSpec
 )
 SPEC_ADAPTER: TypeAdapter[AnySpec] = TypeAdapter(Annotated[AnySpec, Field(discriminator="kind")])
 #: kind name -> its spec model. The kind names, in the order the README lists them.
@@ -1002,6 +1122,8 @@ MODELS: dict[str, type[_Variant]] = {
     "strip": StripSpec,
     "simam": SimamSpec,
     "sge": SgeSpec,
+    "triplet": TripletSpec,
+    "bam": BamSpec,
     "sdpa": SdpaSpec,
     "mha": MhaSpec,
 }

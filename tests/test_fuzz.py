@@ -243,6 +243,30 @@ variants = st.one_of(
             lambda t: {**{k: v for k, v in t[0].items() if k != "norm"}, **t[1]}
         ),
     ),
+    _variant(
+        "triplet",
+        st.fixed_dictionaries(
+            {}, optional={"kernel_size": st.sampled_from([1, 3, 7]), "no_spatial": st.booleans()}
+        ),
+    ),
+    # dilation only with dilated convs (the spec refuses it without).
+    _variant(
+        "bam",
+        st.tuples(
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    "reduction": st.integers(1, 32),
+                    "min_channels": st.integers(1, 8),
+                    "merge": st.sampled_from(["sum", "product"]),
+                },
+            ),
+            st.fixed_dictionaries(
+                {"dilated_convs": st.integers(1, 3)}, optional={"dilation": st.integers(1, 5)}
+            )
+            | st.just({"dilated_convs": 0}),
+        ).map(lambda t: {**t[0], **t[1]}),
+    ),
     _variant("sdpa", st.fixed_dictionaries({}, optional=attention_opts)),
     _variant(
         "mha",
@@ -278,6 +302,8 @@ def _inputs(spec) -> tuple[tuple, tuple]:
         "sge",
         "coord",
         "scoord",
+        "triplet",
+        "bam",
     ):
         return (6,), (torch.randn(2, 6, *[3] * spec.dims),)
     if spec.kind == "sdpa":
@@ -359,6 +385,10 @@ FIELDS = [
     "se_factor",
     "norm",
     "skip",
+    "no_spatial",
+    "dilation",
+    "dilated_convs",
+    "merge",
     "name",
     "kind",
     "reduction",

@@ -142,6 +142,20 @@ FIELDS = [
     ("scoord", "gate", "sigmoid", "softmax"),
     ("scoord", "bias", False, None),
     ("scoord", "skip", False, "no"),
+    ("triplet", "dims", 2, 3),
+    ("triplet", "dims", 2, 2.0),
+    ("triplet", "kernel_size", 3, 4),
+    ("triplet", "kernel_size", 31, 33),
+    ("triplet", "no_spatial", True, "true"),
+    ("bam", "dims", 2, 1),
+    ("bam", "reduction", 1, 0),
+    ("bam", "reduction", 1024, 1025),
+    ("bam", "min_channels", 4, 0),
+    ("bam", "dilation", 1, 0),
+    ("bam", "dilation", 32, 33),
+    ("bam", "dilated_convs", 0, -1),
+    ("bam", "dilated_convs", 8, 9),
+    ("bam", "merge", "product", "concat"),
     ("sdpa", "causal_alignment", "top_left", "bottom_right"),  # bottom_right needs causal: true
     ("sdpa", "causal_alignment", "top_left", "center"),
     ("mha", "causal_alignment", "top_left", "bottom"),
@@ -322,3 +336,17 @@ def test_coordinate_attention_rules(kind):
     assert specs.validate(BASE["coord"]).norm == "batchnorm"
     with pytest.raises(ValidationError, match="extra"):
         specs.validate({**BASE["scoord"], "norm": "batchnorm"})  # SimpleCoordAttn has none
+
+
+def test_triplet_bam_rules():
+    for dims in (1, 3):
+        with pytest.raises(ValidationError, match=rf"rotates C, H and W .* must be 2, got {dims}"):
+            specs.validate({**BASE["triplet"], "dims": dims})
+        with pytest.raises(ValidationError, match=rf"2D inputs only: dims must be 2, got {dims}"):
+            specs.validate({**BASE["bam"], "dims": dims})
+    with pytest.raises(ValidationError, match="kernel_size must be odd"):
+        specs.validate({**BASE["triplet"], "kernel_size": 6})
+    with pytest.raises(ValidationError, match="dilation applies only with dilated_convs"):
+        specs.validate({**BASE["bam"], "dilated_convs": 0, "dilation": 2})
+    assert specs.validate({**BASE["bam"], "dilated_convs": 0}).dilation == 4
+    assert specs.validate({**BASE["bam"], "dilated_convs": 1, "dilation": 2}).dilation == 2

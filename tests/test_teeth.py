@@ -672,6 +672,91 @@ class ScoordSkipDropped(_base("scoord_skip")):
         return x * (F.relu6(s_h[..., None] + s_w[..., None, :] + 3) / 6)
 
 
+# --- zoo blocks: triplet attention, BAM -----------------------------------------------------------
+
+
+def _triplet_gate(branch, t, pools=("max", "mean")):
+    maps = {"max": t.amax(1, keepdim=True), "mean": t.mean(1, keepdim=True)}
+    return torch.sigmoid(branch.conv(torch.cat([maps[p] for p in pools], dim=1)))
+
+
+class TripletZPoolMeanFirst(_base("triplet")):
+    """Z-pools [mean, max] (CBAM's order) where the official code, whose weights the layout
+    loads, concatenates [max, mean]."""
+
+    def forward(self, x):
+        pools = ("mean", "max")
+        cw = _triplet_gate(self.cw, x.transpose(1, 2), pools).transpose(1, 2)
+        hc = _triplet_gate(self.hc, x.permute(0, 3, 2, 1), pools).permute(0, 3, 2, 1)
+        return x * ((cw + hc + _triplet_gate(self.hw, x, pools)) / 3)
+
+
+class TripletHcPlaneTransposed(_base("triplet")):
+    """Rotates W out as (B, W, C, H): the hc conv then runs over the (C, H) plane, its kernel
+    transposed against the official code's (H, C) orientation."""
+
+    def forward(self, x):
+        cw = _triplet_gate(self.cw, x.transpose(1, 2)).transpose(1, 2)
+        hc = _triplet_gate(self.hc, x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        return x * ((cw + hc + _triplet_gate(self.hw, x)) / 3)
+
+
+class TripletDefaultMomentum(_base("triplet")):
+    """Batchnorms with PyTorch's default momentum 0.1 where the official code uses 0.01: every
+    output is right, the running statistics drift ten times too fast in training."""
+
+    def __init__(self, channels, *, device=None, dtype=None):
+        super().__init__(channels, device=device, dtype=dtype)
+        for branch in (self.cw, self.hc, self.hw):
+            branch.conv.bn.momentum = 0.1
+
+
+class TripletSummed(_base("triplet")):
+    """Sums the three gated copies instead of averaging them (drops the official code's 1/3)."""
+
+    def forward(self, x):
+        cw = _triplet_gate(self.cw, x.transpose(1, 2)).transpose(1, 2)
+        hc = _triplet_gate(self.hc, x.permute(0, 3, 2, 1)).permute(0, 3, 2, 1)
+        return x * (cw + hc + _triplet_gate(self.hw, x))
+
+
+class BamNoResidual(_base("bam")):
+    """Returns x * sigmoid(s), a plain gate, where BAM returns x * (1 + sigmoid(s))."""
+
+    def forward(self, x):
+        return x * torch.sigmoid(self.channel_att(x) + self.spatial_att(x))
+
+
+class BamProduct(_base("bam")):
+    """Multiplies the branches, as the authors' released code does, where the spec (the paper)
+    sums them."""
+
+    def forward(self, x):
+        return x * (1 + torch.sigmoid(self.channel_att(x) * self.spatial_att(x)))
+
+
+class BamUndilated(_base("bam")):
+    """The spatial branch's 3x3 convs with dilation 1 (and padding 1) where the spec says 4."""
+
+    def __init__(self, channels, *, device=None, dtype=None):
+        super().__init__(channels, device=device, dtype=dtype)
+        for m in self.spatial_att.gate_s:
+            if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3):
+                m.dilation, m.padding = (1, 1), (1, 1)
+
+
+class BamFrozenChannelNorm(_base("bam")):
+    """Runs the channel branch's BatchNorm1d on its running statistics in training too."""
+
+    def forward(self, x):
+        gate_c = self.channel_att.gate_c
+        bn = gate_c.gate_c_bn_1
+        h = gate_c.gate_c_fc_0(x.mean((2, 3)))
+        h = F.batch_norm(h, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
+        c = gate_c.gate_c_fc_final(torch.relu(h))[..., None, None]
+        return x * (1 + torch.sigmoid(c + self.spatial_att(x)))
+
+
 ACT = "act_b1_c448_21x22"
 F16, BF16, F32, F64 = torch.float16, torch.bfloat16, torch.float32, torch.float64
 
@@ -752,6 +837,16 @@ SEEDED = [
     (CoordBnPerStrip, "coord_timm", "train", "b2_c32_7x5", F64, {}),
     (ScoordGateProduct, "scoord_timm", "reference", "b2_c32_7x5", F64, {}),
     (ScoordSkipDropped, "scoord_skip", "reference", "b2_c32_7x5", F64, {}),
+    # The zoo blocks: the official code's pooling order, rotations, norm momentum and average;
+    # BAM's residual, merge, dilation and norms.
+    (TripletZPoolMeanFirst, "triplet", "reference", "b2_c32_7x5", F64, {}),
+    (TripletHcPlaneTransposed, "triplet", "reference", "b2_c32_7x5", F64, {}),
+    (TripletDefaultMomentum, "triplet", "train", "b2_c32_7x5", F64, {}),
+    (TripletSummed, "triplet", "gate_bound", "b2_c32_7x5", F64, {}),
+    (BamNoResidual, "bam", "reference", "b2_c32_7x5", F64, {}),
+    (BamProduct, "bam", "reference", "b2_c32_7x5", F64, {}),
+    (BamUndilated, "bam", "reference", "b2_c64_11x10", F64, {}),
+    (BamFrozenChannelNorm, "bam", "train", "b2_c32_7x5", F64, {}),
 ]
 # The dtype-only bugs pass where they do not bite: the same case in the other dtypes.
 DTYPE_ONLY = [

@@ -1,4 +1,4 @@
-"""SimAM and SGE: what the catalogue's checks do not see.
+"""SimAM, SGE, BAM: what the catalogue's checks do not see.
 
 The checks draw every parameter afresh and feed inputs of random values, so they see neither the
 initial values a block starts training from, nor the degenerate maps real networks produce: a
@@ -56,3 +56,18 @@ def test_simam_constant_channel_gets_sigmoid_half():
     torch.testing.assert_close(out, x.detach() * torch.sigmoid(torch.tensor(0.5, dtype=F64)))
     out.sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+def test_bam_scales_x_between_one_and_two():
+    """BAM returns x * (1 + sigmoid(s)), not a gate in [0, 1] (its record is not ``gated``, so the
+    gate_bound check skips it): |x| <= |output| <= 2 |x| everywhere, at realistic magnitudes where
+    the sigmoid saturates at both ends too."""
+    for name in ("bam", "bam_product"):
+        block = registry.build(name, 64, dtype=F64).eval()
+        with torch.no_grad():
+            for p in block.parameters():
+                p.copy_(torch.randn(p.shape, generator=_gen(), dtype=F64))
+        x = torch.randn(2, 64, 11, 10, generator=_gen(), dtype=F64) * 100
+        ratio = block(x).detach().abs() / x.abs()
+        assert ratio.min() >= 1 and ratio.max() <= 2, (name, ratio.min(), ratio.max())
+        assert ratio.min() < 1.01 and ratio.max() > 1.99, "the gate never reached its ends"
