@@ -1070,42 +1070,24 @@ class BamSpec(_Planar, _Variant):
         return self
 
 
-AnySpec = (
-    ChannelSpec
-    | SpatialSpec
-    | CbamSpec
-    | EcaSpec
-    | EseSpec
-    | CoordSpec
-    | ScoordSpec
-    | ElaSpec
-    | StripSpec
-    | GeSpec
-    | GcSpec
-    | SimamSpec
-    | SgeSpec
-    | TripletSpec
-    | BamSpec
-    | SdpaSpec
-    | MhaSpec
-)
 ImageSpec = (
     ChannelSpec
     | SpatialSpec
     | CbamSpec
     | EcaSpec
     | EseSpec
+    | GeSpec
+    | GcSpec
     | CoordSpec
     | ScoordSpec
     | ElaSpec
     | StripSpec
-    | GeSpec
-    | GcSpec
     | SimamSpec
     | SgeSpec
     | TripletSpec
     | BamSpec
 )
+AnySpec = ImageSpec | SdpaSpec | MhaSpec
 SPEC_ADAPTER: TypeAdapter[AnySpec] = TypeAdapter(Annotated[AnySpec, Field(discriminator="kind")])
 #: kind name -> its spec model. The kind names, in the order the README lists them.
 MODELS: dict[str, type[_Variant]] = {

@@ -53,3 +53,18 @@ def test_the_realistic_case_overflows_a_float16_sum_but_not_the_mean():
 def test_references_take_the_spec_models():
     hints = references.channel_attention.__annotations__
     assert hints["opts"] == "ChannelOptions"
+
+
+def test_every_kind_is_swept_and_benched():
+    """A kind without sweep variants or a bench row would be checked in few configurations and
+    never timed."""
+    import attnforge
+    from attnforge import bench
+    from attnforge.cli import _sweep_specs
+    from attnforge.load import load_specs
+
+    swept = {v.spec.kind for v in load_specs(_sweep_specs())}
+    assert set(spec.MODELS) - swept == set(), "kinds without sweep variants"
+    rows = [variant for variant, _ in bench.IMAGE_ROWS] + ["sdpa", "mha_torch"]
+    benched = {attnforge.spec_dict(v)["kind"] for v in rows}
+    assert set(spec.MODELS) - benched == set(), "kinds without a bench row"

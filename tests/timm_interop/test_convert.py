@@ -139,3 +139,21 @@ def test_what_cannot_be_converted_is_a_clear_error(tmp_path: Path):
     with pytest.raises(ValueError, match=r"use attnforge\.from_timm"):
         convert_timm_model(timm.layers.create_attn("se", 8), tmp_path, package="conv_single")
     assert not (tmp_path / "conv_none").exists() and not (tmp_path / "conv_no_example").exists()
+
+
+def test_the_readme_timm_example_is_true(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The README's timm block runs, and its comments say what it returns."""
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    section = readme[readme.index("## timm and the zoo") :]
+    code = section[section.index("```python\n") + 10 : section.index("```\n", 10)]
+    monkeypatch.chdir(tmp_path)
+    ns: dict = {}
+    exec(compile(code, "README.md", "exec"), ns)
+    spec = attnforge.spec_from_timm(ns["se"], "my_se")
+    assert list(spec.items())[:3] == [("name", "my_se"), ("kind", "channel"), ("reduction", 16)]
+    assert type(ns["mine"]).__name__ == "SeTimm" and ns["mine"].training == ns["se"].training
+    replaced = list(ns["done"].replaced.items())
+    assert replaced[:2] == [("layer1.0.se", "eca_1"), ("layer2.0.se", "eca_2")]
+    assert ns["done"].spec_file == Path("converted/specs/timm_attention/attention.yaml")
+    for comment in ("'kind': 'channel', 'reduction': 16", "SeTimm(64)", "'layer2.0.se': 'eca_2'"):
+        assert comment in code
