@@ -409,7 +409,9 @@ def chart(rows: list[Row], path: Path) -> bool:
     labels, ratios, colors = [], [], []
     for r in rows:
         for anchor in (k for k in r.ms if k != "generated"):
-            labels.append(f"{r.kind} {('fwd' if r.mode == 'forward' else 'fwd+bwd')} vs {anchor}")
+            labels.append(
+                f"{r.variant} {('fwd' if r.mode == 'forward' else 'fwd+bwd')} vs {anchor}"
+            )
             ratios.append(r.ratio(anchor))
             colors.append("tab:green" if ratios[-1] <= 1.0 else "tab:red")
     fig, ax = plt.subplots(figsize=(8, 0.32 * len(labels) + 1))

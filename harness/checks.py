@@ -887,7 +887,7 @@ def check_parity(
     """
     if target == "cuda" and not torch.cuda.is_available():
         raise CheckSkipped(
-            "no CUDA device: CPU vs CUDA parity needs one (run with --devices cpu,cuda on a GPU machine)"
+            "no CUDA device: CPU vs CUDA parity needs one (run with --attnforge-devices cpu,cuda on a GPU machine)"
         )
     kind, spec = subject.kind, subject.spec
     gen = _generator(seed)
