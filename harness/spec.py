@@ -13,7 +13,8 @@ from __future__ import annotations
 import json
 import keyword
 import re
-from typing import Annotated, Any, Literal
+from collections.abc import Callable
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -43,6 +44,17 @@ def _integer(value: Any) -> Any:
 
 
 Dims = Annotated[Literal[1, 2, 3], BeforeValidator(_integer)]
+
+
+def _odd_kernel(why: str) -> Callable[[Any], Any]:
+    """A kernel_size validator: odd (or null where null is allowed), ``why`` said in the error."""
+
+    def check(value: Any) -> Any:
+        if value is not None and value % 2 == 0:
+            raise ValueError(f"kernel_size must be odd ({why}), got {value}")
+        return value
+
+    return check
 
 
 def _unique(values: tuple[str, ...]) -> tuple[str, ...]:
@@ -169,14 +181,7 @@ class SpatialOptions(_Model):
 
     _pooling_unique = field_validator("pooling")(_unique)
 
-    @field_validator("kernel_size")
-    @classmethod
-    def _odd(cls, value: int) -> int:
-        if value % 2 == 0:
-            raise ValueError(
-                f"kernel_size must be odd (even sizes change the output size), got {value}"
-            )
-        return value
+    _odd = field_validator("kernel_size")(_odd_kernel("even sizes change the output size"))
 
 
 class _Variant(_Model):
@@ -313,14 +318,7 @@ class EcaSpec(_Spatial, _Variant):
     )
     gate: Gate = Field("sigmoid", description="Gate applied to the conv output before x * gate.")
 
-    @field_validator("kernel_size")
-    @classmethod
-    def _odd(cls, value: int | None) -> int | None:
-        if value is not None and value % 2 == 0:
-            raise ValueError(
-                f"kernel_size must be odd (even sizes shift the channels), got {value}"
-            )
-        return value
+    _odd = field_validator("kernel_size")(_odd_kernel("even sizes shift the channels"))
 
     @model_validator(mode="after")
     def _kernel_stays_small(self) -> EcaSpec:
@@ -729,22 +727,15 @@ class _Planar(_Spatial):
         ),
     )
 
+    #: Why the block is 2D only, for the error.
+    planar_reason: ClassVar[str] = "this block pools along H and along W separately"
+
     @field_validator("dims")
     @classmethod
     def _two_dims(cls, value: int) -> int:
         if value != 2:
-            raise ValueError(
-                f"this block pools along H and along W separately: dims must be 2, got {value}"
-            )
+            raise ValueError(f"{cls.planar_reason}: dims must be 2, got {value}")
         return value
-
-
-def _odd_strip_kernel(value: int) -> int:
-    if value % 2 == 0:
-        raise ValueError(
-            f"kernel_size must be odd (an even one lengthens the strip by one), got {value}"
-        )
-    return value
 
 
 class ElaSpec(_Planar, _Variant):
@@ -794,7 +785,7 @@ class ElaSpec(_Planar, _Variant):
         description="Adds x to the gated output (a residual): x * a_h * a_w + x, no longer a gate.",
     )
 
-    _odd = field_validator("kernel_size")(_odd_strip_kernel)
+    _odd = field_validator("kernel_size")(_odd_kernel("an even one lengthens the strip by one"))
 
     @model_validator(mode="after")
     def _groups_need_groupnorm(self) -> ElaSpec:
@@ -827,7 +818,7 @@ class StripSpec(_Planar, _Variant):
         description="Adds x to the gated output (a residual): x * a + x, no longer a gate.",
     )
 
-    _odd = field_validator("kernel_size")(_odd_strip_kernel)
+    _odd = field_validator("kernel_size")(_odd_kernel("an even one lengthens the strip by one"))
 
     @model_validator(mode="after")
     def _conv_options(self) -> StripSpec:
@@ -955,6 +946,7 @@ class ScoordSpec(_Planar, _Variant):
 
 
 class TripletSpec(_Planar, _Variant):
+    planar_reason: ClassVar[str] = "triplet attention rotates C, H and W into one another"
     kind: Literal["triplet"] = Field(
         description=(
             "Triplet attention (Misra et al., 2021): three branches, each pooling over one of "
@@ -984,29 +976,14 @@ class TripletSpec(_Planar, _Variant):
         ),
     )
 
-    @field_validator("dims")
-    @classmethod
-    def _two_dims(cls, value: int) -> int:
-        if value != 2:
-            raise ValueError(
-                f"triplet attention rotates C, H and W into one another: dims must be 2, got {value}"
-            )
-        return value
-
-    @field_validator("kernel_size")
-    @classmethod
-    def _odd(cls, value: int) -> int:
-        if value % 2 == 0:
-            raise ValueError(
-                f"kernel_size must be odd (even sizes change the output size), got {value}"
-            )
-        return value
+    _odd = field_validator("kernel_size")(_odd_kernel("even sizes change the output size"))
 
 
 BAM_DILATION = 4
 
 
 class BamSpec(_Planar, _Variant):
+    planar_reason: ClassVar[str] = "BAM is defined for 2D inputs only"
     kind: Literal["bam"] = Field(
         description=(
             "BAM, bottleneck attention module (Park et al., 2018): channel and spatial attention "
@@ -1055,13 +1032,6 @@ class BamSpec(_Planar, _Variant):
             "its ablation); product, as in the authors' released code (MODELS/bam.py)."
         ),
     )
-
-    @field_validator("dims")
-    @classmethod
-    def _two_dims(cls, value: int) -> int:
-        if value != 2:
-            raise ValueError(f"BAM is defined for 2D inputs only: dims must be 2, got {value}")
-        return value
 
     @model_validator(mode="after")
     def _dilation_needs_convs(self) -> BamSpec:
