@@ -1345,6 +1345,23 @@ def coord_width(spec: specs.CoordSpec | specs.ScoordSpec) -> tuple[str, str]:
     )
 
 
+def _coordinate_fields(
+    spec: specs.CoordSpec | specs.ScoordSpec, doc: str, rd_expr: str, rd_comment: str
+) -> dict[str, Any]:
+    """What coord and scoord print alike: the strips, the bottleneck width, activation, biases."""
+    return {
+        "functional": _functional(spec.gate),
+        "helpers": _helpers(*STRIP_POOLS.values(), rd_expr),
+        "doc": docstring(doc, "    "),
+        "rd_expr": rd_expr,
+        "rd_comment": rd_comment,
+        "act": ACTIVATIONS[spec.activation],
+        "bias": spec.bias,
+        "pool_h": STRIP_POOLS["h"],
+        "pool_w": STRIP_POOLS["w"],
+    }
+
+
 @builder("coord")
 def _coord(spec: specs.CoordSpec, base: dict[str, Any]) -> CoordModule:
     rd_expr, rd_comment = coord_width(spec)
@@ -1367,15 +1384,7 @@ def _coord(spec: specs.CoordSpec, base: dict[str, Any]) -> CoordModule:
     )
     return CoordModule(
         **base,
-        functional=_functional(spec.gate),
-        helpers=_helpers(*STRIP_POOLS.values(), rd_expr),
-        doc=docstring(doc, "    "),
-        rd_expr=rd_expr,
-        rd_comment=rd_comment,
-        act=ACTIVATIONS[spec.activation],
-        bias=spec.bias,
-        pool_h=STRIP_POOLS["h"],
-        pool_w=STRIP_POOLS["w"],
+        **_coordinate_fields(spec, doc, rd_expr, rd_comment),
         output=f"x * {gate_h} * {gate_w}{' + x' if spec.skip else ''}",
         checks=_input_checks(base["cls"], 2),
         norm=norm,
@@ -1401,15 +1410,7 @@ def _scoord(spec: specs.ScoordSpec, base: dict[str, Any]) -> ScoordModule:
     )
     return ScoordModule(
         **base,
-        functional=_functional(spec.gate),
-        helpers=_helpers(*STRIP_POOLS.values(), rd_expr),
-        doc=docstring(doc, "    "),
-        rd_expr=rd_expr,
-        rd_comment=rd_comment,
-        act=ACTIVATIONS[spec.activation],
-        bias=spec.bias,
-        pool_h=STRIP_POOLS["h"],
-        pool_w=STRIP_POOLS["w"],
+        **_coordinate_fields(spec, doc, rd_expr, rd_comment),
         output=f"x * {GATES[spec.gate].format('s_h + s_w')}{' + x' if spec.skip else ''}",
         checks=_input_checks(base["cls"], 2),
     )
