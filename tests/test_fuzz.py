@@ -20,6 +20,7 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
+from attnforge import kinds
 from attnforge.generate import generate
 from attnforge.kinds import output
 from attnforge.load import SpecError, load_specs
@@ -159,6 +160,36 @@ ge_gathers = st.one_of(
 ge_opts = st.tuples(
     ge_gathers, st.booleans(), ge_mlp_opts, st.fixed_dictionaries({}, optional={"gate": gates})
 ).map(lambda t: {**t[0], "mlp": t[1], **(t[2] if t[1] else {}), **t[3]})
+ese_opts = st.fixed_dictionaries(
+    {},
+    optional={
+        "pooling": st.sampled_from([["avg"], ["avg", "max"]]),
+        "gate": gates,
+        "bias": st.booleans(),
+        "dims": st.sampled_from([1, 2, 3]),
+    },
+)
+odd_kernels = st.integers(0, 15).map(lambda k: 2 * k + 1)
+# norm_groups only with a group norm (the spec refuses it elsewhere).
+ela_norms = st.sampled_from([{"norm": "none"}, {"norm": "batchnorm"}]) | st.sampled_from(
+    [1, 2, 4, 16]
+).map(lambda g: {"norm": "groupnorm", "norm_groups": g})
+ela_opts = st.fixed_dictionaries(
+    {},
+    optional={
+        "kernel_size": odd_kernels,
+        "bias": st.booleans(),
+        "activation": st.sampled_from(["none", "relu", "silu", "hard_swish"]),
+        "gate": gates,
+        "skip": st.booleans(),
+    },
+)
+# kernel_size and bias only with the convs (the spec refuses them without).
+strip_opts = st.tuples(
+    st.fixed_dictionaries({}, optional={"gate": gates, "skip": st.booleans()}),
+    st.just({"conv": False})
+    | st.fixed_dictionaries({}, optional={"kernel_size": odd_kernels, "bias": st.booleans()}),
+).map(lambda t: {**t[0], **t[1]})
 gc_opts = st.tuples(
     st.sampled_from([(True, False), (False, True), (True, True)]),
     st.fixed_dictionaries(
@@ -218,6 +249,9 @@ variants = st.one_of(
             st.fixed_dictionaries({}, optional={"gate": gates}),
         ).map(lambda t: {**t[0], **t[1], **t[2]}),
     ),
+    _variant("ese", ese_opts),
+    _variant("ela", st.tuples(ela_opts, ela_norms).map(lambda t: {**t[0], **t[1]})),
+    _variant("strip", strip_opts),
     _variant("ge", ge_opts),
     _variant("gc", gc_opts),
     _variant(
@@ -290,26 +324,12 @@ variants = st.one_of(
 _packages = itertools.count()
 
 
-def _inputs(spec) -> tuple[tuple, tuple]:
-    if spec.kind in (
-        "channel",
-        "spatial",
-        "cbam",
-        "eca",
-        "ge",
-        "gc",
-        "simam",
-        "sge",
-        "coord",
-        "scoord",
-        "triplet",
-        "bam",
-    ):
-        return (6,), (torch.randn(2, 6, *[3] * spec.dims),)
-    if spec.kind == "sdpa":
-        return (), (torch.randn(2, 3, 8), torch.randn(2, 5, 8), torch.randn(2, 5, 4))
-    e = spec.heads * 3 if spec.head_dim is None else 10
-    return (e, 7, 5, 4), (torch.randn(2, 3, e), torch.randn(2, 5, 7), torch.randn(2, 5, 5))
+def _case(spec) -> tuple[tuple, kinds.Inputs, tuple[int, ...]]:
+    """The kind record's smallest case: constructor arguments, inputs, expected output shape."""
+    kind = kinds.record(spec)
+    case = kind.tiny(spec)
+    inputs = kind.inputs(spec, case, torch.float32, "cpu", torch.Generator().manual_seed(0))
+    return case.ctor, inputs, kind.out_shape(spec, case)
 
 
 def _formatter_agrees(package: Path) -> bool:
@@ -357,9 +377,8 @@ def test_valid_specs_generate_modules_that_import_and_keep_shapes(variant):
             if isinstance(v, type) and k.lower() == spec.name.replace("_", "")
         )
         assert spec.spec.description in cls.__doc__.replace("\n    ", "\n")
-        ctor, inputs = _inputs(spec.spec)
-        out = output(cls(*ctor).eval()(*inputs))
-        expected = {"sdpa": (2, 3, 4), "mha": (2, 3, 4)}.get(spec.spec.kind, inputs[0].shape)
+        ctor, inputs, expected = _case(spec.spec)
+        out = output(cls(*ctor).eval()(*inputs.args, **inputs.kwargs))
         assert tuple(out.shape) == tuple(expected)
         assert formatted, "the templates laid this variant out differently from ruff"
 
