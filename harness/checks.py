@@ -13,6 +13,7 @@ knows a kind by name: what differs between kinds is the record's (``attnforge.ki
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import zlib
 from collections.abc import Callable, Sequence
@@ -62,6 +63,11 @@ class Subject:
     def kind(self) -> Kind[Any]:
         return record(self.spec)
 
+    def make(self, case: Case, **factory: Any) -> nn.Module:
+        """The module ``case`` constructs (its positional args and keyword options), as created:
+        default init, training mode; ``factory`` adds ``device=`` / ``dtype=``."""
+        return self.factory(*case.ctor, **case.options, **factory)
+
     def build(
         self,
         case: Case,
@@ -77,7 +83,7 @@ class Subject:
         a bias applied twice.
         """
         kwargs = {"device": device, "dtype": dtype} if self.kind.factory_kwargs else {}
-        module = self.factory(*case.ctor, **kwargs)
+        module = self.make(case, **kwargs)
         if not self.kind.factory_kwargs:
             module = module.to(device=device, dtype=dtype)
         if gen is not None:
@@ -315,12 +321,12 @@ def check_construct(
     """Parameter names and shapes as the spec says; device/dtype reach every parameter; builds on
     meta; repr; state_dict round-trips exactly."""
     kind = subject.kind
-    shapes = {n: tuple(p.shape) for n, p in subject.factory(*case.ctor).named_parameters()}
+    shapes = {n: tuple(p.shape) for n, p in subject.make(case).named_parameters()}
     expected = kind.param_shapes(subject.spec, case)
     if shapes != expected:
         raise CheckFailure(f"parameters {shapes}, expected from the spec {expected}")
     if kind.factory_kwargs:
-        module = subject.factory(*case.ctor, device=device, dtype=dtype)
+        module = subject.make(case, device=device, dtype=dtype)
         for name, t in [*module.named_parameters(), *module.named_buffers()]:
             if (t.is_floating_point() and t.dtype != dtype) or t.device.type != torch.device(
                 device
@@ -328,7 +334,7 @@ def check_construct(
                 raise CheckFailure(
                     f"{name} is {t.dtype} on {t.device}, asked for {dtype} on {device}"
                 )
-        meta = subject.factory(*case.ctor, device="meta", dtype=dtype)
+        meta = subject.make(case, device="meta", dtype=dtype)
         if any(p.device.type != "meta" for p in meta.parameters()):
             raise CheckFailure("device='meta' did not reach every parameter")
         out = _call(meta, kind.inputs(subject.spec, case, dtype, "meta", _generator(seed)))
@@ -336,8 +342,9 @@ def check_construct(
             raise CheckFailure(
                 f"on meta: output {tuple(out.shape)} {out.dtype}, expected {kind.out_shape(subject.spec, case)} {dtype}"
             )
-    text = repr(subject.factory(*case.ctor))
-    if type(subject.factory(*case.ctor)).__name__ not in text:
+    built = subject.make(case)
+    text = repr(built)
+    if type(built).__name__ not in text:
         raise CheckFailure(f"repr does not name the class: {text!r}")
     gen = _generator(seed)
     a = subject.build(case, device=device, dtype=dtype, gen=gen)
@@ -778,10 +785,12 @@ def check_export(
     names = sorted({n for dims in named for n in dims.values()})
     # The second shape: every dynamic dim grown by a different amount (batch 2 -> 3, ...).
     grow = {n: 1 + i for i, n in enumerate(names)}
-    other = Case(
-        case.name + "_other",
-        case.ctor,
-        tuple(
+    other = dataclasses.replace(
+        case,
+        name=case.name + "_other",
+        masks=(),
+        magnitudes=(),
+        shapes=tuple(
             tuple(s + grow[named[i][d]] if d in named[i] else s for d, s in enumerate(shape))
             for i, shape in enumerate(case.shapes)
         ),

@@ -58,6 +58,8 @@ ALL_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 class Case:
     """One way to build and call a module: constructor args, input shapes, which masks to pass.
 
+    ``ctor`` are the constructor's positional arguments and ``kwargs`` its keyword-only options
+    (``out_channels``, ``stride``, ...), as (name, value) pairs so a case stays hashable.
     ``magnitudes``: the scale each positional input is drawn at (default 1). Realistic activations
     are tens to hundreds, and half-precision overflows show there and nowhere else.
     """
@@ -67,6 +69,12 @@ class Case:
     shapes: tuple[tuple[int, ...], ...]
     masks: tuple[str, ...] = ()
     magnitudes: tuple[float, ...] = ()
+    kwargs: tuple[tuple[str, int], ...] = ()
+
+    @property
+    def options(self) -> dict[str, int]:
+        """The keyword-only constructor options."""
+        return dict(self.kwargs)
 
     @property
     def realistic(self) -> bool:
