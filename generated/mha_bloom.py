@@ -2,9 +2,14 @@
 # Edit the spec, then regenerate: tox -e generate (or attnforge generate).
 """MhaBloom: the mha variant ``mha_bloom`` of the attnforge catalogue."""
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+if TYPE_CHECKING:
+    from attnforge.cache import KVCache
 
 #: The validated spec this module was generated from (``attnforge.spec_of`` reads it).
 SPEC = {
@@ -131,8 +136,10 @@ class MhaBloom(nn.Module):
         lq: int,
         lk: int,
         like: torch.Tensor,
+        shift: int,
     ) -> torch.Tensor | None:
-        """One mask for SDPA, broadcastable to (B, heads, Lq, Lk); None when nothing is masked."""
+        """One mask for SDPA, broadcastable to (B, heads, Lq, Lk); None when nothing is masked.
+        Query i is aligned with key i + shift (the keys before it: cached, or Lk - Lq)."""
         mask = None
         if key_padding_mask is not None:
             if key_padding_mask.device != like.device:
@@ -167,8 +174,8 @@ class MhaBloom(nn.Module):
             if attn_mask.is_floating_point():
                 attn_mask = attn_mask.to(like.dtype)
             mask = attn_mask if mask is None else _merge_masks(mask, attn_mask)
-        # Causal, top-left aligned: query i sees keys 0 .. i.
-        causal = torch.ones(lq, lk, dtype=torch.bool, device=like.device).tril()
+        # Causal, query i sees keys 0 .. i + shift, shift the keys before the first query's own.
+        causal = torch.ones(lq, lk, dtype=torch.bool, device=like.device).tril(shift)
         mask = causal if mask is None else _merge_masks(mask, causal)
         return mask
 
@@ -214,6 +221,7 @@ class MhaBloom(nn.Module):
         *,
         positions: torch.Tensor | None = None,
         key_positions: torch.Tensor | None = None,
+        cache: "KVCache | None" = None,
     ) -> torch.Tensor:
         if (
             query.ndim != 3
@@ -238,15 +246,25 @@ class MhaBloom(nn.Module):
             )
         b, lq, _ = query.shape
         lk = key.shape[1]
+        if cache is not None and lk != lq:
+            raise ValueError(
+                f"MhaBloom: with a cache, expected key and value of the query's length {lq} (the new tokens), got {lk}",
+            )
+        past = 0 if cache is None else cache.length
         qk_width, v_width = self.head_dim, self.value_head_dim
         q = self.q_proj(query).view(b, lq, 6, qk_width).transpose(1, 2)
         k = self.k_proj(key).view(b, lk, 6, qk_width).transpose(1, 2)
         v = self.v_proj(value).view(b, lk, 6, v_width).transpose(1, 2)
-        q_pos = self._positions(positions, "positions", b, lq, 0, query)
+        q_pos = self._positions(positions, "positions", b, lq, past, query)
         if key_positions is None and positions is not None and lk == lq:
             key_positions = positions
-        k_pos = self._positions(key_positions, "key_positions", b, lk, 0, query)
-        mask = self._mask(key_padding_mask, attn_mask, b, lq, lk, q)
+        k_pos = self._positions(key_positions, "key_positions", b, lk, past, query)
+        if cache is not None:
+            # Attend over every cached token; the new keys, values and positions join them.
+            k, v, k_pos = cache.update(k, v, k_pos)
+            lk = k.shape[2]
+        shift = 0 if cache is None else lk - lq
+        mask = self._mask(key_padding_mask, attn_mask, b, lq, lk, q, shift)
         # ALiBi's bias joins the masks: SDPA adds a float mask to the scores.
         bias = self._alibi(q_pos, k_pos, q)
         mask = bias if mask is None else _merge_masks(mask, bias)

@@ -2,8 +2,13 @@
 # Edit the spec, then regenerate: tox -e generate (or attnforge generate).
 """MhaGemma2: the mha variant ``mha_gemma2`` of the attnforge catalogue."""
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from attnforge.cache import KVCache
 
 #: The validated spec this module was generated from (``attnforge.spec_of`` reads it).
 SPEC = {
@@ -135,8 +140,10 @@ class MhaGemma2(nn.Module):
         lq: int,
         lk: int,
         like: torch.Tensor,
+        shift: int,
     ) -> torch.Tensor | None:
-        """One mask for SDPA, broadcastable to (B, heads, Lq, Lk); None when nothing is masked."""
+        """One mask for SDPA, broadcastable to (B, heads, Lq, Lk); None when nothing is masked.
+        Query i is aligned with key i + shift (the keys before it: cached, or Lk - Lq)."""
         mask = None
         if key_padding_mask is not None:
             if key_padding_mask.device != like.device:
@@ -171,8 +178,8 @@ class MhaGemma2(nn.Module):
             if attn_mask.is_floating_point():
                 attn_mask = attn_mask.to(like.dtype)
             mask = attn_mask if mask is None else _merge_masks(mask, attn_mask)
-        # Causal sliding window of 4 keys, the query's own included: i - 4 < j <= i.
-        rows = torch.arange(lq, device=like.device)[:, None]
+        # Causal sliding window of 4 keys, the query's own included: i + shift - 4 < j <= i + shift.
+        rows = torch.arange(lq, device=like.device)[:, None] + shift
         offset = rows - torch.arange(lk, device=like.device)
         local = (offset >= 0) & (offset < 4)
         mask = local if mask is None else _merge_masks(mask, local)
@@ -227,6 +234,7 @@ class MhaGemma2(nn.Module):
         *,
         positions: torch.Tensor | None = None,
         key_positions: torch.Tensor | None = None,
+        cache: "KVCache | None" = None,
     ) -> torch.Tensor:
         if (
             query.ndim != 3
@@ -251,16 +259,26 @@ class MhaGemma2(nn.Module):
             )
         b, lq, _ = query.shape
         lk = key.shape[1]
+        if cache is not None and lk != lq:
+            raise ValueError(
+                f"MhaGemma2: with a cache, expected key and value of the query's length {lq} (the new tokens), got {lk}",
+            )
+        past = 0 if cache is None else cache.length
         qk_width, v_width = self.head_dim, self.value_head_dim
         q = self.q_proj(query).view(b, lq, 8, qk_width).transpose(1, 2)
         k = self.k_proj(key).view(b, lk, 4, qk_width).transpose(1, 2)
         v = self.v_proj(value).view(b, lk, 4, v_width).transpose(1, 2)
-        q_pos = self._positions(positions, "positions", b, lq, 0, query)
+        q_pos = self._positions(positions, "positions", b, lq, past, query)
         if key_positions is None and positions is not None and lk == lq:
             key_positions = positions
-        k_pos = self._positions(key_positions, "key_positions", b, lk, 0, query)
+        k_pos = self._positions(key_positions, "key_positions", b, lk, past, query)
         q, k = self._rotate(q, q_pos), self._rotate(k, k_pos)
-        mask = self._mask(key_padding_mask, attn_mask, b, lq, lk, q)
+        if cache is not None:
+            # Attend over every cached token; the new keys, values and positions join them.
+            k, v, k_pos = cache.update(k, v, k_pos)
+            lk = k.shape[2]
+        shift = 0 if cache is None else lk - lq
+        mask = self._mask(key_padding_mask, attn_mask, b, lq, lk, q, shift)
         # Logits are soft-capped (SDPA has no such step), so attention is computed explicitly here rather than fused.
         # Key/value head g serves the 2 query heads 2g, 2g + 1, ...
         k = k.repeat_interleave(2, dim=1)

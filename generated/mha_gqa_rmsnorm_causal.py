@@ -2,9 +2,14 @@
 # Edit the spec, then regenerate: tox -e generate (or attnforge generate).
 """MhaGqaRmsnormCausal: the mha variant ``mha_gqa_rmsnorm_causal`` of the attnforge catalogue."""
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+if TYPE_CHECKING:
+    from attnforge.cache import KVCache
 
 #: The validated spec this module was generated from (``attnforge.spec_of`` reads it).
 SPEC = {
@@ -125,8 +130,10 @@ class MhaGqaRmsnormCausal(nn.Module):
         lq: int,
         lk: int,
         like: torch.Tensor,
+        shift: int,
     ) -> torch.Tensor | None:
-        """One mask for SDPA, broadcastable to (B, heads, Lq, Lk); None when nothing is masked."""
+        """One mask for SDPA, broadcastable to (B, heads, Lq, Lk); None when nothing is masked.
+        Query i is aligned with key i + shift (the keys before it: cached, or Lk - Lq)."""
         mask = None
         if key_padding_mask is not None:
             if key_padding_mask.device != like.device:
@@ -161,10 +168,11 @@ class MhaGqaRmsnormCausal(nn.Module):
             if attn_mask.is_floating_point():
                 attn_mask = attn_mask.to(like.dtype)
             mask = attn_mask if mask is None else _merge_masks(mask, attn_mask)
-        if mask is not None:
-            # An explicit mask and causality: combine them (SDPA takes one or the other).
-            causal = torch.ones(lq, lk, dtype=torch.bool, device=like.device).tril()
-            mask = _merge_masks(mask, causal)
+        if mask is not None or shift:
+            # An explicit mask or cached keys, and causality: one mask (SDPA's is_causal is
+            # top-left aligned, and takes no other mask).
+            causal = torch.ones(lq, lk, dtype=torch.bool, device=like.device).tril(shift)
+            mask = causal if mask is None else _merge_masks(mask, causal)
         return mask
 
     def forward(
@@ -174,6 +182,8 @@ class MhaGqaRmsnormCausal(nn.Module):
         value: torch.Tensor,
         key_padding_mask: torch.Tensor | None = None,
         attn_mask: torch.Tensor | None = None,
+        *,
+        cache: "KVCache | None" = None,
     ) -> torch.Tensor:
         if (
             query.ndim != 3
@@ -198,6 +208,10 @@ class MhaGqaRmsnormCausal(nn.Module):
             )
         b, lq, _ = query.shape
         lk = key.shape[1]
+        if cache is not None and lk != lq:
+            raise ValueError(
+                f"MhaGqaRmsnormCausal: with a cache, expected key and value of the query's length {lq} (the new tokens), got {lk}",
+            )
         qk_width, v_width = self.head_dim, self.value_head_dim
         # Each head's q and k normalised over head_dim, before the heads move to dim 1: the norm
         # then reads contiguous memory (after the transpose, torch.compile's traced backward of
@@ -205,7 +219,12 @@ class MhaGqaRmsnormCausal(nn.Module):
         q = self.q_norm(self.q_proj(query).view(b, lq, 8, qk_width)).transpose(1, 2)
         k = self.k_norm(self.k_proj(key).view(b, lk, 4, qk_width)).transpose(1, 2)
         v = self.v_proj(value).view(b, lk, 4, v_width).transpose(1, 2)
-        mask = self._mask(key_padding_mask, attn_mask, b, lq, lk, q)
+        if cache is not None:
+            # Attend over every cached token; the new keys and values join them.
+            k, v, _ = cache.update(k, v)
+            lk = k.shape[2]
+        shift = 0 if cache is None else lk - lq
+        mask = self._mask(key_padding_mask, attn_mask, b, lq, lk, q, shift)
         out = F.scaled_dot_product_attention(
             q,
             k,

@@ -2,9 +2,14 @@
 # Edit the spec, then regenerate: tox -e generate (or attnforge generate).
 """MhaWeightsPerHead: the mha variant ``mha_weights_per_head`` of the attnforge catalogue."""
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+if TYPE_CHECKING:
+    from attnforge.cache import KVCache
 
 #: The validated spec this module was generated from (``attnforge.spec_of`` reads it).
 SPEC = {
@@ -125,8 +130,10 @@ class MhaWeightsPerHead(nn.Module):
         lq: int,
         lk: int,
         like: torch.Tensor,
+        shift: int,
     ) -> torch.Tensor | None:
-        """One mask for SDPA, broadcastable to (B, heads, Lq, Lk); None when nothing is masked."""
+        """One mask for SDPA, broadcastable to (B, heads, Lq, Lk); None when nothing is masked.
+        Query i is aligned with key i + shift (the keys before it: cached, or Lk - Lq)."""
         mask = None
         if key_padding_mask is not None:
             if key_padding_mask.device != like.device:
@@ -161,8 +168,8 @@ class MhaWeightsPerHead(nn.Module):
             if attn_mask.is_floating_point():
                 attn_mask = attn_mask.to(like.dtype)
             mask = attn_mask if mask is None else _merge_masks(mask, attn_mask)
-        # Causal, bottom-right aligned: query i sees keys 0 .. i + Lk - Lq.
-        causal = torch.ones(lq, lk, dtype=torch.bool, device=like.device).tril(lk - lq)
+        # Causal, query i sees keys 0 .. i + shift, shift the keys before the first query's own.
+        causal = torch.ones(lq, lk, dtype=torch.bool, device=like.device).tril(shift)
         mask = causal if mask is None else _merge_masks(mask, causal)
         return mask
 
@@ -173,6 +180,8 @@ class MhaWeightsPerHead(nn.Module):
         value: torch.Tensor,
         key_padding_mask: torch.Tensor | None = None,
         attn_mask: torch.Tensor | None = None,
+        *,
+        cache: "KVCache | None" = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if (
             query.ndim != 3
@@ -197,11 +206,20 @@ class MhaWeightsPerHead(nn.Module):
             )
         b, lq, _ = query.shape
         lk = key.shape[1]
+        if cache is not None and lk != lq:
+            raise ValueError(
+                f"MhaWeightsPerHead: with a cache, expected key and value of the query's length {lq} (the new tokens), got {lk}",
+            )
         qk_width, v_width = self.head_dim, self.value_head_dim
         q = self.q_proj(query).view(b, lq, 4, qk_width).transpose(1, 2)
         k = self.k_proj(key).view(b, lk, 2, qk_width).transpose(1, 2)
         v = self.v_proj(value).view(b, lk, 2, v_width).transpose(1, 2)
-        mask = self._mask(key_padding_mask, attn_mask, b, lq, lk, q)
+        if cache is not None:
+            # Attend over every cached token; the new keys and values join them.
+            k, v, _ = cache.update(k, v)
+            lk = k.shape[2]
+        shift = lk - lq
+        mask = self._mask(key_padding_mask, attn_mask, b, lq, lk, q, shift)
         # The weights are returned, so attention is computed explicitly here rather than fused.
         # Key/value head g serves the 2 query heads 2g, 2g + 1, ...
         k = k.repeat_interleave(2, dim=1)

@@ -4,6 +4,7 @@
     attnforge.names("cbam")                  # the committed catalogue's variants of a kind
     block = attnforge.build("cbam_paper", 256)
     attnforge.spec_of("cbam_paper")          # the validated spec (needs attnforge[generate])
+    cache = attnforge.KVCache()              # incremental decoding: block(x, x, x, cache=cache)
 
 Importing attnforge imports neither torch nor pydantic: building a block needs torch alone; the
 generator (``attnforge generate``) needs the ``generate`` extra, the checks the ``check`` extra.
@@ -20,12 +21,14 @@ if TYPE_CHECKING:
 
     from torch import nn
 
+    from .cache import KVCache
     from .convert import Conversion
 
 __version__ = "0.2.0"
 
 __all__ = [
     "Catalogue",
+    "KVCache",
     "__version__",
     "build",
     "convert_timm_model",
@@ -57,3 +60,12 @@ def from_timm(name: str, module: nn.Module, **kwargs: Any) -> nn.Module:
     from .interop import from_timm as convert
 
     return convert(name, module, **kwargs)
+
+
+def __getattr__(name: str) -> Any:
+    # KVCache imports torch: loaded on first use, so that ``import attnforge`` stays torch-free.
+    if name == "KVCache":
+        from .cache import KVCache
+
+        return KVCache
+    raise AttributeError(f"module 'attnforge' has no attribute {name!r}")

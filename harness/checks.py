@@ -685,6 +685,25 @@ def check_window(
         raise CheckSkipped(f"case {case.name} has no key outside the window of {window}")
 
 
+def check_cache(
+    subject: Subject, case: Case, dtype: torch.dtype, device: str, seed: int, **_: Any
+) -> None:
+    """Incremental decoding: the sequence fed through a key/value cache one token at a time, and
+    in chunks of 2 and 3, gives the output of one full causal pass."""
+    kind, spec = subject.kind, subject.spec
+    gen = _generator(seed)
+    module = subject.build(case, device=device, dtype=dtype, gen=gen)
+    inputs = kind.inputs(spec, case, dtype, device, gen)
+    expected = _call(module, inputs)
+    for chunk in (1, 2, 3):
+        assert_close(
+            kind.decode(spec, module, inputs, chunk),
+            expected,
+            "cache",
+            f"output decoded {chunk} token(s) at a time through a cache",
+        )
+
+
 def check_masked_keys(
     subject: Subject, case: Case, dtype: torch.dtype, device: str, seed: int, **_: Any
 ) -> None:
@@ -1082,6 +1101,7 @@ CHECKS: dict[str, Check] = {
             F64,
         ),
         Check("window", check_window, lambda k, s: k.window(s) is not None, _unmasked, EXACT),
+        Check("cache", check_cache, lambda k, s: k.decodes(s), _unmasked, EXACT),
         Check("masked_keys", check_masked_keys, _attention, _unmasked, ALL_DTYPES),
         Check("masked_row", check_masked_row, _attention, _unmasked, ALL_DTYPES),
         Check("weights", check_weights, lambda k, s: k.returns_weights(s), _all, EXACT),

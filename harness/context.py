@@ -8,6 +8,7 @@ or expression the template prints. Nothing here imports torch.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import textwrap
 import unicodedata
@@ -172,6 +173,7 @@ class Module:
     functional: bool  # imports torch.nn.functional as F
     helpers: tuple[str, ...]  # module-level helper functions, in order: mean, max_pool, merge_masks
     stdlib_imports: tuple[str, ...]  # "import math" ...
+    type_checking: tuple[str, ...]  # imports for annotations only, under ``if TYPE_CHECKING:``
 
     def fields(self) -> dict[str, Any]:
         """The template's variables (nested contexts stay objects)."""
@@ -496,7 +498,10 @@ class MhaModule(Module):
     rope: Rope | None
     alibi_slopes: str | None  # a tuple literal, one slope per head
     positions: bool  # forward takes positions= and key_positions= (RoPE, ALiBi)
-    query_start: str  # the first default query position: "0", "lk - lq"
+    query_start: str  # the first default query position: "0", "lk - lq", "past"
+    key_start: str  # the first default key position: "0", "past"
+    cache: bool  # forward takes cache= (causal variants: incremental decoding)
+    shift: str | None  # keys before the first query's own, the causal mask's diagonal
 
 
 @dataclass(frozen=True)
@@ -537,6 +542,7 @@ def context(spec: specs.AnySpec, spec_path: str) -> Module:
         "cls": class_name(spec.name),
         "spec_literal": py_literal(_ordered(spec.model_dump(mode="json")), prefix=len("SPEC = ")),
         "stdlib_imports": (),
+        "type_checking": (),
     }
     return BUILDERS[spec.kind](spec, base)
 
@@ -1629,8 +1635,9 @@ def _causal_doc(spec: specs.AttentionOptions) -> str:
     return "Causal: query i attends to keys 0..i (top-left aligned). "
 
 
-def _window(spec: specs.AttentionOptions) -> Window | None:
-    """The sliding window's mask lines, aligned as the causal mask is."""
+def _window(spec: specs.AttentionOptions, shift: str | None = None) -> Window | None:
+    """The sliding window's mask lines, aligned as the causal mask is (``shift``: the variable
+    holding the alignment, where the module computes it)."""
     w = spec.window
     if w is None:
         return None
@@ -1644,9 +1651,15 @@ def _window(spec: specs.AttentionOptions) -> Window | None:
     return Window(
         what=(
             f"Causal sliding window of {w} keys, the query's own included: "
-            + (f"i + Lk - Lq - {w} < j <= i + Lk - Lq." if bottom else f"i - {w} < j <= i.")
+            + (
+                f"i + {shift} - {w} < j <= i + {shift}."
+                if shift
+                else f"i + Lk - Lq - {w} < j <= i + Lk - Lq."
+                if bottom
+                else f"i - {w} < j <= i."
+            )
         ),
-        shift=" + lk - lq" if bottom else "",
+        shift=f" + {shift}" if shift else " + lk - lq" if bottom else "",
         test=f"(offset >= 0) & (offset < {w})",
     )
 
@@ -1853,6 +1866,20 @@ def _mha(spec: specs.MhaSpec, base: dict[str, Any]) -> MhaModule:
         + "    returns (B, Lq, out_dim).",
     )
     explicit = spec.return_weights != "none" or spec.softcap is not None
+    bottom = spec.causal_alignment == "bottom_right"
+    causality = _causality(spec, explicit=explicit or spec.alibi or spec.window is not None)
+    if spec.causal:
+        # Causal variants decode with a cache: the diagonal is computed in forward (``shift``).
+        causality = dataclasses.replace(
+            causality,
+            diagonal="shift",
+            what="query i sees keys 0 .. i + shift, shift the keys before the first query's own",
+        )
+        base = {
+            **base,
+            "stdlib_imports": ("from typing import TYPE_CHECKING",),
+            "type_checking": ("from attnforge.cache import KVCache",),
+        }
     why = []
     if spec.return_weights != "none":
         why.append("the weights are returned")
@@ -1883,10 +1910,10 @@ def _mha(spec: specs.MhaSpec, base: dict[str, Any]) -> MhaModule:
         sdpa_scale=None if spec.scale is None else repr(spec.scale),
         dropout=repr(spec.dropout) if spec.dropout else None,
         dropout_value=repr(spec.dropout),
-        causality=_causality(spec, explicit=explicit or spec.alibi or spec.window is not None),
+        causality=causality,
         torch_compatible=spec.torch_compatible,
         bias_text="biases" if spec.qkv_bias else "no biases",
-        window=_window(spec),
+        window=_window(spec, "shift" if spec.causal else None),
         explicit=Explicit(
             why=because[:1].upper()
             + because[1:]
@@ -1899,5 +1926,8 @@ def _mha(spec: specs.MhaSpec, base: dict[str, Any]) -> MhaModule:
         rope=_rope(spec),
         alibi_slopes=_slopes_literal(spec.heads) if spec.alibi else None,
         positions=spec.rope != "none" or spec.alibi,
-        query_start="lk - lq" if spec.causal and spec.causal_alignment == "bottom_right" else "0",
+        query_start=(("past + lk - lq" if bottom else "past") if spec.causal else "0"),
+        key_start="past" if spec.causal else "0",
+        cache=spec.causal,
+        shift=("lk - lq" if bottom else "0 if cache is None else lk - lq") if spec.causal else None,
     )

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from . import anchors, references
 from .anchors import Anchor
+from .compare import CheckFailure
 from .spec import (
     AnySpec,
     AttentionOptions,
@@ -203,6 +204,15 @@ class Kind(Generic[S]):
 
     def with_positions(self, spec: S, inputs: Inputs, shift: int) -> Inputs:
         """``inputs`` with explicit query and key positions: the defaults plus ``shift``."""
+        raise NotImplementedError
+
+    def decodes(self, spec: S) -> bool:
+        """The module decodes incrementally with a key/value cache (``attnforge.KVCache``)."""
+        return False
+
+    def decode(self, spec: S, module: nn.Module, inputs: Inputs, chunk: int) -> Tensor:
+        """The output of feeding self-attention ``inputs`` ``chunk`` tokens at a time through one
+        cache, concatenated along the sequence."""
         raise NotImplementedError
 
     def seq_dims(self, spec: S, inputs: Inputs) -> tuple[int, int]:
@@ -1147,6 +1157,22 @@ class Mha(_Attention[MhaSpec]):
     def relative_positions(self, spec: MhaSpec) -> bool:
         return spec.rope != "none" or spec.alibi
 
+    def decodes(self, spec: MhaSpec) -> bool:
+        return spec.causal
+
+    def decode(self, spec: MhaSpec, module: nn.Module, inputs: Inputs, chunk: int) -> Tensor:
+        from .cache import KVCache
+
+        cache = KVCache()
+        length = inputs.args[0].shape[1]
+        outs = [
+            output(module(*(a[:, i : i + chunk] for a in inputs.args), cache=cache))
+            for i in range(0, length, chunk)
+        ]
+        if cache.length != length:
+            raise CheckFailure(f"the cache holds {cache.length} tokens after {length}")
+        return torch.cat(outs, dim=1)
+
     def with_positions(self, spec: MhaSpec, inputs: Inputs, shift: int) -> Inputs:
         q, k, _ = inputs.args
         q_pos, k_pos = references.default_positions(spec, q.shape[1], k.shape[1], device=q.device)
@@ -1394,6 +1420,21 @@ class Mha(_Attention[MhaSpec]):
                     r"^{cls}: positions is on meta, the inputs on ",
                 ),
             ]
+        if self.decodes(spec):
+
+            def cross_with_cache(f: Callable[..., nn.Module], d: str) -> object:
+                from .cache import KVCache
+
+                q, k, v = (torch.randn(s, device=d) for s in shapes)
+                return f(e, e + 1, e + 2, device=d)(q, k, v, cache=KVCache())
+
+            errors.append(
+                ErrorInput(
+                    "cache_lengths",
+                    cross_with_cache,
+                    r"^{cls}: with a cache, expected key and value of the query's length 3 \(the new tokens\), got 5",
+                )
+            )
         if spec.rope != "none" and spec.head_dim is None:
             errors.append(
                 ErrorInput(

@@ -295,10 +295,9 @@ class MhaAlibiSlopesReversed(_base("mha_bloom")):
 class MhaWindowOffByOne(_base("mha_mistral")):
     """A window of 3 that lets in 4 keys (i - 3 <= j <= i: the query's own key not counted)."""
 
-    def _mask(self, key_padding_mask, attn_mask, b, lq, lk, like):
-        offset = torch.arange(lq, device=like.device)[:, None] - torch.arange(
-            lk, device=like.device
-        )
+    def _mask(self, key_padding_mask, attn_mask, b, lq, lk, like, shift):
+        rows = torch.arange(lq, device=like.device)[:, None] + shift
+        offset = rows - torch.arange(lk, device=like.device)
         return (offset >= 0) & (offset <= 3)
 
 
@@ -328,6 +327,25 @@ class SdpaSoftcapAfterMask(_base("sdpa_gemma2")):
         elif attn_mask is not None:
             scores = scores + attn_mask
         return torch.softmax(50.0 * torch.tanh(scores / 50.0), dim=-1) @ v
+
+
+class MhaCacheDropsFirstToken(_base("mha_llama")):
+    """A cache that loses its first token once decoding is under way."""
+
+    def forward(self, *args, cache=None, **kwargs):
+        if cache is not None and cache.length > 1:
+            cache.key, cache.value = cache.key[:, :, 1:], cache.value[:, :, 1:]
+            cache.positions = cache.positions[:, 1:]
+        return super().forward(*args, cache=cache, **kwargs)
+
+
+class MhaCachePositionsRestart(_base("mha_bloom")):
+    """Positions restart at 0 on every call instead of continuing from the cache's length."""
+
+    def forward(self, query, key, value, *args, cache=None, **kwargs):
+        lq = query.shape[1]
+        positions = torch.arange(lq, device=query.device)
+        return super().forward(query, key, value, *args, positions=positions, cache=cache, **kwargs)
 
 
 # --- bugs that show only under the conditions of real use ---------------------------------------------
@@ -867,6 +885,8 @@ SEEDED = [
     (SdpaLocalOffByOne, "sdpa_local", "window", "b2h3_q4_k6", F64, {}),
     (SdpaLocalOffByOne, "sdpa_local", "anchor", "b2h3_q4_k6", F64, {}),
     (SdpaSoftcapAfterMask, "sdpa_gemma2", "reference", "mask_float_4d", F64, {}),
+    (MhaCacheDropsFirstToken, "mha_llama", "cache", "self_b2_l5", F64, {}),
+    (MhaCachePositionsRestart, "mha_bloom", "cache", "self_b2_l5", F64, {}),
     # Only under the conditions of real use:
     (SeSumPooling, "se_resnet", "reference", ACT, F16, {}),
     (SeBfloat16ViaFloat16, "se_resnet", "reference", ACT, BF16, {}),
