@@ -59,6 +59,11 @@ class MhaCausal(nn.Module):
     projects to out_dim with ``out_proj``. Causal: query i attends to keys 0..i (top-left
     aligned). Dropout 0.1 on the attention weights, in training only.
 
+    Incremental decoding: pass the same ``cache=attnforge.KVCache()`` to every call, with
+    ``key`` and ``value`` the new tokens; they join the cached keys and values (in place) and
+    query i attends causally to key len(cache) + i and those before it. Masks then cover every
+    key, the cached ones first.
+
     Masks: a boolean ``attn_mask`` is True where attention is ALLOWED (the
     ``F.scaled_dot_product_attention`` convention); a float ``attn_mask`` is added to the
     scores. A boolean ``key_padding_mask`` is True at PADDING positions, which are ignored (the

@@ -67,6 +67,11 @@ class MhaLlama(nn.Module):
     ``key_positions`` (Lk,) or (B, Lk) to ``positions`` where Lk == Lq and they are given, else
     0 .. Lk - 1.
 
+    Incremental decoding: pass the same ``cache=attnforge.KVCache()`` to every call, with
+    ``key`` and ``value`` the new tokens; they join the cached keys and values (in place) and
+    query i attends causally to key len(cache) + i and those before it, positions continuing
+    from len(cache). Masks then cover every key, the cached ones first.
+
     Masks: a boolean ``attn_mask`` is True where attention is ALLOWED (the
     ``F.scaled_dot_product_attention`` convention); a float ``attn_mask`` is added to the
     scores. A boolean ``key_padding_mask`` is True at PADDING positions, which are ignored (the

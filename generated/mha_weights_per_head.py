@@ -62,6 +62,11 @@ class MhaWeightsPerHead(nn.Module):
     Grouped-query attention: 2 key/value heads, each shared by 2 contiguous query heads (SDPA's
     enable_gqa). Returns ``(output, weights)``, the weights (B, heads, Lq, Lk), after dropout.
 
+    Incremental decoding: pass the same ``cache=attnforge.KVCache()`` to every call, with
+    ``key`` and ``value`` the new tokens; they join the cached keys and values (in place) and
+    query i attends causally to key len(cache) + i and those before it. Masks then cover every
+    key, the cached ones first.
+
     Masks: a boolean ``attn_mask`` is True where attention is ALLOWED (the
     ``F.scaled_dot_product_attention`` convention); a float ``attn_mask`` is added to the
     scores. A boolean ``key_padding_mask`` is True at PADDING positions, which are ignored (the

@@ -1852,6 +1852,19 @@ def _mha(spec: specs.MhaSpec, base: dict[str, Any]) -> MhaModule:
         ),
         _prose(" ".join(extras)),
         _prose(_positions_doc(spec)),
+        _prose(
+            "Incremental decoding: pass the same ``cache=attnforge.KVCache()`` to every call, "
+            "with ``key`` and ``value`` the new tokens; they join the cached keys and values (in "
+            "place) and query i attends causally to key len(cache) + i and those before it"
+            + (
+                ", positions continuing from len(cache)"
+                if spec.rope != "none" or spec.alibi
+                else ""
+            )
+            + ". Masks then cover every key, the cached ones first."
+        )
+        if spec.causal
+        else "",
         _prose(_mask_doc(with_padding=True)),
         "Args:\n    embed_dim: width of ``query``.\n    kdim, vdim: widths of ``key`` and "
         "``value`` (default: embed_dim).\n    out_dim: width of the output (default: embed_dim).\n"
