@@ -214,6 +214,12 @@ VARIANTS: dict[str, tuple[str, str, str, str]] = {
         "LcbamTimm",
         "timm's LightCbamModule (avg and max averaged before the MLP and before the conv…",
     ),
+    "mha_bloom": (
+        "mha",
+        "modern.yaml",
+        "MhaBloom",
+        "BLOOM-style attention with ALiBi biases and no position embedding, causal; 6 he…",
+    ),
     "mha_causal": (
         "mha",
         "attention.yaml",
@@ -226,6 +232,18 @@ VARIANTS: dict[str, tuple[str, str, str, str]] = {
         "MhaCross",
         "Cross-attention without biases (queries from one sequence, keys and values from…",
     ),
+    "mha_gemma2": (
+        "mha",
+        "modern.yaml",
+        "MhaGemma2",
+        "Gemma 2-style local attention layer: RoPE (rotate_half), 8 query heads sharing …",
+    ),
+    "mha_gptj": (
+        "mha",
+        "modern.yaml",
+        "MhaGptj",
+        "GPT-J-style attention: interleaved RoPE on the first quarter of each head (rota…",
+    ),
     "mha_gqa": (
         "mha",
         "attention.yaml",
@@ -237,6 +255,18 @@ VARIANTS: dict[str, tuple[str, str, str, str]] = {
         "attention.yaml",
         "MhaGqaRmsnormCausal",
         "Decoder attention with RMSNorm qk-norm, 4 key/value heads for 8 query heads, ca…",
+    ),
+    "mha_llama": (
+        "mha",
+        "modern.yaml",
+        "MhaLlama",
+        "Llama-style decoder attention: RoPE in the rotate_half layout (theta 10000) on …",
+    ),
+    "mha_mistral": (
+        "mha",
+        "modern.yaml",
+        "MhaMistral",
+        "Mistral-style attention: RoPE (rotate_half, theta 1e6 as in Mistral v0.2+), gro…",
     ),
     "mha_mqa": (
         "mha",
@@ -309,6 +339,18 @@ VARIANTS: dict[str, tuple[str, str, str, str]] = {
         "attention.yaml",
         "SdpaDropout",
         "Scaled dot-product attention with dropout 0.1 on the weights, as in the Transfo…",
+    ),
+    "sdpa_gemma2": (
+        "sdpa",
+        "modern.yaml",
+        "SdpaGemma2",
+        "Scaled dot-product attention as in a Gemma 2 local layer: causal sliding window…",
+    ),
+    "sdpa_local": (
+        "sdpa",
+        "modern.yaml",
+        "SdpaLocal",
+        "Non-causal local attention: query i sees the keys j with |i - j| < 3 (a window …",
     ),
     "se_bn": (
         "channel",

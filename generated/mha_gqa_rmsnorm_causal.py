@@ -15,6 +15,8 @@ SPEC = {
     "dropout": 0.0,
     "causal": True,
     "causal_alignment": "top_left",
+    "window": None,
+    "softcap": None,
     "heads": 8,
     "head_dim": None,
     "value_head_dim": None,
@@ -23,6 +25,10 @@ SPEC = {
     "return_weights": "none",
     "qkv_bias": False,
     "out_bias": False,
+    "rope": "none",
+    "rope_base": 10000.0,
+    "rope_fraction": 1.0,
+    "alibi": False,
 }
 
 

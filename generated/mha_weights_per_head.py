@@ -15,6 +15,8 @@ SPEC = {
     "dropout": 0.1,
     "causal": True,
     "causal_alignment": "bottom_right",
+    "window": None,
+    "softcap": None,
     "heads": 4,
     "head_dim": None,
     "value_head_dim": None,
@@ -23,6 +25,10 @@ SPEC = {
     "return_weights": "per_head",
     "qkv_bias": True,
     "out_bias": True,
+    "rope": "none",
+    "rope_base": 10000.0,
+    "rope_fraction": 1.0,
+    "alibi": False,
 }
 
 

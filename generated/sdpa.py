@@ -15,6 +15,8 @@ SPEC = {
     "dropout": 0.0,
     "causal": False,
     "causal_alignment": "top_left",
+    "window": None,
+    "softcap": None,
 }
 
 

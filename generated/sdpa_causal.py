@@ -15,6 +15,8 @@ SPEC = {
     "dropout": 0.0,
     "causal": True,
     "causal_alignment": "top_left",
+    "window": None,
+    "softcap": None,
 }
 
 

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .references import Params, causal_allowed
+from .references import Params, causal_allowed, window_allowed
 from .spec import (
     AttentionOptions,
     BamSpec,
@@ -79,10 +79,17 @@ class Anchor:
 def _with_causal(
     spec: AttentionOptions, mask: Tensor | None, lq: int, lk: int, device: torch.device
 ) -> Tensor | None:
-    """``mask`` (True = allowed, or additive) combined with the spec's causality, as one mask."""
-    if not spec.causal:
+    """``mask`` (True = allowed, or additive) combined with the spec's causality and sliding
+    window, as one mask."""
+    if not spec.causal and spec.window is None:
         return mask
-    causal = causal_allowed(lq, lk, spec.causal_alignment, device)
+    causal = torch.ones(lq, lk, dtype=torch.bool, device=device)
+    if spec.causal:
+        causal = causal_allowed(lq, lk, spec.causal_alignment, device)
+    if spec.window is not None:
+        causal = causal & window_allowed(
+            lq, lk, spec.window, spec.causal, spec.causal_alignment, device
+        )
     if mask is None:
         return causal
     return mask & causal if mask.dtype == torch.bool else mask.masked_fill(~causal, float("-inf"))
@@ -95,7 +102,12 @@ def sdpa_anchor(spec: SdpaSpec) -> Anchor:
         def anchor(params: Params, inputs: Inputs) -> Tensor:
             q, k, v = inputs.args
             mask = inputs.kwargs.get("attn_mask")
-            if spec.causal and mask is None and spec.causal_alignment == "top_left":
+            if (
+                spec.causal
+                and mask is None
+                and spec.causal_alignment == "top_left"
+                and spec.window is None
+            ):
                 return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=spec.scale)
             mask = _with_causal(spec, mask, q.shape[-2], k.shape[-2], q.device)
             return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=spec.scale)

@@ -232,6 +232,73 @@ def _cases(device: str) -> list[BenchCase]:
         "nn.MultiheadAttention": lambda q, k, v: torch_mha(q, k, v, need_weights=False)[0],
     }
     out.append(BenchCase("mha", "mha_torch", f"{tokens}, 8 heads", mha_candidates, self_attention))
+    out += _modern_cases(device, heads, qkv_inputs, tokens, self_attention)
+    return out
+
+
+def _modern_cases(
+    device: str,
+    heads: tuple[int, ...],
+    qkv_inputs: Callable[[bool], tuple[Tensor, ...]],
+    tokens: tuple[int, ...],
+    self_attention: Callable[[bool], tuple[Tensor, ...]],
+) -> list[BenchCase]:
+    """The modern options: the explicit softmax path (soft-capping) against SDPA given the same
+    window as a mask (what the cap costs), SDPA with a window mask against the explicit route, and
+    RoPE's rotation inside a causal grouped-query block."""
+    lq = heads[-2]
+    local = references.window_allowed(lq, lq, 4, True, device=device)
+    capped = registry.build("sdpa_gemma2").to(device)
+    out = [
+        BenchCase(
+            "sdpa",
+            "sdpa_gemma2",
+            f"{heads}, window 4",
+            {
+                "generated": capped,
+                "reference": lambda q, k, v: kinds.output(
+                    references.attention(q, k, v, causal=True, window=4, softcap=50.0)
+                ),
+                "F.sdpa, window mask, no cap": lambda q, k, v: F.scaled_dot_product_attention(
+                    q, k, v, attn_mask=local
+                ),
+            },
+            qkv_inputs,
+        )
+    ]
+    windowed = registry.build("sdpa_local").to(device)
+    out.append(
+        BenchCase(
+            "sdpa",
+            "sdpa_local",
+            f"{heads}, window 3",
+            {
+                "generated": windowed,
+                "explicit softmax": lambda q, k, v: kinds.output(
+                    references.attention(q, k, v, window=3)
+                ),
+            },
+            qkv_inputs,
+        )
+    )
+    llama: Any = registry.build("mha_llama", tokens[-1], device=device)
+    llama_spec = registry.spec_of("mha_llama")
+    assert isinstance(llama_spec, MhaSpec)
+    p_llama = dict(llama.named_parameters())
+    out.append(
+        BenchCase(
+            "mha",
+            "mha_llama",
+            f"{tokens}, 8 heads",
+            {
+                "generated": llama,
+                "reference": lambda q, k, v: kinds.output(
+                    references.multi_head_attention(q, k, v, p_llama, llama_spec)
+                ),
+            },
+            self_attention,
+        )
+    )
     return out
 
 

@@ -622,6 +622,69 @@ def check_causal(
     )
 
 
+def check_relative_positions(
+    subject: Subject, case: Case, dtype: torch.dtype, device: str, seed: int, **_: Any
+) -> None:
+    """Relative position encodings (RoPE, ALiBi): the default positions given explicitly give the
+    same output, and so do all positions shifted by one amount."""
+    gen = _generator(seed)
+    module = subject.build(case, device=device, dtype=dtype, gen=gen)
+    inputs = subject.kind.inputs(subject.spec, case, dtype, device, gen)
+    expected = _call(module, inputs)
+    for shift in (0, 37):
+        shifted = subject.kind.with_positions(subject.spec, inputs, shift)
+        assert_close(
+            _call(module, shifted),
+            expected,
+            "relative_positions",
+            f"output with every query and key position shifted by {shift}",
+        )
+
+
+def check_window(
+    subject: Subject, case: Case, dtype: torch.dtype, device: str, seed: int, **_: Any
+) -> None:
+    """A sliding window: the first and last queries' outputs do not depend on the keys (and
+    values) outside their windows."""
+    kind, spec = subject.kind, subject.spec
+    gen = _generator(seed)
+    module = subject.build(case, device=device, dtype=dtype, gen=gen)
+    inputs = kind.inputs(spec, case, dtype, device, gen)
+    window = kind.window(spec)
+    assert window is not None
+    qdim, kdim = kind.seq_dims(spec, inputs)
+    lq, lk = inputs.args[0].shape[qdim], inputs.args[1].shape[kdim]
+    alignment = kind.causal(spec)
+    shift = lk - lq if alignment == "bottom_right" else 0
+    expected = _call(module, inputs)
+    tried = 0
+    for row in sorted({0, lq - 1}):
+        i = row + shift
+        outside = [
+            j
+            for j in range(lk)
+            if ((i - j >= window or j > i) if alignment else abs(i - j) >= window)
+        ]
+        if not outside:
+            continue
+        tried += 1
+        index = torch.tensor(outside, device=device)
+        changed = inputs.map(lambda t: t.clone())
+        for a in changed.args[1:]:
+            noise = torch.randn(
+                a.index_select(kdim, index).shape, generator=gen, dtype=torch.float64
+            )
+            a.index_copy_(kdim, index, noise.to(a) * 5)
+        assert_close(
+            _call(module, changed).narrow(qdim, row, 1),
+            expected.narrow(qdim, row, 1),
+            "window",
+            f"output of query {row} when its {len(outside)} keys outside the window change",
+        )
+    if not tried:
+        raise CheckSkipped(f"case {case.name} has no key outside the window of {window}")
+
+
 def check_masked_keys(
     subject: Subject, case: Case, dtype: torch.dtype, device: str, seed: int, **_: Any
 ) -> None:
@@ -1011,6 +1074,14 @@ CHECKS: dict[str, Check] = {
             EXACT,
         ),
         Check("causal", check_causal, lambda k, s: k.causal(s) is not None, _unmasked, ALL_DTYPES),
+        Check(
+            "relative_positions",
+            check_relative_positions,
+            lambda k, s: k.relative_positions(s),
+            _unmasked,
+            F64,
+        ),
+        Check("window", check_window, lambda k, s: k.window(s) is not None, _unmasked, EXACT),
         Check("masked_keys", check_masked_keys, _attention, _unmasked, ALL_DTYPES),
         Check("masked_row", check_masked_row, _attention, _unmasked, ALL_DTYPES),
         Check("weights", check_weights, lambda k, s: k.returns_weights(s), _all, EXACT),

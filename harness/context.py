@@ -8,6 +8,7 @@ or expression the template prints. Nothing here imports torch.
 
 from __future__ import annotations
 
+import math
 import textwrap
 import unicodedata
 from collections.abc import Callable
@@ -441,11 +442,31 @@ class Causality:
 
 
 @dataclass(frozen=True)
+class Window:
+    """A sliding window's mask: which (query, key) index offsets are allowed."""
+
+    what: str  # the comment: "Sliding window of 4 keys, causal: ..."
+    shift: str  # added to the query index to align it with the keys: "", " + lk - lq"
+    test: str  # the allowed offsets (query index - key index): "(offset >= 0) & (offset < 4)"
+
+
+@dataclass(frozen=True)
+class Explicit:
+    """The explicit softmax path (rather than SDPA), and what it adds."""
+
+    why: str  # the comment saying why the path is explicit
+    scale: str  # the scale expression
+    softcap: str | None  # the softcap literal
+
+
+@dataclass(frozen=True)
 class SdpaModule(Module):
     doc: str
     scale: str | None
     dropout: str | None
     causality: Causality
+    window: Window | None
+    explicit: Explicit | None
 
 
 @dataclass(frozen=True)
@@ -470,6 +491,24 @@ class MhaModule(Module):
     causality: Causality
     torch_compatible: bool
     bias_text: str  # "biases" / "no biases", for from_torch's docstring
+    window: Window | None
+    explicit: Explicit | None  # the explicit softmax path (returned weights, softcap)
+    rope: Rope | None
+    alibi_slopes: str | None  # a tuple literal, one slope per head
+    positions: bool  # forward takes positions= and key_positions= (RoPE, ALiBi)
+    query_start: str  # the first default query position: "0", "lk - lq"
+
+
+@dataclass(frozen=True)
+class Rope:
+    """Rotary position embedding: the layout's lines and the rotary width."""
+
+    doc: str  # the _rotate docstring
+    base: str  # theta, a float literal
+    width: str | None  # R as a constant; None: computed at construction (head_dim from embed_dim)
+    width_expr: str  # R at construction: "round(self.head_dim * 0.5)", "self.head_dim"
+    interleaved: bool
+    partial: bool  # R < head_dim: the rest of each head passes through
 
 
 Ctx = TypeVar("Ctx", bound=Module)
@@ -1590,6 +1629,136 @@ def _causal_doc(spec: specs.AttentionOptions) -> str:
     return "Causal: query i attends to keys 0..i (top-left aligned). "
 
 
+def _window(spec: specs.AttentionOptions) -> Window | None:
+    """The sliding window's mask lines, aligned as the causal mask is."""
+    w = spec.window
+    if w is None:
+        return None
+    if not spec.causal:
+        return Window(
+            what=f"Sliding window: query i sees keys |i - j| < {w}.",
+            shift="",
+            test=f"offset.abs() < {w}",
+        )
+    bottom = spec.causal_alignment == "bottom_right"
+    return Window(
+        what=(
+            f"Causal sliding window of {w} keys, the query's own included: "
+            + (f"i + Lk - Lq - {w} < j <= i + Lk - Lq." if bottom else f"i - {w} < j <= i.")
+        ),
+        shift=" + lk - lq" if bottom else "",
+        test=f"(offset >= 0) & (offset < {w})",
+    )
+
+
+def _window_doc(spec: specs.AttentionOptions) -> str:
+    if spec.window is None:
+        return ""
+    if spec.causal:
+        return (
+            f"Sliding window: each query sees its {spec.window} most recent keys, itself included. "
+        )
+    return f"Sliding window: query i sees keys j with |i - j| < {spec.window}. "
+
+
+def _softcap_doc(spec: specs.AttentionOptions) -> str:
+    if spec.softcap is None:
+        return ""
+    return (
+        f"Logits are soft-capped, ``s -> {spec.softcap!r} * tanh(s / {spec.softcap!r})`` after "
+        "scaling and before masks and biases (Gemma 2); SDPA has no such step, so attention is "
+        "computed explicitly. "
+    )
+
+
+def alibi_slopes(heads: int) -> list[float]:
+    """ALiBi's head slopes (Press et al., 2022, the authors' get_slopes): a geometric sequence from
+    2^(-8/n) for n a power of two; otherwise the closest power of two's slopes, then every other
+    slope of twice as many heads."""
+
+    def power_of_2(n: int) -> list[float]:
+        start = 2 ** (-(2 ** -(math.log2(n) - 3)))
+        return [start * start**i for i in range(n)]
+
+    if math.log2(heads).is_integer():
+        return power_of_2(heads)
+    closest = 2 ** math.floor(math.log2(heads))
+    return power_of_2(closest) + alibi_slopes(2 * closest)[0::2][: heads - closest]
+
+
+def _rope(spec: specs.MhaSpec) -> Rope | None:
+    if spec.rope == "none":
+        return None
+    f = spec.rope_fraction
+    width_expr = "self.head_dim" if f == 1.0 else f"round(self.head_dim * {f!r})"
+    r = "R" if spec.rotary_dim is None else str(spec.rotary_dim)
+    pairs = (
+        f"features 2i and 2i + 1 of the first {r} turn together (GPT-J's interleaved layout)"
+        if spec.rope == "interleaved"
+        else f"features i and i + {r}/2 of the first {r} turn together (GPT-NeoX's rotate_half layout)"
+    )
+    rest = "; the rest pass through" if f < 1.0 else ""
+    return Rope(
+        doc=docstring(
+            textwrap.fill(
+                f"RoPE on (B, heads, L, head_dim) ``x`` at ``positions`` (B or 1, L): {pairs}, by "
+                f"position * {spec.rope_base!r}^(-2i / {r}){rest}.",
+                width=LINE_LENGTH - 12,
+                break_on_hyphens=False,
+                break_long_words=False,
+            ),
+            "        ",
+        ),
+        base=repr(spec.rope_base),
+        width=None if spec.rotary_dim is None else str(spec.rotary_dim),
+        width_expr=width_expr,
+        interleaved=spec.rope == "interleaved",
+        partial=f < 1.0,
+    )
+
+
+def _slopes_literal(heads: int) -> str:
+    slopes = tuple(alibi_slopes(heads))
+    if heads == 1:
+        return f"({slopes[0]!r},)"
+    return py_literal(slopes, indent=4, prefix=len("ALIBI_SLOPES = "))
+
+
+def _positions_doc(spec: specs.MhaSpec) -> str:
+    parts = []
+    if spec.rope != "none":
+        r = (
+            "every feature"
+            if spec.rope_fraction == 1.0
+            else f"the first round(head_dim * {spec.rope_fraction!r}) features"
+        )
+        layout = (
+            "interleaved pairs (GPT-J)"
+            if spec.rope == "interleaved"
+            else "rotate_half (GPT-NeoX, Llama)"
+        )
+        parts.append(
+            f"Rotary position embedding on q and k, {layout}, theta {spec.rope_base!r}, over {r} "
+            "of each head" + (", after qk-norm" if spec.qk_norm != "none" else "") + "."
+        )
+    if spec.alibi:
+        parts.append(
+            "ALiBi: head h's scores get -slope_h * (i - j) for query position i and key position j "
+            "(slopes as in the paper and BLOOM)."
+        )
+    if not parts:
+        return ""
+    start = (
+        "Lk - Lq, Lk - Lq + 1"
+        if spec.causal and spec.causal_alignment == "bottom_right"
+        else "0, 1"
+    )
+    return " ".join(parts) + (
+        f" ``positions`` (Lq,) or (B, Lq) default to {start}, ...; ``key_positions`` "
+        "(Lk,) or (B, Lk) to ``positions`` where Lk == Lq and they are given, else 0 .. Lk - 1."
+    )
+
+
 def _dropout_doc(spec: specs.AttentionOptions) -> str:
     return (
         f"Dropout {spec.dropout!r} on the attention weights, in training only."
@@ -1603,19 +1772,35 @@ def _sdpa(spec: specs.SdpaSpec, base: dict[str, Any]) -> SdpaModule:
     doc = _paragraphs(
         "Scaled dot-product attention: ``softmax(q k^T * scale + mask) v``.",
         spec.description,
-        _prose(f"Scale: {_scale_text(spec.scale, 'D')}. " + _causal_doc(spec) + _dropout_doc(spec)),
+        _prose(
+            f"Scale: {_scale_text(spec.scale, 'D')}. "
+            + _causal_doc(spec)
+            + _window_doc(spec)
+            + _softcap_doc(spec)
+            + _dropout_doc(spec)
+        ),
         _prose(_mask_doc(with_padding=False)),
         "Shape:\n    q: (..., Lq, D), k: (..., Lk, D), v: (..., Lk, Dv);\n"
         "    attn_mask: broadcastable to (..., Lq, Lk); returns (..., Lq, Dv).",
     )
+    explicit = spec.softcap is not None
     return SdpaModule(
         **base,
-        functional=True,
-        helpers=_helpers(masks=spec.causal),
+        # F serves SDPA and, on the explicit path, dropout.
+        functional=not explicit or spec.dropout > 0,
+        helpers=_helpers(masks=spec.causal or spec.window is not None),
         doc=docstring(doc, "    "),
         scale=None if spec.scale is None else repr(spec.scale),
         dropout=repr(spec.dropout) if spec.dropout else None,
-        causality=_causality(spec),
+        causality=_causality(spec, explicit=explicit or spec.window is not None),
+        window=_window(spec),
+        explicit=Explicit(
+            why="Soft-capped logits: SDPA has no such step, so attention is computed explicitly.",
+            scale="q.shape[-1] ** -0.5" if spec.scale is None else repr(spec.scale),
+            softcap=repr(spec.softcap),
+        )
+        if explicit
+        else None,
     )
 
 
@@ -1646,18 +1831,34 @@ def _mha(spec: specs.MhaSpec, base: dict[str, Any]) -> MhaModule:
             f"{'embed_dim // ' + str(spec.heads) if spec.head_dim is None else spec.head_dim} (q, k) and "
             f"{'the q/k head width' if spec.value_head_dim is None else spec.value_head_dim} (v), attends "
             f"per head with scale {_scale_text(spec.scale, 'head_dim')}, merges the heads and projects to "
-            "out_dim with ``out_proj``. " + _causal_doc(spec) + _dropout_doc(spec)
+            "out_dim with ``out_proj``. "
+            + _causal_doc(spec)
+            + _window_doc(spec)
+            + _softcap_doc(spec)
+            + _dropout_doc(spec)
         ),
         _prose(" ".join(extras)),
+        _prose(_positions_doc(spec)),
         _prose(_mask_doc(with_padding=True)),
         "Args:\n    embed_dim: width of ``query``.\n    kdim, vdim: widths of ``key`` and "
         "``value`` (default: embed_dim).\n    out_dim: width of the output (default: embed_dim).\n"
         "    device, dtype: factory kwargs for every parameter.",
         "Shape (batch first):\n    query: (B, Lq, embed_dim), key: (B, Lk, kdim), value: (B, Lk, vdim);\n"
         "    key_padding_mask: (B, Lk); attn_mask: (Lq, Lk) or (B or 1, heads or 1, Lq, Lk);\n"
-        "    returns (B, Lq, out_dim).",
+        + (
+            "    positions: (Lq,) or (B, Lq); key_positions: (Lk,) or (B, Lk) (integers);\n"
+            if spec.rope != "none" or spec.alibi
+            else ""
+        )
+        + "    returns (B, Lq, out_dim).",
     )
-    explicit = spec.return_weights != "none"
+    explicit = spec.return_weights != "none" or spec.softcap is not None
+    why = []
+    if spec.return_weights != "none":
+        why.append("the weights are returned")
+    if spec.softcap is not None:
+        why.append("logits are soft-capped (SDPA has no such step)")
+    because = ", and ".join(why)
     return MhaModule(
         **base,
         # F serves the fused path (SDPA) and, on the explicit path, dropout.
@@ -1673,14 +1874,30 @@ def _mha(spec: specs.MhaSpec, base: dict[str, Any]) -> MhaModule:
         out_bias=spec.out_bias,
         bias_absent_test="None" if spec.qkv_bias else "not None",
         norm=NORMS.get(spec.qk_norm),
-        return_weights=spec.return_weights if explicit else None,
+        return_weights=None if spec.return_weights == "none" else spec.return_weights,
         weights_reduction=".mean(1)" if spec.return_weights == "mean" else "",
-        returns="tuple[torch.Tensor, torch.Tensor]" if explicit else "torch.Tensor",
+        returns="tuple[torch.Tensor, torch.Tensor]"
+        if spec.return_weights != "none"
+        else "torch.Tensor",
         scale="self.head_dim**-0.5" if spec.scale is None else repr(spec.scale),
         sdpa_scale=None if spec.scale is None else repr(spec.scale),
         dropout=repr(spec.dropout) if spec.dropout else None,
         dropout_value=repr(spec.dropout),
-        causality=_causality(spec, explicit=explicit),
+        causality=_causality(spec, explicit=explicit or spec.alibi or spec.window is not None),
         torch_compatible=spec.torch_compatible,
         bias_text="biases" if spec.qkv_bias else "no biases",
+        window=_window(spec),
+        explicit=Explicit(
+            why=because[:1].upper()
+            + because[1:]
+            + ", so attention is computed explicitly here rather than fused.",
+            scale="self.head_dim**-0.5" if spec.scale is None else repr(spec.scale),
+            softcap=None if spec.softcap is None else repr(spec.softcap),
+        )
+        if explicit
+        else None,
+        rope=_rope(spec),
+        alibi_slopes=_slopes_literal(spec.heads) if spec.alibi else None,
+        positions=spec.rope != "none" or spec.alibi,
+        query_start="lk - lq" if spec.causal and spec.causal_alignment == "bottom_right" else "0",
     )

@@ -192,6 +192,19 @@ class Kind(Generic[S]):
         """Permuting keys and values together leaves the output unchanged."""
         return False
 
+    def window(self, spec: S) -> int | None:
+        """The sliding window (keys a query sees, as the spec's ``window`` says), or None."""
+        return None
+
+    def relative_positions(self, spec: S) -> bool:
+        """Scores depend on query and key positions through their difference alone (RoPE, ALiBi):
+        shifting every position by the same amount leaves the output unchanged."""
+        return False
+
+    def with_positions(self, spec: S, inputs: Inputs, shift: int) -> Inputs:
+        """``inputs`` with explicit query and key positions: the defaults plus ``shift``."""
+        raise NotImplementedError
+
     def seq_dims(self, spec: S, inputs: Inputs) -> tuple[int, int]:
         """The query and key sequence dims of the positional inputs."""
         raise NotImplementedError
@@ -939,7 +952,15 @@ class _Attention(Kind[S]):
         return spec.dropout
 
     def permutation_invariant(self, spec: S) -> bool:
-        return self.causal(spec) is None
+        return (
+            self.causal(spec) is None
+            and self.window(spec) is None
+            and not self.relative_positions(spec)
+        )
+
+    def window(self, spec: S) -> int | None:
+        assert isinstance(spec, AttentionOptions)
+        return spec.window
 
 
 class Sdpa(_Attention[SdpaSpec]):
@@ -999,12 +1020,15 @@ class Sdpa(_Attention[SdpaSpec]):
             scale=spec.scale,
             causal=spec.causal,
             alignment=spec.causal_alignment,
+            window=spec.window,
+            softcap=spec.softcap,
         )
         assert isinstance(out, Tensor)
         return out
 
     def anchors(self, spec: SdpaSpec) -> list[Anchor]:
-        return [anchors.sdpa_anchor(spec)]
+        # SDPA has no soft-capping: a soft-capped variant has no SDPA anchor.
+        return [] if spec.softcap is not None else [anchors.sdpa_anchor(spec)]
 
     def dynamic_dims(self, spec: SdpaSpec, case: Case) -> list[dict[int, str]]:
         n = len(case.shapes[0])
@@ -1107,8 +1131,27 @@ class Mha(_Attention[MhaSpec]):
     name = "mha"
 
     @staticmethod
-    def embed_dim(spec: MhaSpec, per_head: int = 4) -> int:
-        return spec.heads * per_head if spec.head_dim is None else 12
+    def per_head(spec: MhaSpec, at_least: int) -> int:
+        """A head width of at least ``at_least`` whose rotary part is even and >= 2."""
+        width = at_least
+        while spec.rope != "none" and (
+            round(width * spec.rope_fraction) < 2 or round(width * spec.rope_fraction) % 2
+        ):
+            width += 1
+        return width
+
+    @classmethod
+    def embed_dim(cls, spec: MhaSpec, per_head: int = 4) -> int:
+        return spec.heads * cls.per_head(spec, per_head) if spec.head_dim is None else 12
+
+    def relative_positions(self, spec: MhaSpec) -> bool:
+        return spec.rope != "none" or spec.alibi
+
+    def with_positions(self, spec: MhaSpec, inputs: Inputs, shift: int) -> Inputs:
+        q, k, _ = inputs.args
+        q_pos, k_pos = references.default_positions(spec, q.shape[1], k.shape[1], device=q.device)
+        kwargs = {"positions": q_pos[0] + shift, "key_positions": k_pos[0] + shift}
+        return Inputs(list(inputs.args), {**inputs.kwargs, **kwargs})
 
     def cases(self, spec: MhaSpec) -> list[Case]:
         e = self.embed_dim(spec)
@@ -1134,6 +1177,19 @@ class Mha(_Attention[MhaSpec]):
             ),
             Case(
                 f"act_b2_l32_e{big}", (big,), ((2, 32, big),) * 3, magnitudes=_ATTENTION_MAGNITUDES
+            ),
+            *(
+                # Per-sample positions with gaps (as after left padding), queries and keys apart.
+                [
+                    Case(
+                        "positions_b2_q3_k7",
+                        (e,),
+                        ((2, 3, e), (2, 7, e), (2, 7, e)),
+                        ("positions",),
+                    )
+                ]
+                if self.relative_positions(spec)
+                else []
             ),
         ]
 
@@ -1162,6 +1218,10 @@ class Mha(_Attention[MhaSpec]):
                 inputs.kwargs["attn_mask"] = _bool_mask((1, spec.heads, lq, lk), device, gen)
             elif mask == "attn_float_4d":
                 inputs.kwargs["attn_mask"] = _randn((b, spec.heads, lq, lk), dtype, device, gen)
+            elif mask == "positions":
+                steps = torch.randint(0, 3, (b, lq + lk), generator=gen).cumsum(1)
+                inputs.kwargs["positions"] = steps[:, :lq].to(device)
+                inputs.kwargs["key_positions"] = steps[:, lq:].to(device)
             else:
                 raise ValueError(f"unknown mask {mask!r}")
         return inputs
@@ -1188,6 +1248,8 @@ class Mha(_Attention[MhaSpec]):
             spec,
             key_padding_mask=inputs.kwargs.get("key_padding_mask"),
             attn_mask=inputs.kwargs.get("attn_mask"),
+            positions=inputs.kwargs.get("positions"),
+            key_positions=inputs.kwargs.get("key_positions"),
         )
 
     def returns_weights(self, spec: MhaSpec) -> bool:
@@ -1251,7 +1313,7 @@ class Mha(_Attention[MhaSpec]):
 
     def error_inputs(self, spec: MhaSpec) -> list[ErrorInput]:
         heads = spec.heads
-        e = heads * 2
+        e = heads * self.per_head(spec, 2)
         shapes = ((2, 3, e), (2, 5, e + 1), (2, 5, e + 2))
         widths = rf"^{{cls}}: expected query \(B, Lq, {e}\), key \(B, Lk, {e + 1}\) and value \(B, Lk, {e + 2}\), got "
 
@@ -1314,6 +1376,32 @@ class Mha(_Attention[MhaSpec]):
                 r"^{cls}: key_padding_mask is on meta, the inputs on ",
             ),
         ]
+        if self.relative_positions(spec):
+            errors += [
+                ErrorInput(
+                    "positions_shape",
+                    call(q, k, v, positions=torch.arange(4)),
+                    r"^{cls}: expected integer positions of shape \(3,\) or \(2, 3\), got torch.int64 of shape \(4,\)",
+                ),
+                ErrorInput(
+                    "key_positions_dtype",
+                    call(q, k, v, key_positions=torch.zeros(5)),
+                    r"^{cls}: expected integer key_positions of shape \(5,\) or \(2, 5\), got torch.float32 of shape \(5,\)",
+                ),
+                ErrorInput(
+                    "positions_device",
+                    call(q, k, v, positions=torch.arange(3, device="meta")),
+                    r"^{cls}: positions is on meta, the inputs on ",
+                ),
+            ]
+        if spec.rope != "none" and spec.head_dim is None:
+            errors.append(
+                ErrorInput(
+                    "rotary_width",
+                    lambda f, d: f(heads, device=d),
+                    r"^{cls}: the rotary width \d+ \(of head_dim 1\) must be even and >= 2",
+                )
+            )
         if spec.head_dim is None and heads > 1:
             errors.append(
                 ErrorInput(

@@ -649,6 +649,58 @@ def causal_allowed(
     return j <= i + (lk - lq if alignment == "bottom_right" else 0)
 
 
+def window_allowed(
+    lq: int,
+    lk: int,
+    window: int,
+    causal: bool,
+    alignment: str = "top_left",
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """(Lq, Lk), True where key j lies in query i's sliding window, decided pair by pair: causal,
+    the ``window`` keys up to and including the query's own (i aligned as ``causal_allowed``);
+    otherwise the keys less than ``window`` away on either side."""
+    shift = lk - lq if causal and alignment == "bottom_right" else 0
+    rows = []
+    for i in range(lq):
+        me = i + shift
+        if causal:
+            rows.append([me - window < j <= me for j in range(lk)])
+        else:
+            rows.append([abs(me - j) < window for j in range(lk)])
+    return torch.tensor(rows, dtype=torch.bool, device=device).reshape(lq, lk)
+
+
+def alibi_slopes(heads: int) -> list[float]:
+    """ALiBi's slopes in closed form: n = 2^floor(log2 heads) slopes 2^(-8 k / n), k = 1..n, then
+    the odd-numbered slopes of 2n heads, 2^(-4 (2k - 1) / n), for the heads past n (the paper's
+    recursive get_slopes, unrolled)."""
+    n = 2 ** math.floor(math.log2(heads))
+    first = [2.0 ** (-8.0 * k / n) for k in range(1, n + 1)]
+    extra = [2.0 ** (-4.0 * (2 * k - 1) / n) for k in range(1, heads - n + 1)]
+    return first + extra
+
+
+def rotary(x: Tensor, positions: Tensor, layout: str, base: float, fraction: float) -> Tensor:
+    """RoPE as a rotation matrix per position: ``x`` (B, L, D) times a (B or 1, L, D, D) matrix
+    that turns each feature pair (m, m + R/2) (half) or (2m, 2m + 1) (interleaved) of the first
+    R = round(D * fraction) features by position * base^(-2m / R), leaving the rest alone."""
+    d = x.shape[-1]
+    r = round(d * fraction)
+    pairs = [(m, m + r // 2) if layout == "half" else (2 * m, 2 * m + 1) for m in range(r // 2)]
+    angles = positions.to(torch.float64)[..., None] * torch.tensor(
+        [base ** (-2.0 * m / r) for m in range(r // 2)], dtype=torch.float64, device=x.device
+    )  # (B or 1, L, R/2)
+    cos, sin = angles.cos(), angles.sin()
+    turn = (
+        torch.eye(d, dtype=torch.float64, device=x.device).expand(*angles.shape[:2], d, d).clone()
+    )
+    for m, (a, b) in enumerate(pairs):
+        turn[..., a, a], turn[..., a, b] = cos[..., m], -sin[..., m]
+        turn[..., b, a], turn[..., b, b] = sin[..., m], cos[..., m]
+    return (turn.to(x.dtype) @ x[..., None])[..., 0]
+
+
 def attention(
     q: Tensor,
     k: Tensor,
@@ -659,14 +711,24 @@ def attention(
     causal: bool = False,
     alignment: str = "top_left",
     return_weights: bool = False,
+    window: int | None = None,
+    softcap: float | None = None,
 ) -> Tensor | tuple[Tensor, Tensor]:
-    """``softmax(q k^T * scale + masks) v``; bool masks: True = allowed; rows with no allowed key: 0."""
+    """``softmax(q k^T * scale + masks) v``; bool masks: True = allowed; rows with no allowed key: 0.
+
+    ``softcap``: scores -> softcap * tanh(scores / softcap) before the masks are added (Gemma 2).
+    ``window``: only the keys in each query's sliding window (``window_allowed``).
+    """
     scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
     scores = torch.matmul(q, k.transpose(-2, -1)) * scale
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
     lq, lk = scores.shape[-2:]
     allowed = torch.ones(scores.shape, dtype=torch.bool, device=q.device)
     if causal:
         allowed = allowed & causal_allowed(lq, lk, alignment, q.device)
+    if window is not None:
+        allowed = allowed & window_allowed(lq, lk, window, causal, alignment, q.device)
     for mask in masks:
         if mask.dtype == torch.bool:
             allowed = allowed & mask
@@ -677,6 +739,27 @@ def attention(
     weights = torch.softmax(scores.masked_fill(~live, 0.0), dim=-1) * live
     out = torch.matmul(weights, v)
     return (out, weights) if return_weights else out
+
+
+def default_positions(
+    spec: MhaSpec,
+    lq: int,
+    lk: int,
+    positions: Tensor | None = None,
+    key_positions: Tensor | None = None,
+    device: torch.device | str | None = None,
+) -> tuple[Tensor, Tensor]:
+    """(B or 1, Lq) and (B or 1, Lk) positions: the given ones, else queries from 0 (Lk - Lq when
+    causal and bottom-right aligned) and keys from 0; key_positions default to positions when
+    those are given and Lk == Lq (self-attention)."""
+    start = lk - lq if spec.causal and spec.causal_alignment == "bottom_right" else 0
+    if key_positions is None and positions is not None and lk == lq:
+        key_positions = positions
+    q_pos = (
+        torch.arange(start, start + lq)[None] if positions is None else positions.reshape(-1, lq)
+    )
+    k_pos = torch.arange(lk)[None] if key_positions is None else key_positions.reshape(-1, lk)
+    return q_pos.to(device, torch.int64), k_pos.to(device, torch.int64)
 
 
 def _norm(t: Tensor, kind: str, weight: Tensor | None, bias: Tensor | None) -> Tensor:
@@ -698,11 +781,14 @@ def multi_head_attention(
     spec: MhaSpec,
     key_padding_mask: Tensor | None = None,
     attn_mask: Tensor | None = None,
+    positions: Tensor | None = None,
+    key_positions: Tensor | None = None,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Project, attend head by head in a Python loop, concatenate, project out.
 
     Query head h uses key/value head h // (heads // kv_heads). With ``spec.return_weights`` other
-    than none, returns (output, weights) as the modules do.
+    than none, returns (output, weights) as the modules do. RoPE and ALiBi read ``positions``
+    (Lq,) or (B, Lq) and ``key_positions`` (defaults: ``default_positions``).
     """
     heads = spec.heads
     kv_heads = spec.kv_heads or heads
@@ -710,6 +796,10 @@ def multi_head_attention(
     k = F.linear(key, params["k_proj.weight"], params.get("k_proj.bias"))
     v = F.linear(value, params["v_proj.weight"], params.get("v_proj.bias"))
     hd, vd = q.shape[-1] // heads, v.shape[-1] // kv_heads
+    q_pos, k_pos = default_positions(
+        spec, query.shape[1], key.shape[1], positions, key_positions, query.device
+    )
+    slopes = alibi_slopes(heads) if spec.alibi else []
     outputs, weights = [], []
     for h in range(heads):
         g = h // (heads // kv_heads)
@@ -717,7 +807,13 @@ def multi_head_attention(
         if spec.qk_norm != "none":
             qh = _norm(qh, spec.qk_norm, params.get("q_norm.weight"), params.get("q_norm.bias"))
             kh = _norm(kh, spec.qk_norm, params.get("k_norm.weight"), params.get("k_norm.bias"))
+        if spec.rope != "none":
+            qh = rotary(qh, q_pos, spec.rope, spec.rope_base, spec.rope_fraction)
+            kh = rotary(kh, k_pos, spec.rope, spec.rope_base, spec.rope_fraction)
         masks = []
+        if spec.alibi:  # (B or 1, Lq, Lk): -slope * (i - j)
+            distance = q_pos[:, :, None] - k_pos[:, None, :]
+            masks.append((distance.to(torch.float64) * -slopes[h]).to(q.dtype))
         if key_padding_mask is not None:  # (B, Lk), True = padding -> (B, 1, Lk), True = allowed
             kpm = key_padding_mask[:, None, :]
             masks.append(~kpm if kpm.dtype == torch.bool else kpm)
@@ -736,6 +832,8 @@ def multi_head_attention(
             causal=spec.causal,
             alignment=spec.causal_alignment,
             return_weights=True,
+            window=spec.window,
+            softcap=spec.softcap,
         )
         outputs.append(out)
         weights.append(w)

@@ -649,6 +649,27 @@ class AttentionOptions(_Model):
         ),
     )
 
+    window: int | None = Field(
+        None,
+        ge=1,
+        le=1 << 20,
+        description=(
+            "Sliding-window (local) attention over W keys, the query's own included (Mistral's "
+            "sliding_window): causal, query i sees keys i - W < j <= i (aligned as "
+            "causal_alignment says); not causal, keys |i - j| < W. null: every key."
+        ),
+    )
+    softcap: float | None = Field(
+        None,
+        gt=0,
+        le=1e4,
+        description=(
+            "Logit soft-capping (Gemma 2's attn_logit_softcapping): scaled scores s become "
+            "softcap * tanh(s / softcap) before masks and biases are added; computed on an explicit "
+            "softmax path (SDPA has no such step). null: none."
+        ),
+    )
+
     @model_validator(mode="after")
     def _alignment_needs_causal(self) -> AttentionOptions:
         if self.causal_alignment != "top_left" and not self.causal:
@@ -697,6 +718,37 @@ class MhaSpec(AttentionOptions, _Variant):
     )
     qkv_bias: bool = Field(True, description="Biases on q_proj, k_proj and v_proj.")
     out_bias: bool = Field(True, description="Bias on out_proj.")
+    rope: Literal["none", "half", "interleaved"] = Field(
+        "none",
+        description=(
+            "Rotary position embedding (Su et al., 2021) on each head's q and k, after qk_norm: "
+            "half pairs feature i with i + R/2 (GPT-NeoX, Llama: rotate_half), interleaved pairs "
+            "features 2i and 2i + 1 (GPT-J); R is the rotary width (rope_fraction)."
+        ),
+    )
+    rope_base: float = Field(
+        10000.0,
+        gt=1.0,
+        le=1e9,
+        description="RoPE's theta: pair i turns by position * rope_base^(-2i / R).",
+    )
+    rope_fraction: float = Field(
+        1.0,
+        gt=0.0,
+        le=1.0,
+        description=(
+            "The rotary part of each head: its first R = round(head_dim * rope_fraction) features "
+            "(GPT-NeoX's rotary_pct, partial_rotary_factor); R must be even and >= 2; the rest "
+            "pass through."
+        ),
+    )
+    alibi: bool = Field(
+        False,
+        description=(
+            "ALiBi (Press et al., 2022): adds -slope_h * (i - j) to head h's scores, the slopes as "
+            "the paper (and BLOOM) define them for any head count."
+        ),
+    )
 
     @property
     def torch_compatible(self) -> bool:
@@ -707,7 +759,36 @@ class MhaSpec(AttentionOptions, _Variant):
             and self.qkv_bias == self.out_bias
             and self.kv_heads in (None, self.heads)
             and self.qk_norm == "none"
+            and self.rope == "none"
+            and not self.alibi
+            and self.window is None
+            and self.softcap is None
         )
+
+    @property
+    def rotary_dim(self) -> int | None:
+        """R, the rotary width, where head_dim is fixed by the spec (else known at construction)."""
+        if self.rope == "none" or self.head_dim is None:
+            return None
+        return round(self.head_dim * self.rope_fraction)
+
+    @model_validator(mode="after")
+    def _positions_consistent(self) -> MhaSpec:
+        if self.rope == "none" and (self.rope_base != 10000.0 or self.rope_fraction != 1.0):
+            raise ValueError(
+                "rope_base and rope_fraction apply only with rope: half or interleaved"
+            )
+        if self.rope != "none" and self.alibi:
+            raise ValueError(
+                "rope and alibi are alternative position encodings: choose one (alibi: true or rope)"
+            )
+        r = self.rotary_dim
+        if r is not None and (r < 2 or r % 2):
+            raise ValueError(
+                f"the rotary width round(head_dim * rope_fraction) = round({self.head_dim} * "
+                f"{self.rope_fraction}) = {r} must be even and >= 2"
+            )
+        return self
 
     @model_validator(mode="after")
     def _kv_heads_divide(self) -> MhaSpec:

@@ -119,7 +119,27 @@ attention_opts = {
     "scale": st.none() | st.floats(0.01, 10),
     "dropout": st.just(0.0) | st.floats(0.0, 0.9),
     "causal": st.booleans(),
+    "window": st.none() | st.integers(1, 4),
+    "softcap": st.none() | st.floats(0.5, 100),
 }
+# RoPE (the head width rounded to a multiple of 4, so that every rotary width is even) or ALiBi.
+positions_opts = st.one_of(
+    st.just({}),
+    st.fixed_dictionaries(
+        {"rope": st.sampled_from(["half", "interleaved"])},
+        optional={
+            "rope_base": st.floats(2, 1e6),
+            "rope_fraction": st.sampled_from([1.0, 0.5]),
+        },
+    ),
+    st.just({"alibi": True}),
+)
+
+
+def _with_positions(opts: dict, positions: dict) -> dict:
+    if positions.get("rope") and opts.get("head_dim") is not None:
+        opts = {**opts, "head_dim": 4 * max(1, opts["head_dim"] // 4)}
+    return {**opts, **positions}
 
 
 ge_mlp_opts = st.fixed_dictionaries(
@@ -317,7 +337,7 @@ variants = st.one_of(
                 "return_weights": st.sampled_from(["none", "mean", "per_head"]),
                 "kv_heads": st.sampled_from([None, 1]),
             },
-        ),
+        ).flatmap(lambda opts: positions_opts.map(lambda p: _with_positions(opts, p))),
     ),
 )
 

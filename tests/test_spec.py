@@ -177,6 +177,16 @@ FIELDS = [
     ("mha", "dropout", 0.1, 1),
     ("mha", "causal", False, 0),
     ("mha", "scale", 1, "1"),
+    ("sdpa", "window", 4, 0),
+    ("mha", "window", None, 2.5),
+    ("sdpa", "softcap", 50.0, 0),
+    ("mha", "softcap", None, "50"),
+    ("mha", "rope", "half", "neox"),
+    ("mha", "rope", "interleaved", True),
+    ("mha", "rope_base", 10000.0, 1.0),
+    ("mha", "rope_fraction", 1.0, 0.0),
+    ("mha", "rope_fraction", 1.0, 1.5),
+    ("mha", "alibi", True, "true"),
 ]
 
 
@@ -350,3 +360,19 @@ def test_triplet_bam_rules():
         specs.validate({**BASE["bam"], "dilated_convs": 0, "dilation": 2})
     assert specs.validate({**BASE["bam"], "dilated_convs": 0}).dilation == 4
     assert specs.validate({**BASE["bam"], "dilated_convs": 1, "dilation": 2}).dilation == 2
+
+
+def test_position_options_hang_together():
+    mha = BASE["mha"]
+    assert specs.validate({**mha, "rope": "half", "rope_base": 5e5, "rope_fraction": 0.5})
+    assert specs.validate({**mha, "rope": "interleaved", "head_dim": 8, "rope_fraction": 0.25})
+    for bad, why in (
+        ({"rope_base": 5e5}, "apply only with rope"),
+        ({"rope_fraction": 0.5}, "apply only with rope"),
+        ({"rope": "half", "alibi": True}, "choose one"),
+        ({"rope": "half", "head_dim": 6, "rope_fraction": 0.5}, "= 3 must be even"),
+        ({"rope": "half", "head_dim": 3}, "= 3 must be even"),
+        ({"rope": "half", "head_dim": 8, "rope_fraction": 0.1}, "= 1 must be even and >= 2"),
+    ):
+        with pytest.raises(ValidationError, match=why):
+            specs.validate({**mha, **bad})

@@ -264,6 +264,72 @@ class MhaWeightsSummed(_base("mha_weights")):
         return out, weights * 8
 
 
+# --- modern options: RoPE, ALiBi, sliding windows, soft-capping ----------------------------------------
+
+
+class MhaRopeWrongPairs(_base("mha_llama")):
+    """Turns GPT-J's interleaved pairs (2i, 2i + 1) where the spec asks for rotate_half's (i, i + R/2)."""
+
+    def _rotate(self, x, positions):
+        r = self.rotary_dim
+        inv_freq = 1.0 / (10000.0 ** (torch.arange(0, r, 2, dtype=torch.float64) / r))
+        angles = positions[:, None, :, None].to(torch.float64) * inv_freq
+        cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+        x1, x2 = x[..., 0::2], x[..., 1::2]
+        return torch.stack((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).flatten(-2)
+
+
+class MhaRopeQueriesOnly(_base("mha_llama")):
+    """Rotates the queries (8 heads) but not the keys (2 heads): scores see absolute positions."""
+
+    def _rotate(self, x, positions):
+        return super()._rotate(x, positions) if x.shape[1] == 8 else x
+
+
+class MhaAlibiSlopesReversed(_base("mha_bloom")):
+    """ALiBi's slopes in the reverse head order."""
+
+    ALIBI_SLOPES = tuple(reversed(_base("mha_bloom").ALIBI_SLOPES))
+
+
+class MhaWindowOffByOne(_base("mha_mistral")):
+    """A window of 3 that lets in 4 keys (i - 3 <= j <= i: the query's own key not counted)."""
+
+    def _mask(self, key_padding_mask, attn_mask, b, lq, lk, like):
+        offset = torch.arange(lq, device=like.device)[:, None] - torch.arange(
+            lk, device=like.device
+        )
+        return (offset >= 0) & (offset <= 3)
+
+
+class SdpaLocalOffByOne(_base("sdpa_local")):
+    """A non-causal window of 3 that lets in keys 3 away (|i - j| <= 3)."""
+
+    def forward(self, q, k, v, attn_mask=None):
+        offset = torch.arange(q.shape[-2])[:, None] - torch.arange(k.shape[-2])
+        local = offset.abs() <= 3
+        mask = local if attn_mask is None else local & attn_mask
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+class SdpaSoftcapAfterMask(_base("sdpa_gemma2")):
+    """Soft-caps after the mask is added, so a float mask's values are capped too (Gemma 2 caps
+    the logits alone)."""
+
+    def forward(self, q, k, v, attn_mask=None):
+        lq, lk = q.shape[-2], k.shape[-2]
+        offset = torch.arange(lq)[:, None] - torch.arange(lk)
+        allowed = (offset >= 0) & (offset < 4)
+        scores = (q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])).masked_fill(
+            ~allowed, float("-inf")
+        )
+        if attn_mask is not None and attn_mask.dtype == torch.bool:
+            scores = scores.masked_fill(~attn_mask, float("-inf"))
+        elif attn_mask is not None:
+            scores = scores + attn_mask
+        return torch.softmax(50.0 * torch.tanh(scores / 50.0), dim=-1) @ v
+
+
 # --- bugs that show only under the conditions of real use ---------------------------------------------
 
 
@@ -792,6 +858,15 @@ SEEDED = [
     (MhaGqaTiled, "mha_gqa", "reference", "self_b2_l5", F64, {}),
     (SdpaDecodeTopLeft, "sdpa_causal_decode", "reference", "b2h3_q4_k6", F64, {}),
     (MhaWeightsSummed, "mha_weights", "weights", "self_b2_l5", F64, {}),
+    # RoPE's layout and relativity, ALiBi's slope order, the window's edge, the soft cap's place.
+    (MhaRopeWrongPairs, "mha_llama", "reference", "self_b2_l5", F64, {}),
+    (MhaRopeQueriesOnly, "mha_llama", "relative_positions", "self_b2_l5", F64, {}),
+    (MhaAlibiSlopesReversed, "mha_bloom", "reference", "self_b2_l5", F64, {}),
+    (MhaWindowOffByOne, "mha_mistral", "window", "self_b2_l5", F64, {}),
+    (MhaWindowOffByOne, "mha_mistral", "reference", "self_b2_l5", F64, {}),
+    (SdpaLocalOffByOne, "sdpa_local", "window", "b2h3_q4_k6", F64, {}),
+    (SdpaLocalOffByOne, "sdpa_local", "anchor", "b2h3_q4_k6", F64, {}),
+    (SdpaSoftcapAfterMask, "sdpa_gemma2", "reference", "mask_float_4d", F64, {}),
     # Only under the conditions of real use:
     (SeSumPooling, "se_resnet", "reference", ACT, F16, {}),
     (SeBfloat16ViaFloat16, "se_resnet", "reference", ACT, BF16, {}),
