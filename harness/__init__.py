@@ -33,9 +33,11 @@ __all__ = [
     "build",
     "convert_timm_model",
     "from_timm",
+    "from_transformers",
     "names",
     "spec_dict",
     "spec_from_timm",
+    "spec_from_transformers",
     "spec_of",
 ]
 
@@ -58,6 +60,22 @@ def convert_timm_model(model: nn.Module, out: Path | str, **kwargs: Any) -> Conv
 def from_timm(name: str, module: nn.Module, **kwargs: Any) -> nn.Module:
     """Variant ``name`` holding a timm module's weights (``attnforge.interop.from_timm``)."""
     from .interop import from_timm as convert
+
+    return convert(name, module, **kwargs)
+
+
+def spec_from_transformers(module: nn.Module, name: str) -> dict[str, Any]:
+    """The spec describing a transformers attention module
+    (``attnforge.transformers_interop.spec_from_transformers``)."""
+    from .transformers_interop import spec_from_transformers as convert
+
+    return convert(module, name)
+
+
+def from_transformers(name: str, module: nn.Module, **kwargs: Any) -> nn.Module:
+    """Variant ``name`` holding a transformers attention module's weights
+    (``attnforge.transformers_interop.from_transformers``)."""
+    from .transformers_interop import from_transformers as convert
 
     return convert(name, module, **kwargs)
 

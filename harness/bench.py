@@ -284,22 +284,48 @@ def _modern_cases(
     llama: Any = registry.build("mha_llama", tokens[-1], device=device)
     llama_spec = registry.spec_of("mha_llama")
     assert isinstance(llama_spec, MhaSpec)
+    candidates: dict[str, Candidate] = {"generated": llama}
+    theirs = _transformers_llama(llama_spec, tokens, device)
+    if theirs is not None:
+        llama, candidates["transformers"] = theirs
+        candidates["generated"] = llama
     p_llama = dict(llama.named_parameters())
-    out.append(
-        BenchCase(
-            "mha",
-            "mha_llama",
-            f"{tokens}, 8 heads",
-            {
-                "generated": llama,
-                "reference": lambda q, k, v: kinds.output(
-                    references.multi_head_attention(q, k, v, p_llama, llama_spec)
-                ),
-            },
-            self_attention,
-        )
+    candidates["reference"] = lambda q, k, v: kinds.output(
+        references.multi_head_attention(q, k, v, p_llama, llama_spec)
     )
+    out.append(BenchCase("mha", "mha_llama", f"{tokens}, 8 heads", candidates, self_attention))
     return out
+
+
+def _transformers_llama(
+    spec: MhaSpec, tokens: tuple[int, ...], device: str
+) -> tuple[nn.Module, Candidate] | None:
+    """Where transformers is installed: its LlamaAttention (SDPA path) configured as ``spec``, run
+    as its model runs it (rotary angles and mask made once per forward, shared by every layer, so
+    outside the timing), and ``mha_llama`` holding its weights. None without transformers."""
+    try:
+        from transformers import LlamaConfig, masking_utils
+        from transformers.models.llama import modeling_llama
+    except ImportError:
+        return None
+    from .transformers_interop import from_transformers
+
+    b, length, embed = tokens
+    config = LlamaConfig(
+        hidden_size=embed,
+        num_attention_heads=spec.heads,
+        num_key_value_heads=spec.kv_heads or spec.heads,
+        rope_theta=spec.rope_base,
+        attn_implementation="sdpa",
+    )
+    attn = modeling_llama.LlamaAttention(config, layer_idx=0).to(device).eval()
+    x = torch.zeros(b, length, embed, device=device)
+    positions = torch.arange(length, device=device)
+    rotary = modeling_llama.LlamaRotaryEmbedding(config, device=device)
+    cos_sin = rotary(x, positions[None].expand(b, length))
+    mask = masking_utils.create_causal_mask(config, x, None, positions, None)
+    ours = from_transformers("mha_llama", attn).to(device)
+    return ours, lambda q, k, v: attn(q, cos_sin, mask)[0]
 
 
 def bench_blocks(device: str, repeats: int, variants: str = "*") -> list[Row]:
