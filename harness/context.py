@@ -1383,8 +1383,11 @@ def coord_width(spec: specs.CoordSpec | specs.ScoordSpec) -> tuple[str, str]:
         return hidden_width(spec.reduction, spec.divisor, spec.min_channels)
     r, d, low = spec.reduction, spec.divisor, max(spec.min_channels, spec.divisor)
     factor = _fraction(spec.se_factor)
+    args = [f"channels * {_scalar_literal(1 / r)} * {_scalar_literal(spec.se_factor)}", str(d)]
+    # At 8 columns after "self.rd_channels = ", laid out as the formatter would (1 / 3 prints 17
+    # digits, so the call can outgrow the line).
     return (
-        f"_make_divisible(channels * {_scalar_literal(1 / r)} * {_scalar_literal(spec.se_factor)}, {d}, {low}, 0.0)",
+        py_call("_make_divisible", [*args, str(low), "0.0"], 8, len("self.rd_channels = ")),
         f"C / {r} * {factor} (se_factor) rounded to the nearest multiple of {d}, at least {low} "
         "(timm's make_divisible)",
     )
