@@ -222,7 +222,8 @@ class MhaMistral(nn.Module):
         r = self.rotary_dim
         # Angles in float32 at least (as transformers computes them), then cast to x's dtype.
         wide = torch.promote_types(x.dtype, torch.float32)
-        inv_freq = 1.0 / (1000000.0 ** (torch.arange(0, r, 2, device=x.device, dtype=wide) / r))
+        exponents = torch.arange(0, r, 2, device=x.device, dtype=wide) / r
+        inv_freq = 1.0 / 1000000.0**exponents
         angles = positions[:, None, :, None].to(wide) * inv_freq
         cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
         x1, x2 = x[..., : r // 2], x[..., r // 2 : r]
