@@ -274,6 +274,24 @@ VARIANTS: dict[str, tuple[str, str, str, str]] = {
         "MhaWeightsPerHead",
         "Returns per-head weights, with grouped-query heads, bottom-right causality and …",
     ),
+    "nl_timm": (
+        "nl",
+        "nl.yaml",
+        "NlTimm",
+        "timm's NonLocalAttn with its defaults (create_attn 'nl'; rd_ratio 1/8, rd_divis…",
+    ),
+    "nl_unscaled_r2": (
+        "nl",
+        "nl.yaml",
+        "NlUnscaledR2",
+        "The paper's embedded Gaussian non-local block (Wang et al., 2018) at half width…",
+    ),
+    "nl_video": (
+        "nl",
+        "nl.yaml",
+        "NlVideo",
+        "The non-local block over space and time (the paper's video models) on (B, C, T,…",
+    ),
     "scoord_skip": (
         "scoord",
         "coord.yaml",

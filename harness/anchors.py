@@ -43,6 +43,7 @@ from .spec import (
     GcSpec,
     GeSpec,
     MhaSpec,
+    NlSpec,
     ScoordSpec,
     SdpaSpec,
     SgeSpec,
@@ -528,6 +529,31 @@ def timm_strip(x: Tensor, params: Params, spec: StripSpec) -> Tensor:
         x_h, x_w = x.mean(dim=3, keepdim=True), x.mean(dim=2, keepdim=True)
     out = x * _timm_gate(x_h + x_w, spec.gate)
     return out + x if spec.skip else out
+
+
+def timm_nl(
+    x: Tensor, params: Params, spec: NlSpec, scores_dtype: torch.dtype | None = None
+) -> Tensor:
+    """NonLocalAttn: the t, p, g convs, ``bmm(t, p) * scale``, ``F.softmax``, ``bmm`` with g, the z
+    conv, an eval-mode BatchNorm, plus the shortcut (timm's 2D view/permute, over any dims).
+    ``scores_dtype``: the two bmm and the softmax in that dtype (the embeddings widened to it, the
+    result rounded back), as attention kernels accumulate half-precision scores."""
+    conv = _CONV[x.ndim]
+
+    def embed(name: str) -> Tensor:
+        out = conv(x, params[f"{name}.weight"], params[f"{name}.bias"])
+        return out if scores_dtype is None else out.to(scores_dtype)
+
+    t, p, g = embed("t"), embed("p"), embed("g")
+    b, c = t.shape[:2]
+    t = t.reshape(b, c, -1).permute(0, 2, 1)
+    p = p.reshape(b, c, -1)
+    g = g.reshape(b, c, -1).permute(0, 2, 1)
+    att = torch.bmm(t, p) * (x.shape[1] ** -0.5 if spec.use_scale else 1.0)
+    y = torch.bmm(F.softmax(att, dim=2), g).to(x.dtype)
+    y = y.permute(0, 2, 1).reshape(b, c, *x.shape[2:])
+    y = conv(y, params["z.weight"], params["z.bias"])
+    return _bn(y, params, "norm.") + x
 
 
 def formulation_anchor(name: str, fn: AnchorFn) -> Anchor:

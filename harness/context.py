@@ -431,6 +431,32 @@ class BamModule(Module):
 
 
 @dataclass(frozen=True)
+class NlModule(Module):
+    doc: str
+    conv: str  # nn.Conv2d ...
+    norm: str  # nn.BatchNorm2d ...
+    rd_expr: str
+    rd_comment: str
+    scale: str  # the scores' multiplier, an expression of channels
+    scale_comment: str
+    checks: InputChecks
+
+
+@dataclass(frozen=True)
+class BatModule(Module):
+    doc: str
+    transform_cls: str
+    transform_doc: str
+    rd_expr: str
+    rd_comment: str
+    block_size: int
+    groups: int
+    act: str  # the activation after each norm ("nn.Identity()" for none)
+    dropout: str | None  # the Dropout2d probability, when above 0
+    checks: InputChecks
+
+
+@dataclass(frozen=True)
 class Causality:
     """How causality is applied: SDPA's is_causal (top-left, when no mask is built) or a mask."""
 
@@ -1544,6 +1570,57 @@ def _bam(spec: specs.BamSpec, base: dict[str, Any]) -> BamModule:
         dilated_convs=tuple(range(n)),
         merge=merge,
         checks=_input_checks(cls, 2),
+    )
+
+
+# --- nl, bat: the non-local blocks ---------------------------------------------------------------------
+
+
+@builder("nl")
+def _nl(spec: specs.NlSpec, base: dict[str, Any]) -> NlModule:
+    cls, dims = base["cls"], spec.dims
+    rd_expr, rd_comment = hidden_width(spec.reduction, spec.divisor, 1, spec.round_limit)
+    positions = " * ".join(SPATIAL_NAMES[dims])
+    if spec.use_scale:
+        scale, scale_comment = (
+            "channels**-0.5",
+            "C ** -0.5, C the input channels (timm's use_scale)",
+        )
+        scaled = "t^T p * C ** -0.5 (C the input channels, not C', as timm's use_scale)"
+    else:
+        scale, scale_comment = "1.0", "unscaled scores (timm's use_scale=False)"
+        scaled = "t^T p, unscaled (timm's use_scale=False)"
+    doc = _paragraphs(
+        "Non-local block (Wang et al., 2018), as timm's NonLocalAttn.",
+        spec.description,
+        _prose(
+            f"Embeds ``x`` by three 1x1 convs ``t``, ``p``, ``g`` (C -> C', C' = {rd_comment}, "
+            f"with biases) into sequences of {positions} positions; every position attends over "
+            f"every position, softmax({scaled}) applied to g, computed by "
+            "``F.scaled_dot_product_attention``; a 1x1 conv ``z`` (C' -> C) and a batchnorm "
+            "``norm`` (running statistics in eval) map the result back, and ``x`` is added: "
+            "``x + norm(z(attention))``, a residual block, not a gate."
+        ),
+        _prose(
+            "Initialised as timm initialises it: the convs Kaiming-normal (fan_out, relu) with "
+            "zero biases, the norm's weight and bias zero, so a fresh block is the identity."
+        ),
+        "Args:\n    channels: C, the number of input channels.\n"
+        "    device, dtype: factory kwargs for every parameter and buffer.",
+        f"Shape:\n    x: {_shape(dims)}; returns the same shape and dtype.",
+    )
+    return NlModule(
+        **base,
+        functional=True,
+        helpers=_helpers(rd_expr),
+        doc=docstring(doc, "    "),
+        conv=f"nn.Conv{dims}d",
+        norm=f"nn.BatchNorm{dims}d",
+        rd_expr=rd_expr,
+        rd_comment=rd_comment,
+        scale=scale,
+        scale_comment=scale_comment,
+        checks=_input_checks(cls, dims),
     )
 
 

@@ -462,6 +462,38 @@ def _scoord(m: Any) -> Layout:
     return Layout("scoord", fields, c)
 
 
+def _conv1x1(conv: Any, where: str) -> None:
+    """A plain 1x1 Conv2d with a bias (stride 1, no padding, groups or dilation), as NonLocalAttn's."""
+    plain = (
+        isinstance(conv, nn.Conv2d)
+        and conv.kernel_size == (1, 1)
+        and conv.stride == (1, 1)
+        and conv.padding == (0, 0)
+        and conv.dilation == (1, 1)
+        and conv.groups == 1
+        and _conv_bias(conv)
+    )
+    if not plain:
+        raise ValueError(f"{where}: {conv} is not the 1x1 conv with a bias timm builds")
+
+
+def _nl(m: Any) -> Layout:
+    where = "NonLocalAttn"
+    c, rd = m.t.in_channels, m.t.out_channels
+    for name in ("t", "p", "g", "z"):
+        _conv1x1(getattr(m, name), f"{where}.{name}")
+    if _norm(m.norm, f"{where}.norm") != "batchnorm":
+        raise ValueError(f"{where}.norm: {_name(m.norm)} is not supported (BatchNorm2d is)")
+    if m.scale == c**-0.5:
+        use_scale = True
+    elif m.scale == 1.0:
+        use_scale = False
+    else:
+        raise ValueError(f"{where}: scale {m.scale!r} is neither C ** -0.5 nor 1.0 (use_scale)")
+    fields = {**_reduction(c, rd, 8, 0.9, 8, where), "use_scale": use_scale}
+    return Layout("nl", fields, c)
+
+
 #: timm class name -> how to read it. Checked against the class's module: timm's own classes only.
 CONVERTERS: dict[str, Callable[[Any, int | None], Layout]] = {
     "SEModule": lambda m, c: _se(m),
@@ -476,6 +508,7 @@ CONVERTERS: dict[str, Callable[[Any, int | None], Layout]] = {
     "SimpleCoordAttn": lambda m, c: _scoord(m),
     "EfficientLocalAttn": lambda m, c: _ela(m),
     "StripAttn": lambda m, c: _strip(m),
+    "NonLocalAttn": lambda m, c: _nl(m),
 }
 
 

@@ -38,6 +38,7 @@ from .spec import (
     GeSpec,
     ImageSpec,
     MhaSpec,
+    NlSpec,
     ScoordSpec,
     SdpaSpec,
     SgeSpec,
@@ -901,6 +902,42 @@ class Bam(_Image[BamSpec]):
         return [_timm_anchor("the authors' BAM formulation", self, spec)]
 
 
+class Nl(_Image[NlSpec]):
+    name = "nl"
+
+    def gated(self, spec: NlSpec) -> bool:
+        return False  # x + norm(z(attention)): a residual
+
+    def param_shapes(self, spec: NlSpec, case: Case) -> dict[str, tuple[int, ...]]:
+        c, ones = case.ctor[0], (1,) * spec.dims
+        rd = references.hidden_width(c, spec.reduction, spec.divisor, 1, spec.round_limit)
+        shapes: dict[str, tuple[int, ...]] = {}
+        for name in ("t", "p", "g"):
+            shapes |= {f"{name}.weight": (rd, c, *ones), f"{name}.bias": (rd,)}
+        return shapes | {
+            "z.weight": (c, rd, *ones),
+            "z.bias": (c,),
+            "norm.weight": (c,),
+            "norm.bias": (c,),
+        }
+
+    def reference(
+        self, spec: NlSpec, params: references.State, inputs: Inputs, *, training: bool = False
+    ) -> Tensor:
+        return references.non_local(inputs.args[0], params, spec, training=training)
+
+    def plain(self, spec: NlSpec, params: references.Params, inputs: Inputs) -> Tensor:
+        # timm's bmm(t, p) in float16 overflows on realistic activations (scores of ~1e5), which
+        # would leave the rule no yardstick; SDPA's kernels accumulate the scores in float32, and
+        # so does the yardstick (the convs and the norm stay in float16, as timm runs them).
+        x = inputs.args[0]
+        wide = torch.float32 if x.dtype == torch.float16 else None
+        return anchors.timm_nl(x, params, spec, scores_dtype=wide)
+
+    def anchors(self, spec: NlSpec) -> list[Anchor]:
+        return [_timm_anchor("timm NonLocalAttn formulation", self, spec)]
+
+
 # --- attention kinds (sdpa, mha) ---------------------------------------------------------------------
 
 
@@ -1341,7 +1378,7 @@ KIND_DB: dict[str, Kind[Any]] = {
     k.name: k
     for k in (
         *(Channel(), Spatial(), Cbam(), Eca(), Ese(), Ge(), Gc(), Coord(), Scoord()),
-        *(Ela(), Strip(), Simam(), Sge(), Triplet(), Bam(), Sdpa(), Mha()),
+        *(Ela(), Strip(), Simam(), Sge(), Triplet(), Bam(), Nl(), Sdpa(), Mha()),
     )
 }
 

@@ -36,6 +36,7 @@ from .spec import (
     GcSpec,
     GeSpec,
     MhaSpec,
+    NlSpec,
     ScoordSpec,
     SgeSpec,
     SimamSpec,
@@ -638,6 +639,32 @@ def bam(x: Tensor, params: State, spec: BamSpec, training: bool = False) -> Tens
     else:
         logits = m_c[:, :, None, None] * m_s[:, None]
     return x + x * gate(logits, "sigmoid")
+
+
+def _softmax(s: Tensor, dim: int) -> Tensor:
+    """exp(s - max) / sum, written out."""
+    e = torch.exp(s - torch.max(s, dim=dim, keepdim=True).values)
+    return e / e.sum(dim, keepdim=True)
+
+
+def non_local(x: Tensor, params: State, spec: NlSpec, training: bool = False) -> Tensor:
+    """The paper's embedded non-local block (Wang et al., 2018, eqs. 1-3 and 6), as timm scales it:
+    with the positions flattened to N, theta = t(x), phi = p(x), g = g(x) (1x1 convs as einsums,
+    (B, C', N)), f = softmax_j(theta_i . phi_j * s) written out (s = C ** -0.5 with use_scale, C the
+    input channels), y_i = sum_j f_ij g_j, and z = BN(W_z y) + x (timm's zero-initialised BN)."""
+    b, c = x.shape[:2]
+    flat = x.reshape(b, c, -1)
+
+    def embed(name: str) -> Tensor:
+        w = params[f"{name}.weight"].reshape(-1, c)
+        return torch.einsum("bcn,rc->brn", flat, w) + params[f"{name}.bias"][:, None]
+
+    theta, phi, g = embed("t"), embed("p"), embed("g")
+    scores = torch.einsum("bri,brj->bij", theta, phi) * (c**-0.5 if spec.use_scale else 1.0)
+    y = torch.einsum("bij,brj->bri", _softmax(scores, -1), g)
+    w_z = params["z.weight"].reshape(c, -1)
+    z = torch.einsum("brn,cr->bcn", y, w_z) + params["z.bias"][:, None]
+    return x + batch_norm(z.reshape(x.shape), params, "norm.", training)
 
 
 def causal_allowed(

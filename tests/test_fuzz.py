@@ -301,6 +301,21 @@ variants = st.one_of(
             | st.just({"dilated_convs": 0}),
         ).map(lambda t: {**t[0], **t[1]}),
     ),
+    _variant(
+        "nl",
+        st.tuples(
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    "use_scale": st.booleans(),
+                    "reduction": st.integers(1, 32),
+                    "divisor": st.integers(1, 16),
+                    "round_limit": st.sampled_from([0.0, 0.5, 0.9]),
+                },
+            ),
+            dims,
+        ).map(lambda t: {**t[0], **t[1]}),
+    ),
     _variant("sdpa", st.fixed_dictionaries({}, optional=attention_opts)),
     _variant(
         "mha",
@@ -408,6 +423,8 @@ FIELDS = [
     "dilation",
     "dilated_convs",
     "merge",
+    "use_scale",
+    "round_limit",
     "name",
     "kind",
     "reduction",

@@ -757,6 +757,40 @@ class BamFrozenChannelNorm(_base("bam")):
         return x * (1 + torch.sigmoid(c + self.spatial_att(x)))
 
 
+class NlScaledByWidth(_base("nl_timm")):
+    """Scales the scores by C' ** -0.5, the embeddings' width (the transformer habit), where timm's
+    use_scale takes the input channels C."""
+
+    def __init__(self, channels, *, device=None, dtype=None):
+        super().__init__(channels, device=device, dtype=dtype)
+        self.scale = self.rd_channels**-0.5
+
+
+class NlSoftmaxOverQueries(_base("nl_timm")):
+    """Normalises each key's scores over the queries (softmax over dim 1 of (B, N, N)) where each
+    query's weights should sum to one over the keys."""
+
+    def forward(self, x):
+        t = self.t(x).flatten(2).transpose(1, 2)
+        p = self.p(x).flatten(2)
+        g = self.g(x).flatten(2).transpose(1, 2)
+        att = torch.softmax(t @ p * self.scale, dim=1)
+        y = (att @ g).transpose(1, 2).reshape(x.shape[0], -1, *x.shape[2:])
+        return self.norm(self.z(y)) + x
+
+
+class NlNormFrozen(_base("nl_timm")):
+    """Runs the norm on its running statistics in training too (eval's function, always)."""
+
+    def forward(self, x):
+        was = self.norm.training
+        self.norm.eval()
+        try:
+            return super().forward(x)
+        finally:
+            self.norm.train(was)
+
+
 ACT = "act_b1_c448_21x22"
 F16, BF16, F32, F64 = torch.float16, torch.bfloat16, torch.float32, torch.float64
 
@@ -847,6 +881,11 @@ SEEDED = [
     (BamProduct, "bam", "reference", "b2_c32_7x5", F64, {}),
     (BamUndilated, "bam", "reference", "b2_c64_11x10", F64, {}),
     (BamFrozenChannelNorm, "bam", "train", "b2_c32_7x5", F64, {}),
+    # The non-local blocks: timm's scale, the softmax's axis, the norm's training statistics.
+    (NlScaledByWidth, "nl_timm", "reference", "b2_c32_7x5", F64, {}),
+    (NlScaledByWidth, "nl_timm", "anchor", "b2_c32_7x5", F64, {}),
+    (NlSoftmaxOverQueries, "nl_timm", "reference", "b2_c32_7x5", F64, {}),
+    (NlNormFrozen, "nl_timm", "train", "b2_c32_7x5", F64, {}),
 ]
 # The dtype-only bugs pass where they do not bite: the same case in the other dtypes.
 DTYPE_ONLY = [

@@ -36,6 +36,7 @@ TYPES = [
     "strip",
     "gc",
     "gca",
+    "nl",
 ]
 
 

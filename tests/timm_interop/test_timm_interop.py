@@ -140,6 +140,12 @@ CONFIGS: list[tuple[str, dict]] = [
     ("strip", {"gate_layer": "hard_sigmoid"}),
     ("strip", {"has_skip": True}),
     ("strip", {"use_conv": False, "has_skip": True, "gate_layer": "hard_sigmoid"}),
+    ("nl", {}),
+    ("nl", {"use_scale": False}),
+    ("nl", {"rd_ratio": 1 / 4}),
+    ("nl", {"rd_ratio": 1 / 2, "rd_divisor": 1}),
+    ("nl", {"rd_divisor": 16}),
+    ("nl", {"rd_channels": 12}),
 ]
 CASES = [(i, attn, kwargs, c) for i, (attn, kwargs) in enumerate(CONFIGS) for c in CHANNELS]
 
@@ -290,6 +296,8 @@ def test_from_timm_equals_timm(
         ("strip_timm", "strip", {}),
         ("strip_pooled", "strip", {"use_conv": False}),
         ("strip_k7_skip", "strip", {"kernel_size": 7, "bias": True, "has_skip": True}),
+        ("nl_timm", "nl", {}),
+        ("nl_unscaled_r2", "nl", {"use_scale": False, "rd_ratio": 1 / 2}),
     ],
 )
 @pytest.mark.parametrize("channels", [32, 64, 256])
@@ -457,3 +465,22 @@ def test_coordinate_attention_reads_timm_defaults():
         "bias": True,
         "skip": False,
     }
+
+
+def test_the_non_local_block_initialises_as_timm():
+    """A fresh NonLocalAttn is the identity (its norm's weight and bias zero); the convs are
+    Kaiming-normal (fan_out, relu), std sqrt(2 / fan_out), with zero biases."""
+    torch.manual_seed(0)
+    ours, theirs = attnforge.build("nl_timm", 512), create_attn("nl", 512)
+    x = torch.randn(2, 512, 5, 6)
+    for module in (ours, theirs):
+        assert torch.equal(module.eval()(x), x)
+        for name in ("t", "z"):
+            conv = getattr(module, name)
+            want = (2 / conv.out_channels) ** 0.5
+            assert abs(conv.weight.std().item() - want) < 0.05 * want, name
+            assert torch.count_nonzero(conv.bias) == 0
+    with pytest.raises(
+        ValueError, match=r"nl_timm does not match NonLocalAttn: use_scale: True here, False"
+    ):
+        attnforge.from_timm("nl_timm", create_attn("nl", 64, use_scale=False))
