@@ -20,6 +20,18 @@ VARIANTS: dict[str, tuple[str, str, str, str]] = {
         "BamProduct",
         "BAM as in the authors' released code, which multiplies the two branches where t…",
     ),
+    "bat_b4_g4": (
+        "bat",
+        "bat.yaml",
+        "BatB4G4",
+        "BAT with 4 x 4 bilinear matrices in 4 groups and no dropout, for maps whose sid…",
+    ),
+    "bat_timm": (
+        "bat",
+        "bat.yaml",
+        "BatTimm",
+        "timm's BatNonLocalAttn with its defaults (create_attn 'bat'; block size 7, 2 gr…",
+    ),
     "cbam_3d": (
         "cbam",
         "cbam.yaml",

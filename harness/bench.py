@@ -147,6 +147,7 @@ IMAGE_ROWS: list[tuple[str, tuple[str, dict[str, Any]] | None]] = [
     ("triplet", None),
     ("bam", None),
     ("nl_timm", ("nl", {})),
+    ("bat_timm", ("bat", {})),
 ]
 IMAGE = (32, 256, 28, 28)
 

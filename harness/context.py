@@ -1624,6 +1624,72 @@ def _nl(spec: specs.NlSpec, base: dict[str, Any]) -> NlModule:
     )
 
 
+@builder("bat")
+def _bat(spec: specs.BatSpec, base: dict[str, Any]) -> BatModule:
+    cls = base["cls"]
+    rd_expr, rd_comment = hidden_width(spec.reduction, spec.divisor, 1, spec.round_limit)
+    n, g = spec.block_size, spec.groups
+    act = ACTIVATIONS[spec.activation] if spec.activation != "none" else "nn.Identity()"
+    act_text = spec.activation if spec.activation != "none" else "no activation"
+    cna = f"a 1x1 conv (no bias), a batchnorm and {act_text}"
+    drop = (
+        f" then a channel dropout (``nn.Dropout2d({spec.drop_rate!r})``, training only),"
+        if spec.drop_rate
+        else ""
+    )
+    doc = _paragraphs(
+        "BAT: non-local block with grouped bilinear attentional transforms (Chi et al., 2020).",
+        spec.description,
+        _prose(
+            "As timm's BatNonLocalAttn: returns ``x + conv2(ba(conv1(x)))``: ``conv1`` maps C to "
+            f"C' = {rd_comment} channels, ``ba`` (the bilinear transform) works at C', ``conv2`` maps back to C,"
+            f"{drop} and ``x`` is added: a residual block, not a gate. ``conv1`` and ``conv2`` are "
+            f"each {cna} (``conv``, ``bn``, ``act``, timm's ConvNormAct names)."
+        ),
+        _prose(
+            f"H and W must be multiples of the block size {n}; other sizes raise ValueError."
+            if n > 1
+            else "Block size 1: each matrix is 1 x 1, sigmoid over its own sum, so the transform "
+            "is conv1 and conv2 around the identity (any H and W)."
+        ),
+        "Args:\n    channels: C, the number of input channels; C' must be divisible by "
+        f"{g}.\n    device, dtype: factory kwargs for every parameter and buffer.",
+        f"Shape:\n    x: (B, C, H, W){f', H and W multiples of {n}' if n > 1 else ''}; returns "
+        "the same shape and dtype.",
+    )
+    transform_doc = _paragraphs(
+        f"The grouped bilinear attentional transform: ``y = P x Q`` per channel, {g} group"
+        f"{'s' if g > 1 else ''}.",
+        _prose(
+            f"``conv1`` ({cna}) maps the C' channels to {g}, one map per group; its row maxima "
+            f"over {n} bands of H (``F.adaptive_max_pool2d`` to ({n}, 1)) go through ``conv_p`` "
+            f"(a ({n}, 1) conv) and its column maxima through ``conv_q`` (a (1, {n}) conv), "
+            f"each to a {n} x {n} matrix per group; sigmoid, then P's rows and Q's columns "
+            "normalised to sum to one (as softmax(logsigmoid), the same values: timm's "
+            "sigmoid / sum gives 0 / 0 where a row's sigmoids all underflow, at logits below "
+            "-17 in float16, -745 in float64). P acts on H as kron(P, I) (each entry spread over an "
+            f"(H / {n})-wide band), Q on W as kron(Q, I); both are applied to the channels of "
+            "their group without forming the H x H and W x W matrices. Then ``conv2`` "
+            f"({cna}, C' -> C')."
+        ),
+    )
+    return BatModule(
+        **{**base, "stdlib_imports": ("from collections import OrderedDict",)},
+        functional=True,
+        helpers=_helpers(rd_expr),
+        doc=docstring(doc, "    "),
+        transform_cls=f"{cls}Transform",
+        transform_doc=docstring(transform_doc, "    "),
+        rd_expr=rd_expr,
+        rd_comment=rd_comment,
+        block_size=n,
+        groups=g,
+        act=act,
+        dropout=repr(spec.drop_rate) if spec.drop_rate else None,
+        checks=_input_checks(cls, 2),
+    )
+
+
 # --- sdpa, mha ----------------------------------------------------------------------------------------
 
 

@@ -1159,6 +1159,7 @@ ImageSpec = (
     | TripletSpec
     | BamSpec
     | NlSpec
+    | BatSpec
 )
 AnySpec = ImageSpec | SdpaSpec | MhaSpec
 SPEC_ADAPTER: TypeAdapter[AnySpec] = TypeAdapter(Annotated[AnySpec, Field(discriminator="kind")])
@@ -1180,6 +1181,7 @@ MODELS: dict[str, type[_Variant]] = {
     "triplet": TripletSpec,
     "bam": BamSpec,
     "nl": NlSpec,
+    "bat": BatSpec,
     "sdpa": SdpaSpec,
     "mha": MhaSpec,
 }

@@ -316,6 +316,20 @@ variants = st.one_of(
             dims,
         ).map(lambda t: {**t[0], **t[1]}),
     ),
+    _variant(
+        "bat",
+        st.fixed_dictionaries(
+            {},
+            optional={
+                "block_size": st.integers(1, 4),
+                "groups": st.integers(1, 4),
+                "reduction": st.integers(1, 8),
+                "divisor": st.integers(1, 8),
+                "drop_rate": st.sampled_from([0.0, 0.2]),
+                "activation": st.sampled_from(["none", "relu", "silu"]),
+            },
+        ),
+    ),
     _variant("sdpa", st.fixed_dictionaries({}, optional=attention_opts)),
     _variant(
         "mha",
@@ -425,6 +439,8 @@ FIELDS = [
     "merge",
     "use_scale",
     "round_limit",
+    "block_size",
+    "drop_rate",
     "name",
     "kind",
     "reduction",
