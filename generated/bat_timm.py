@@ -21,6 +21,7 @@ SPEC = {
     "round_limit": 0.9,
     "drop_rate": 0.2,
     "activation": "relu",
+    "norm": "batchnorm",
 }
 
 
@@ -35,7 +36,7 @@ def _make_divisible(v: float, divisor: int, min_value: int, round_limit: float) 
 
 
 def _conv_norm_act(in_channels: int, out_channels: int, factory: dict) -> nn.Sequential:
-    """A 1x1 conv without bias, a batchnorm and the activation, named as timm's ConvNormAct."""
+    """A 1x1 conv without bias, the norm and the activation, named as timm's ConvNormAct."""
     return nn.Sequential(
         OrderedDict(
             conv=nn.Conv2d(in_channels, out_channels, 1, bias=False, **factory),

@@ -567,7 +567,15 @@ def timm_bat(x: Tensor, params: Params, spec: BatSpec, *, stable: bool = False) 
     n, g = spec.block_size, spec.groups
 
     def cna(t: Tensor, prefix: str) -> Tensor:
-        t = _bn(F.conv2d(t, params[f"{prefix}conv.weight"]), params, f"{prefix}bn.")
+        t, bn = F.conv2d(t, params[f"{prefix}conv.weight"]), f"{prefix}bn."
+        if spec.norm == "batchnorm":
+            t = _bn(t, params, bn)
+        elif spec.norm == "groupnorm1":  # GroupNorm1Act
+            t = F.group_norm(t, 1, params[f"{bn}weight"], params[f"{bn}bias"], 1e-5)
+        else:  # LayerNormAct2d
+            t = F.layer_norm(
+                t.permute(0, 2, 3, 1), t.shape[1:2], params[f"{bn}weight"], params[f"{bn}bias"]
+            ).permute(0, 3, 1, 2)
         return t if spec.activation == "none" else _ACT[spec.activation](t)
 
     def resize_mat(m: Tensor, t: int) -> Tensor:

@@ -452,6 +452,9 @@ class BatModule(Module):
     block_size: int
     groups: int
     act: str  # the activation after each norm ("nn.Identity()" for none)
+    transform: str  # the transform's construction, laid out: "BatTimmTransform(rd, ...)"
+    norm: str  # each norm's constructor, of out_channels
+    norm_cls: str | None  # the channel layer norm class the module defines (layernorm2d)
     dropout: str | None  # the Dropout2d probability, when above 0
     checks: InputChecks
 
@@ -1631,7 +1634,19 @@ def _bat(spec: specs.BatSpec, base: dict[str, Any]) -> BatModule:
     n, g = spec.block_size, spec.groups
     act = ACTIVATIONS[spec.activation] if spec.activation != "none" else "nn.Identity()"
     act_text = spec.activation if spec.activation != "none" else "no activation"
-    cna = f"a 1x1 conv (no bias), a batchnorm and {act_text}"
+    norm_cls = f"{cls}LayerNorm2d" if spec.norm == "layernorm2d" else None
+    norm, norm_text = {
+        "batchnorm": ("nn.BatchNorm2d(out_channels, **factory)", "a batchnorm"),
+        "groupnorm1": (
+            "nn.GroupNorm(1, out_channels, eps=1e-5, **factory)",
+            "a one-group group norm",
+        ),
+        "layernorm2d": (
+            py_call(f"{norm_cls}", ["out_channels", "eps=1e-5", "**factory"], 12, len("bn="), 1),
+            "a channel layer norm",
+        ),
+    }[spec.norm]
+    cna = f"a 1x1 conv (no bias), {norm_text} and {act_text}"
     drop = (
         f" then a channel dropout (``nn.Dropout2d({spec.drop_rate!r})``, training only),"
         if spec.drop_rate
@@ -1685,6 +1700,11 @@ def _bat(spec: specs.BatSpec, base: dict[str, Any]) -> BatModule:
         block_size=n,
         groups=g,
         act=act,
+        transform=py_call(
+            f"{cls}Transform", ["rd", "device=device", "dtype=dtype"], 8, len("self.ba = ")
+        ),
+        norm=norm,
+        norm_cls=norm_cls,
         dropout=repr(spec.drop_rate) if spec.drop_rate else None,
         checks=_input_checks(cls, 2),
     )

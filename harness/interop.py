@@ -496,9 +496,10 @@ def _nl(m: Any) -> Layout:
     return Layout("nl", fields, c)
 
 
-def _conv_norm_act(m: Any, where: str) -> str:
-    """A timm ConvNormAct of a 1x1 conv without bias and a plain BatchNormAct2d (no dropout, no
-    anti-aliasing): its activation ("none" for nn.Identity)."""
+def _conv_norm_act(m: Any, where: str) -> tuple[str, str]:
+    """A timm ConvNormAct of a 1x1 conv without bias and a plain BatchNormAct2d, GroupNorm1Act or
+    LayerNormAct2d (no dropout, no anti-aliasing): its norm and its activation ("none" for
+    nn.Identity)."""
     conv, bn = m.conv, m.bn
     plain_conv = (
         isinstance(conv, nn.Conv2d)
@@ -513,18 +514,32 @@ def _conv_norm_act(m: Any, where: str) -> str:
         raise ValueError(f"{where}.conv: {conv} is not the 1x1 conv without bias timm builds")
     if getattr(m, "aa", None) is not None and not isinstance(m.aa, nn.Identity):
         raise ValueError(f"{where}.aa: anti-aliasing {_name(m.aa)} is not supported")
-    if not isinstance(bn, nn.BatchNorm2d):
-        raise ValueError(f"{where}.bn: norm {_name(bn)} is not supported (BatchNorm2d is)")
-    _norm(bn, f"{where}.bn", own_act=True)
+    if isinstance(bn, nn.BatchNorm2d):
+        norm = _norm(bn, f"{where}.bn", own_act=True)
+    elif _name(bn) in ("GroupNorm1Act", "LayerNormAct2d"):
+        plain = bn.eps == 1e-5 and (
+            bn.affine if isinstance(bn, nn.GroupNorm) else bn.elementwise_affine
+        )
+        if not plain or not isinstance(getattr(bn, "drop", nn.Identity()), nn.Identity):
+            raise ValueError(
+                f"{where}.bn: {_name(bn)} with eps {bn.eps}, without affine or with dropout is "
+                "not supported (eps 1e-5, affine, no dropout are)"
+            )
+        norm = "groupnorm1" if isinstance(bn, nn.GroupNorm) else "layernorm2d"
+    else:
+        raise ValueError(
+            f"{where}.bn: norm {_name(bn)} is not supported (BatchNorm2d, GroupNorm1 and "
+            "LayerNorm2d are)"
+        )
     act = getattr(bn, "act", nn.Identity())
-    return "none" if isinstance(act, nn.Identity) else _activation(act, f"{where}.bn.act")
+    return norm, "none" if isinstance(act, nn.Identity) else _activation(act, f"{where}.bn.act")
 
 
 def _bat(m: Any) -> Layout:
     where = "BatNonLocalAttn"
     c, rd = m.conv1.conv.in_channels, m.conv1.conv.out_channels
     ba = m.ba
-    acts = {
+    found = {
         _conv_norm_act(block, f"{where}.{name}")
         for name, block in (
             ("conv1", m.conv1),
@@ -533,8 +548,11 @@ def _bat(m: Any) -> Layout:
             ("conv2", m.conv2),
         )
     }
-    if len(acts) > 1:
-        raise ValueError(f"{where}: different activations {sorted(acts)} are not supported")
+    if len(found) > 1:
+        raise ValueError(
+            f"{where}: different norms or activations {sorted(found)} are not supported"
+        )
+    norm, act = found.pop()
     n, g = ba.block_size, ba.groups
     for name, kernel in (("conv_p", (n, 1)), ("conv_q", (1, n))):
         conv = getattr(ba, name)
@@ -545,7 +563,8 @@ def _bat(m: Any) -> Layout:
         "block_size": n,
         "groups": g,
         "drop_rate": float(m.dropout.p),
-        "activation": acts.pop(),
+        "activation": act,
+        "norm": norm,
     }
     return Layout("bat", fields, c)
 

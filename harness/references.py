@@ -668,11 +668,24 @@ def non_local(x: Tensor, params: State, spec: NlSpec, training: bool = False) ->
     return x + batch_norm(z.reshape(x.shape), params, "norm.", training)
 
 
-def _conv_norm_act(x: Tensor, params: State, prefix: str, act: str, training: bool) -> Tensor:
-    """timm's ConvNormAct with a 1x1 conv: an einsum without bias, batch norm, the activation."""
+def _conv_norm_act(x: Tensor, params: State, prefix: str, spec: BatSpec, training: bool) -> Tensor:
+    """timm's ConvNormAct with a 1x1 conv: an einsum without bias, the norm (batch norm, one-group
+    group norm, or a layer norm over the channels at each position), the activation."""
     w = params[f"{prefix}conv.weight"][:, :, 0, 0]
-    out = batch_norm(torch.einsum("bchw,oc->bohw", x, w), params, f"{prefix}bn.", training)
-    return out if act == "none" else activation(out, act)
+    out = torch.einsum("bchw,oc->bohw", x, w)
+    bn = f"{prefix}bn."
+    if spec.norm == "batchnorm":
+        out = batch_norm(out, params, bn, training)
+    elif spec.norm == "groupnorm1":
+        out = group_norm(out, params[f"{bn}weight"], params[f"{bn}bias"], 1)
+    else:
+        out = torch.einsum(
+            "bhwc->bchw",
+            _layer_norm(
+                torch.einsum("bchw->bhwc", out), params[f"{bn}weight"], params[f"{bn}bias"], 1e-5
+            ),
+        )
+    return out if spec.activation == "none" else activation(out, spec.activation)
 
 
 def _sigmoid_shares(s: Tensor, dim: int) -> Tensor:
@@ -690,10 +703,9 @@ def bat(x: Tensor, params: State, spec: BatSpec, training: bool = False) -> Tens
     sum to one, and applied as the explicit Kronecker products kron(P, I) (H x H) and kron(Q, I)
     (W x W)."""
     n, g = spec.block_size, spec.groups
-    a = spec.activation
-    z = _conv_norm_act(x, params, "conv1.", a, training)
+    z = _conv_norm_act(x, params, "conv1.", spec, training)
     b, c, h, w = z.shape
-    out = _conv_norm_act(z, params, "ba.conv1.", a, training)  # (B, G, H, W)
+    out = _conv_norm_act(z, params, "ba.conv1.", spec, training)  # (B, G, H, W)
     rows = torch.max(out.reshape(b, g, n, -1), dim=-1).values  # n bands of H rows
     cols = torch.max(
         out.reshape(b, g, h, n, w // n).transpose(2, 3).reshape(b, g, n, -1), dim=-1
@@ -711,8 +723,8 @@ def bat(x: Tensor, params: State, spec: BatSpec, training: bool = False) -> Tens
     big_q = torch.kron(q, torch.eye(w // n, dtype=q.dtype, device=q.device))  # (B, G, W, W)
     grouped = z.reshape(b, g, c // g, h, w)
     y = (big_p[:, :, None] @ grouped @ big_q[:, :, None]).reshape(b, c, h, w)
-    y = _conv_norm_act(y, params, "ba.conv2.", a, training)
-    return x + _conv_norm_act(y, params, "conv2.", a, training)
+    y = _conv_norm_act(y, params, "ba.conv2.", spec, training)
+    return x + _conv_norm_act(y, params, "conv2.", spec, training)
 
 
 def causal_allowed(

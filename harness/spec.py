@@ -1140,6 +1140,16 @@ class BatSpec(_Planar, _Variant):
         "relu",
         description="Activation after each norm (timm's act_layer; none: nn.Identity, act_layer None).",
     )
+    norm: Literal["batchnorm", "groupnorm1", "layernorm2d"] = Field(
+        "batchnorm",
+        description=(
+            "The norm of each conv-norm-act (timm's norm_layer): batchnorm (running statistics: "
+            "training and eval differ), groupnorm1 (one group: each sample over its channels and "
+            "positions) or layernorm2d (each position over its channels), both eps 1e-5. "
+            "groupnorm1 with groups 1 refuses a 1 x 1 map (its transform's one-channel norm sees "
+            "a single value: F.group_norm raises, as in timm)."
+        ),
+    )
 
 
 ImageSpec = (

@@ -327,6 +327,7 @@ variants = st.one_of(
                 "divisor": st.integers(1, 8),
                 "drop_rate": st.sampled_from([0.0, 0.2]),
                 "activation": st.sampled_from(["none", "relu", "silu"]),
+                "norm": st.sampled_from(["batchnorm", "groupnorm1", "layernorm2d"]),
             },
         ),
     ),

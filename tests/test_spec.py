@@ -140,6 +140,8 @@ FIELDS = [
     ("bat", "drop_rate", 0.5, -0.1),
     ("bat", "activation", "none", "identity"),
     ("bat", "activation", "silu", "tanh"),
+    ("bat", "norm", "layernorm2d", "groupnorm"),
+    ("bat", "norm", "groupnorm1", "none"),
     ("coord", "dims", 2, 3),  # rows and columns only
     ("coord", "dims", 2, 2.0),
     ("coord", "reduction", 32, 0),

@@ -158,6 +158,8 @@ CONFIGS: list[tuple[str, dict]] = [
     ("bat", {"rd_ratio": 1 / 8}),
     ("bat", {"rd_divisor": 1}),
     ("bat", {"rd_channels": 12, "groups": 3}),
+    ("bat", {"norm_layer": "groupnorm1"}),
+    ("bat", {"norm_layer": "layernorm2d", "act_layer": nn.SiLU, "drop_rate": 0.0}),
 ]
 CASES = [(i, attn, kwargs, c) for i, (attn, kwargs) in enumerate(CONFIGS) for c in CHANNELS]
 
@@ -526,8 +528,10 @@ def test_the_bat_block_refuses_what_timm_asserts_and_what_it_cannot_carry():
         theirs.eval()(torch.randn(1, 64, 7, 9))
     with pytest.raises(ValueError, match=r"expected H and W multiples of the block size 7"):
         attnforge.from_timm("bat_timm", theirs)(torch.randn(1, 64, 7, 9))
-    with pytest.raises(ValueError, match=r"BatNonLocalAttn.conv1.bn: norm GroupNorm1Act"):
-        attnforge.spec_from_timm(create_attn("bat", 64, norm_layer="groupnorm1"), "x")
+    with pytest.raises(
+        ValueError, match=r"BatNonLocalAttn.conv1.bn: norm FilterResponseNormAct2d is not supported"
+    ):
+        attnforge.spec_from_timm(create_attn("bat", 64, norm_layer="frn"), "x")
     with pytest.raises(
         ValueError, match=r"bat_timm does not match BatNonLocalAttn: drop_rate: 0.2 here, 0.0"
     ):
