@@ -20,6 +20,18 @@ VARIANTS: dict[str, tuple[str, str, str, str]] = {
         "BamProduct",
         "BAM as in the authors' released code, which multiplies the two branches where t…",
     ),
+    "bat_b4_g4": (
+        "bat",
+        "bat.yaml",
+        "BatB4G4",
+        "BAT with 4 x 4 bilinear matrices in 4 groups and no dropout, for maps whose sid…",
+    ),
+    "bat_timm": (
+        "bat",
+        "bat.yaml",
+        "BatTimm",
+        "timm's BatNonLocalAttn with its defaults (create_attn 'bat'; block size 7, 2 gr…",
+    ),
     "cbam_3d": (
         "cbam",
         "cbam.yaml",
@@ -303,6 +315,24 @@ VARIANTS: dict[str, tuple[str, str, str, str]] = {
         "attention.yaml",
         "MhaWeightsPerHead",
         "Returns per-head weights, with grouped-query heads, bottom-right causality and …",
+    ),
+    "nl_timm": (
+        "nl",
+        "nl.yaml",
+        "NlTimm",
+        "timm's NonLocalAttn with its defaults (create_attn 'nl'; rd_ratio 1/8, rd_divis…",
+    ),
+    "nl_unscaled_r2": (
+        "nl",
+        "nl.yaml",
+        "NlUnscaledR2",
+        "The paper's embedded Gaussian non-local block (Wang et al., 2018) at half width…",
+    ),
+    "nl_video": (
+        "nl",
+        "nl.yaml",
+        "NlVideo",
+        "The non-local block over space and time (the paper's video models) on (B, C, T,…",
     ),
     "scoord_skip": (
         "scoord",

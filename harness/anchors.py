@@ -34,6 +34,7 @@ from .references import Params, causal_allowed, window_allowed
 from .spec import (
     AttentionOptions,
     BamSpec,
+    BatSpec,
     CbamSpec,
     ChannelOptions,
     CoordSpec,
@@ -43,6 +44,7 @@ from .spec import (
     GcSpec,
     GeSpec,
     MhaSpec,
+    NlSpec,
     ScoordSpec,
     SdpaSpec,
     SgeSpec,
@@ -540,6 +542,81 @@ def timm_strip(x: Tensor, params: Params, spec: StripSpec) -> Tensor:
         x_h, x_w = x.mean(dim=3, keepdim=True), x.mean(dim=2, keepdim=True)
     out = x * _timm_gate(x_h + x_w, spec.gate)
     return out + x if spec.skip else out
+
+
+def timm_nl(
+    x: Tensor, params: Params, spec: NlSpec, scores_dtype: torch.dtype | None = None
+) -> Tensor:
+    """NonLocalAttn: the t, p, g convs, ``bmm(t, p) * scale``, ``F.softmax``, ``bmm`` with g, the z
+    conv, an eval-mode BatchNorm, plus the shortcut (timm's 2D view/permute, over any dims).
+    ``scores_dtype``: the two bmm and the softmax in that dtype (the embeddings widened to it, the
+    result rounded back), as attention kernels accumulate half-precision scores."""
+    conv = _CONV[x.ndim]
+
+    def embed(name: str) -> Tensor:
+        out = conv(x, params[f"{name}.weight"], params[f"{name}.bias"])
+        return out if scores_dtype is None else out.to(scores_dtype)
+
+    t, p, g = embed("t"), embed("p"), embed("g")
+    b, c = t.shape[:2]
+    t = t.reshape(b, c, -1).permute(0, 2, 1)
+    p = p.reshape(b, c, -1)
+    g = g.reshape(b, c, -1).permute(0, 2, 1)
+    att = torch.bmm(t, p) * (x.shape[1] ** -0.5 if spec.use_scale else 1.0)
+    y = torch.bmm(F.softmax(att, dim=2), g).to(x.dtype)
+    y = y.permute(0, 2, 1).reshape(b, c, *x.shape[2:])
+    y = conv(y, params["z.weight"], params["z.bias"])
+    return _bn(y, params, "norm.") + x
+
+
+def timm_bat(x: Tensor, params: Params, spec: BatSpec, *, stable: bool = False) -> Tensor:
+    """BatNonLocalAttn dropout aside (eval): ConvNormAct as F.conv2d, an eval-mode BatchNorm and
+    the activation; BilinearAttnTransform as timm computes it: ``adaptive_max_pool2d``, conv_p /
+    conv_q, sigmoid, normalised, expanded to every channel, ``resize_mat`` (each entry times an
+    identity, rearranged by split and cat into the H x H and W x W matrices), two matmuls.
+    ``stable``: the normalised sigmoids as softmax(logsigmoid), the generated module's one change
+    (timm's sigmoid / sum is 0 / 0 where a row's sigmoids all underflow)."""
+    n, g = spec.block_size, spec.groups
+
+    def cna(t: Tensor, prefix: str) -> Tensor:
+        t, bn = F.conv2d(t, params[f"{prefix}conv.weight"]), f"{prefix}bn."
+        if spec.norm == "batchnorm":
+            t = _bn(t, params, bn)
+        elif spec.norm == "groupnorm1":  # GroupNorm1Act
+            t = F.group_norm(t, 1, params[f"{bn}weight"], params[f"{bn}bias"], 1e-5)
+        else:  # LayerNormAct2d
+            t = F.layer_norm(
+                t.permute(0, 2, 3, 1), t.shape[1:2], params[f"{bn}weight"], params[f"{bn}bias"]
+            ).permute(0, 3, 1, 2)
+        return t if spec.activation == "none" else _ACT[spec.activation](t)
+
+    def resize_mat(m: Tensor, t: int) -> Tensor:
+        b, c, size, _ = m.shape
+        if t <= 1:
+            return m
+        m = m.view(b * c, -1, 1, 1) * torch.eye(t, t, dtype=m.dtype, device=m.device)
+        m = m.view(b * c, size, size, t, t)
+        m = torch.cat(torch.split(m, 1, dim=1), dim=3)
+        m = torch.cat(torch.split(m, 1, dim=2), dim=4)
+        return m.view(b, c, size * t, size * t)
+
+    xl = cna(x, "conv1.")
+    b, c, h, w = xl.shape
+    out = cna(xl, "ba.conv1.")
+    rp = F.adaptive_max_pool2d(out, (n, 1))
+    cp = F.adaptive_max_pool2d(out, (1, n))
+    p = F.conv2d(rp, params["ba.conv_p.weight"], params["ba.conv_p.bias"]).view(b, g, n, n)
+    q = F.conv2d(cp, params["ba.conv_q.weight"], params["ba.conv_q.bias"]).view(b, g, n, n)
+    if stable:
+        p, q = F.logsigmoid(p).softmax(3), F.logsigmoid(q).softmax(2)
+    else:
+        p, q = p.sigmoid(), q.sigmoid()
+        p = p / p.sum(dim=3, keepdim=True)
+        q = q / q.sum(dim=2, keepdim=True)
+    p = p.view(b, g, 1, n, n).expand(b, g, c // g, n, n).contiguous().view(b, c, n, n)
+    q = q.view(b, g, 1, n, n).expand(b, g, c // g, n, n).contiguous().view(b, c, n, n)
+    y = resize_mat(p, h // n).matmul(xl).matmul(resize_mat(q, w // n))
+    return cna(cna(y, "ba.conv2."), "conv2.") + x
 
 
 def formulation_anchor(name: str, fn: AnchorFn) -> Anchor:

@@ -146,6 +146,8 @@ IMAGE_ROWS: list[tuple[str, tuple[str, dict[str, Any]] | None]] = [
     ("strip_timm", ("strip", {})),
     ("triplet", None),
     ("bam", None),
+    ("nl_timm", ("nl", {})),
+    ("bat_timm", ("bat", {})),
 ]
 IMAGE = (32, 256, 28, 28)
 

@@ -434,6 +434,35 @@ class BamModule(Module):
 
 
 @dataclass(frozen=True)
+class NlModule(Module):
+    doc: str
+    conv: str  # nn.Conv2d ...
+    norm: str  # nn.BatchNorm2d ...
+    rd_expr: str
+    rd_comment: str
+    scale: str  # the scores' multiplier, an expression of channels
+    scale_comment: str
+    checks: InputChecks
+
+
+@dataclass(frozen=True)
+class BatModule(Module):
+    doc: str
+    transform_cls: str
+    transform_doc: str
+    rd_expr: str
+    rd_comment: str
+    block_size: int
+    groups: int
+    act: str  # the activation after each norm ("nn.Identity()" for none)
+    transform: str  # the transform's construction, laid out: "BatTimmTransform(rd, ...)"
+    norm: str  # each norm's constructor, of out_channels
+    norm_cls: str | None  # the channel layer norm class the module defines (layernorm2d)
+    dropout: str | None  # the Dropout2d probability, when above 0
+    checks: InputChecks
+
+
+@dataclass(frozen=True)
 class Causality:
     """How causality is applied: SDPA's is_causal (top-left, when no mask is built) or a mask."""
 
@@ -1591,6 +1620,140 @@ def _bam(spec: specs.BamSpec, base: dict[str, Any]) -> BamModule:
         dilation=d,
         dilated_convs=tuple(range(n)),
         merge=merge,
+        checks=_input_checks(cls, 2),
+    )
+
+
+# --- nl, bat: the non-local blocks ---------------------------------------------------------------------
+
+
+@builder("nl")
+def _nl(spec: specs.NlSpec, base: dict[str, Any]) -> NlModule:
+    cls, dims = base["cls"], spec.dims
+    rd_expr, rd_comment = hidden_width(spec.reduction, spec.divisor, 1, spec.round_limit)
+    positions = " * ".join(SPATIAL_NAMES[dims])
+    if spec.use_scale:
+        scale, scale_comment = (
+            "channels**-0.5",
+            "C ** -0.5, C the input channels (timm's use_scale)",
+        )
+        scaled = "t^T p * C ** -0.5 (C the input channels, not C', as timm's use_scale)"
+    else:
+        scale, scale_comment = "1.0", "unscaled scores (timm's use_scale=False)"
+        scaled = "t^T p, unscaled (timm's use_scale=False)"
+    doc = _paragraphs(
+        "Non-local block (Wang et al., 2018), as timm's NonLocalAttn.",
+        spec.description,
+        _prose(
+            f"Embeds ``x`` by three 1x1 convs ``t``, ``p``, ``g`` (C -> C', C' = {rd_comment}, "
+            f"with biases) into sequences of {positions} positions; every position attends over "
+            f"every position, softmax({scaled}) applied to g, computed by "
+            "``F.scaled_dot_product_attention``; a 1x1 conv ``z`` (C' -> C) and a batchnorm "
+            "``norm`` (running statistics in eval) map the result back, and ``x`` is added: "
+            "``x + norm(z(attention))``, a residual block, not a gate."
+        ),
+        _prose(
+            "Initialised as timm initialises it: the convs Kaiming-normal (fan_out, relu) with "
+            "zero biases, the norm's weight and bias zero, so a fresh block is the identity."
+        ),
+        "Args:\n    channels: C, the number of input channels.\n"
+        "    device, dtype: factory kwargs for every parameter and buffer.",
+        f"Shape:\n    x: {_shape(dims)}; returns the same shape and dtype.",
+    )
+    return NlModule(
+        **base,
+        functional=True,
+        helpers=_helpers(rd_expr),
+        doc=docstring(doc, "    "),
+        conv=f"nn.Conv{dims}d",
+        norm=f"nn.BatchNorm{dims}d",
+        rd_expr=rd_expr,
+        rd_comment=rd_comment,
+        scale=scale,
+        scale_comment=scale_comment,
+        checks=_input_checks(cls, dims),
+    )
+
+
+@builder("bat")
+def _bat(spec: specs.BatSpec, base: dict[str, Any]) -> BatModule:
+    cls = base["cls"]
+    rd_expr, rd_comment = hidden_width(spec.reduction, spec.divisor, 1, spec.round_limit)
+    n, g = spec.block_size, spec.groups
+    act = ACTIVATIONS[spec.activation] if spec.activation != "none" else "nn.Identity()"
+    act_text = spec.activation if spec.activation != "none" else "no activation"
+    norm_cls = f"{cls}LayerNorm2d" if spec.norm == "layernorm2d" else None
+    norm, norm_text = {
+        "batchnorm": ("nn.BatchNorm2d(out_channels, **factory)", "a batchnorm"),
+        "groupnorm1": (
+            "nn.GroupNorm(1, out_channels, eps=1e-5, **factory)",
+            "a one-group group norm",
+        ),
+        "layernorm2d": (
+            py_call(f"{norm_cls}", ["out_channels", "eps=1e-5", "**factory"], 12, len("bn="), 1),
+            "a channel layer norm",
+        ),
+    }[spec.norm]
+    cna = f"a 1x1 conv (no bias), {norm_text} and {act_text}"
+    drop = (
+        f" then a channel dropout (``nn.Dropout2d({spec.drop_rate!r})``, training only),"
+        if spec.drop_rate
+        else ""
+    )
+    doc = _paragraphs(
+        "BAT: non-local block with grouped bilinear attentional transforms (Chi et al., 2020).",
+        spec.description,
+        _prose(
+            "As timm's BatNonLocalAttn: returns ``x + conv2(ba(conv1(x)))``: ``conv1`` maps C to "
+            f"C' = {rd_comment} channels, ``ba`` (the bilinear transform) works at C', ``conv2`` maps back to C,"
+            f"{drop} and ``x`` is added: a residual block, not a gate. ``conv1`` and ``conv2`` are "
+            f"each {cna} (``conv``, ``bn``, ``act``, timm's ConvNormAct names)."
+        ),
+        _prose(
+            f"H and W must be multiples of the block size {n}; other sizes raise ValueError."
+            if n > 1
+            else "Block size 1: each matrix is 1 x 1, sigmoid over its own sum, so the transform "
+            "is conv1 and conv2 around the identity (any H and W)."
+        ),
+        "Args:\n    channels: C, the number of input channels; C' must be divisible by "
+        f"{g}.\n    device, dtype: factory kwargs for every parameter and buffer.",
+        f"Shape:\n    x: (B, C, H, W){f', H and W multiples of {n}' if n > 1 else ''}; returns "
+        "the same shape and dtype.",
+    )
+    transform_doc = _paragraphs(
+        f"The grouped bilinear attentional transform: ``y = P x Q`` per channel, {g} group"
+        f"{'s' if g > 1 else ''}.",
+        _prose(
+            f"``conv1`` ({cna}) maps the C' channels to {g}, one map per group; its row maxima "
+            f"over {n} bands of H (``F.adaptive_max_pool2d`` to ({n}, 1)) go through ``conv_p`` "
+            f"(a ({n}, 1) conv) and its column maxima through ``conv_q`` (a (1, {n}) conv), "
+            f"each to a {n} x {n} matrix per group; sigmoid, then P's rows and Q's columns "
+            "normalised to sum to one (as softmax(logsigmoid), the same values: timm's "
+            "sigmoid / sum gives 0 / 0 where a row's sigmoids all underflow, at logits below "
+            "-17 in float16, -745 in float64). P acts on H as kron(P, I) (each entry spread over an "
+            f"(H / {n})-wide band), Q on W as kron(Q, I); both are applied to the channels of "
+            "their group without forming the H x H and W x W matrices. Then ``conv2`` "
+            f"({cna}, C' -> C')."
+        ),
+    )
+    return BatModule(
+        **{**base, "stdlib_imports": ("from collections import OrderedDict",)},
+        functional=True,
+        helpers=_helpers(rd_expr),
+        doc=docstring(doc, "    "),
+        transform_cls=f"{cls}Transform",
+        transform_doc=docstring(transform_doc, "    "),
+        rd_expr=rd_expr,
+        rd_comment=rd_comment,
+        block_size=n,
+        groups=g,
+        act=act,
+        transform=py_call(
+            f"{cls}Transform", ["rd", "device=device", "dtype=dtype"], 8, len("self.ba = ")
+        ),
+        norm=norm,
+        norm_cls=norm_cls,
+        dropout=repr(spec.drop_rate) if spec.drop_rate else None,
         checks=_input_checks(cls, 2),
     )
 

@@ -89,7 +89,9 @@ def _gate(module: nn.Module, where: str) -> str:
     return _GATES[_name(module)]
 
 
-def _norm(module: nn.Module, where: str) -> str:
+def _norm(module: nn.Module, where: str, *, own_act: bool = False) -> str:
+    """ "batchnorm" or "none"; ``own_act``: the caller reads the norm's activation (timm's
+    BatchNormAct2d in a ConvNormAct), so it need not be nn.Identity."""
     if isinstance(module, nn.Identity):
         return "none"
     if isinstance(module, nn.BatchNorm2d):
@@ -99,7 +101,7 @@ def _norm(module: nn.Module, where: str) -> str:
             and module.affine
             and module.bias is not None  # torch 2.14's BatchNorm2d(bias=False) has none
             and module.track_running_stats
-            and _name(getattr(module, "act", nn.Identity())) == "Identity"
+            and (own_act or _name(getattr(module, "act", nn.Identity())) == "Identity")
             and _name(getattr(module, "drop", nn.Identity())) == "Identity"
         )
         if not plain:
@@ -462,6 +464,111 @@ def _scoord(m: Any) -> Layout:
     return Layout("scoord", fields, c)
 
 
+def _conv1x1(conv: Any, where: str) -> None:
+    """A plain 1x1 Conv2d with a bias (stride 1, no padding, groups or dilation), as NonLocalAttn's."""
+    plain = (
+        isinstance(conv, nn.Conv2d)
+        and conv.kernel_size == (1, 1)
+        and conv.stride == (1, 1)
+        and conv.padding == (0, 0)
+        and conv.dilation == (1, 1)
+        and conv.groups == 1
+        and _conv_bias(conv)
+    )
+    if not plain:
+        raise ValueError(f"{where}: {conv} is not the 1x1 conv with a bias timm builds")
+
+
+def _nl(m: Any) -> Layout:
+    where = "NonLocalAttn"
+    c, rd = m.t.in_channels, m.t.out_channels
+    for name in ("t", "p", "g", "z"):
+        _conv1x1(getattr(m, name), f"{where}.{name}")
+    if _norm(m.norm, f"{where}.norm") != "batchnorm":
+        raise ValueError(f"{where}.norm: {_name(m.norm)} is not supported (BatchNorm2d is)")
+    if m.scale == c**-0.5:
+        use_scale = True
+    elif m.scale == 1.0:
+        use_scale = False
+    else:
+        raise ValueError(f"{where}: scale {m.scale!r} is neither C ** -0.5 nor 1.0 (use_scale)")
+    fields = {**_reduction(c, rd, 8, 0.9, 8, where), "use_scale": use_scale}
+    return Layout("nl", fields, c)
+
+
+def _conv_norm_act(m: Any, where: str) -> tuple[str, str]:
+    """A timm ConvNormAct of a 1x1 conv without bias and a plain BatchNormAct2d, GroupNorm1Act or
+    LayerNormAct2d (no dropout, no anti-aliasing): its norm and its activation ("none" for
+    nn.Identity)."""
+    conv, bn = m.conv, m.bn
+    plain_conv = (
+        isinstance(conv, nn.Conv2d)
+        and conv.kernel_size == (1, 1)
+        and conv.stride == (1, 1)
+        and conv.padding == (0, 0)
+        and conv.dilation == (1, 1)
+        and conv.groups == 1
+        and not _conv_bias(conv)
+    )
+    if not plain_conv:
+        raise ValueError(f"{where}.conv: {conv} is not the 1x1 conv without bias timm builds")
+    if getattr(m, "aa", None) is not None and not isinstance(m.aa, nn.Identity):
+        raise ValueError(f"{where}.aa: anti-aliasing {_name(m.aa)} is not supported")
+    if isinstance(bn, nn.BatchNorm2d):
+        norm = _norm(bn, f"{where}.bn", own_act=True)
+    elif _name(bn) in ("GroupNorm1Act", "LayerNormAct2d"):
+        plain = bn.eps == 1e-5 and (
+            bn.affine if isinstance(bn, nn.GroupNorm) else bn.elementwise_affine
+        )
+        if not plain or not isinstance(getattr(bn, "drop", nn.Identity()), nn.Identity):
+            raise ValueError(
+                f"{where}.bn: {_name(bn)} with eps {bn.eps}, without affine or with dropout is "
+                "not supported (eps 1e-5, affine, no dropout are)"
+            )
+        norm = "groupnorm1" if isinstance(bn, nn.GroupNorm) else "layernorm2d"
+    else:
+        raise ValueError(
+            f"{where}.bn: norm {_name(bn)} is not supported (BatchNorm2d, GroupNorm1 and "
+            "LayerNorm2d are)"
+        )
+    act = getattr(bn, "act", nn.Identity())
+    return norm, "none" if isinstance(act, nn.Identity) else _activation(act, f"{where}.bn.act")
+
+
+def _bat(m: Any) -> Layout:
+    where = "BatNonLocalAttn"
+    c, rd = m.conv1.conv.in_channels, m.conv1.conv.out_channels
+    ba = m.ba
+    found = {
+        _conv_norm_act(block, f"{where}.{name}")
+        for name, block in (
+            ("conv1", m.conv1),
+            ("ba.conv1", ba.conv1),
+            ("ba.conv2", ba.conv2),
+            ("conv2", m.conv2),
+        )
+    }
+    if len(found) > 1:
+        raise ValueError(
+            f"{where}: different norms or activations {sorted(found)} are not supported"
+        )
+    norm, act = found.pop()
+    n, g = ba.block_size, ba.groups
+    for name, kernel in (("conv_p", (n, 1)), ("conv_q", (1, n))):
+        conv = getattr(ba, name)
+        if conv.kernel_size != kernel or conv.groups != 1 or not _conv_bias(conv):
+            raise ValueError(f"{where}.ba.{name}: {conv} is not the {kernel} conv timm builds")
+    fields = {
+        **_reduction(c, rd, 8, 0.9, 4, where),
+        "block_size": n,
+        "groups": g,
+        "drop_rate": float(m.dropout.p),
+        "activation": act,
+        "norm": norm,
+    }
+    return Layout("bat", fields, c)
+
+
 #: timm class name -> how to read it. Checked against the class's module: timm's own classes only.
 CONVERTERS: dict[str, Callable[[Any, int | None], Layout]] = {
     "SEModule": lambda m, c: _se(m),
@@ -476,6 +583,8 @@ CONVERTERS: dict[str, Callable[[Any, int | None], Layout]] = {
     "SimpleCoordAttn": lambda m, c: _scoord(m),
     "EfficientLocalAttn": lambda m, c: _ela(m),
     "StripAttn": lambda m, c: _strip(m),
+    "NonLocalAttn": lambda m, c: _nl(m),
+    "BatNonLocalAttn": lambda m, c: _bat(m),
 }
 
 

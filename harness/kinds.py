@@ -13,6 +13,7 @@ reference.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from .spec import (
     AnySpec,
     AttentionOptions,
     BamSpec,
+    BatSpec,
     CbamSpec,
     ChannelOptions,
     ChannelSpec,
@@ -39,6 +41,7 @@ from .spec import (
     GeSpec,
     ImageSpec,
     MhaSpec,
+    NlSpec,
     ScoordSpec,
     SdpaSpec,
     SgeSpec,
@@ -924,6 +927,152 @@ class Bam(_Image[BamSpec]):
         return [_timm_anchor("the authors' BAM formulation", self, spec)]
 
 
+class Nl(_Image[NlSpec]):
+    name = "nl"
+
+    def gated(self, spec: NlSpec) -> bool:
+        return False  # x + norm(z(attention)): a residual
+
+    def param_shapes(self, spec: NlSpec, case: Case) -> dict[str, tuple[int, ...]]:
+        c, ones = case.ctor[0], (1,) * spec.dims
+        rd = references.hidden_width(c, spec.reduction, spec.divisor, 1, spec.round_limit)
+        shapes: dict[str, tuple[int, ...]] = {}
+        for name in ("t", "p", "g"):
+            shapes |= {f"{name}.weight": (rd, c, *ones), f"{name}.bias": (rd,)}
+        return shapes | {
+            "z.weight": (c, rd, *ones),
+            "z.bias": (c,),
+            "norm.weight": (c,),
+            "norm.bias": (c,),
+        }
+
+    def reference(
+        self, spec: NlSpec, params: references.State, inputs: Inputs, *, training: bool = False
+    ) -> Tensor:
+        return references.non_local(inputs.args[0], params, spec, training=training)
+
+    def plain(self, spec: NlSpec, params: references.Params, inputs: Inputs) -> Tensor:
+        # timm's bmm(t, p) in float16 overflows on realistic activations (scores of ~1e5), which
+        # would leave the rule no yardstick; SDPA's kernels accumulate the scores in float32, and
+        # so does the yardstick (the convs and the norm stay in float16, as timm runs them).
+        x = inputs.args[0]
+        wide = torch.float32 if x.dtype == torch.float16 else None
+        return anchors.timm_nl(x, params, spec, scores_dtype=wide)
+
+    def anchors(self, spec: NlSpec) -> list[Anchor]:
+        return [_timm_anchor("timm NonLocalAttn formulation", self, spec)]
+
+
+def _bat_width(spec: BatSpec, channels: int) -> int:
+    return references.hidden_width(channels, spec.reduction, spec.divisor, 1, spec.round_limit)
+
+
+class Bat(_Image[BatSpec]):
+    name = "bat"
+
+    def gated(self, spec: BatSpec) -> bool:
+        return False  # x + conv2(...): a residual
+
+    def dropout(self, spec: BatSpec) -> float:
+        return spec.drop_rate
+
+    def case_channels(self, spec: BatSpec, channels: int) -> int:
+        # The least count from ``channels`` up whose reduced width the groups divide.
+        c = channels
+        while _bat_width(spec, c) % spec.groups:
+            c += 1
+        return c
+
+    def cases(self, spec: BatSpec) -> list[Case]:
+        # H and W multiples of the block size: bands of one row (t = 1) and of several, H != W.
+        n = spec.block_size
+        shapes = [(2, 32, n, 2 * n), (1, 16, n, n), (3, 24, 3 * n, 2 * n)]
+        cases = []
+        for b, c, h, w in shapes:
+            shape = (b, self.case_channels(spec, c), h, w)
+            cases.append(Case(_shape_name(shape), (shape[1],), (shape,)))
+        act = (1, self.case_channels(spec, 448), 3 * n, 3 * n)
+        magnitude = (_ACTIVATION_MAGNITUDE,)
+        return [*cases, Case("act_" + _shape_name(act), (act[1],), (act,), magnitudes=magnitude)]
+
+    def tiny(self, spec: BatSpec) -> Case:
+        n = spec.block_size
+        c = self.case_channels(spec, 4)
+        return Case("tiny", (c,), ((2, c, n, 2 * n),))
+
+    def dynamic_dims(self, spec: BatSpec, case: Case) -> list[dict[int, str]]:
+        # The batch only: H and W must stay multiples of the block size, which a torch.export
+        # Dim cannot say (the input check guards H % n, so they specialise).
+        return [{0: "batch"}]
+
+    def error_inputs(self, spec: BatSpec) -> list[ErrorInput]:
+        errors = super().error_inputs(spec)
+        n, c = spec.block_size, self.case_channels(spec, 8)
+        shape = (2, c, n + 1, n)
+        if n > 1:  # every size is a multiple of 1
+            errors.append(
+                ErrorInput(
+                    "not_block_multiple",
+                    lambda f, d: f(c, device=d)(torch.randn(shape, device=d)),
+                    rf"^{{cls}}: expected H and W multiples of the block size {n}, got "
+                    rf"\({', '.join(map(str, shape))}\)$",
+                )
+            )
+        bad = next((c for c in range(1, 4097) if _bat_width(spec, c) % spec.groups), None)
+        if bad is not None:
+            rd = _bat_width(spec, bad)
+            errors.append(
+                ErrorInput(
+                    "indivisible_width",
+                    lambda f, d: f(bad, device=d),
+                    rf"^{{cls}}: the reduced width {rd} \(from {bad} channels\) must be "
+                    rf"divisible by the {spec.groups} groups$",
+                )
+            )
+        return errors
+
+    def param_shapes(self, spec: BatSpec, case: Case) -> dict[str, tuple[int, ...]]:
+        c = case.ctor[0]
+        rd, n, g = _bat_width(spec, c), spec.block_size, spec.groups
+
+        def cna(prefix: str, cin: int, cout: int) -> dict[str, tuple[int, ...]]:
+            return {
+                f"{prefix}conv.weight": (cout, cin, 1, 1),
+                f"{prefix}bn.weight": (cout,),
+                f"{prefix}bn.bias": (cout,),
+            }
+
+        return {
+            **cna("conv1.", c, rd),
+            **cna("ba.conv1.", rd, g),
+            "ba.conv_p.weight": (n * n * g, g, n, 1),
+            "ba.conv_p.bias": (n * n * g,),
+            "ba.conv_q.weight": (n * n * g, g, 1, n),
+            "ba.conv_q.bias": (n * n * g,),
+            **cna("ba.conv2.", rd, rd),
+            **cna("conv2.", rd, c),
+        }
+
+    def reference(
+        self, spec: BatSpec, params: references.State, inputs: Inputs, *, training: bool = False
+    ) -> Tensor:
+        return references.bat(inputs.args[0], params, spec, training=training)
+
+    def plain(self, spec: BatSpec, params: references.Params, inputs: Inputs) -> Tensor:
+        # The yardstick normalises the sigmoids as the module does: timm's sigmoid / sum is 0 / 0
+        # on realistic activations (logits far below zero), in float64 too.
+        return anchors.timm_bat(inputs.args[0], params, spec, stable=True)
+
+    def anchors(self, spec: BatSpec) -> list[Anchor]:
+        # timm's formulation as timm writes it, where its normalisation has no 0 / 0: unit-scale
+        # inputs (tests/timm_interop compares real timm on such inputs too).
+        exact = anchors.formulation_anchor(
+            "timm BatNonLocalAttn formulation",
+            lambda params, x: anchors.timm_bat(x.args[0], params, spec),
+        )
+        return [dataclasses.replace(exact, applies=lambda case: not case.realistic)]
+
+
 # --- attention kinds (sdpa, mha) ---------------------------------------------------------------------
 
 
@@ -1470,7 +1619,7 @@ KIND_DB: dict[str, Kind[Any]] = {
     k.name: k
     for k in (
         *(Channel(), Spatial(), Cbam(), Eca(), Ese(), Ge(), Gc(), Coord(), Scoord()),
-        *(Ela(), Strip(), Simam(), Sge(), Triplet(), Bam(), Sdpa(), Mha()),
+        *(Ela(), Strip(), Simam(), Sge(), Triplet(), Bam(), Nl(), Bat(), Sdpa(), Mha()),
     )
 }
 

@@ -27,6 +27,7 @@ from torch import Tensor
 
 from .spec import (
     BamSpec,
+    BatSpec,
     CbamSpec,
     ChannelOptions,
     CoordSpec,
@@ -36,6 +37,7 @@ from .spec import (
     GcSpec,
     GeSpec,
     MhaSpec,
+    NlSpec,
     ScoordSpec,
     SgeSpec,
     SimamSpec,
@@ -638,6 +640,91 @@ def bam(x: Tensor, params: State, spec: BamSpec, training: bool = False) -> Tens
     else:
         logits = m_c[:, :, None, None] * m_s[:, None]
     return x + x * gate(logits, "sigmoid")
+
+
+def _softmax(s: Tensor, dim: int) -> Tensor:
+    """exp(s - max) / sum, written out."""
+    e = torch.exp(s - torch.max(s, dim=dim, keepdim=True).values)
+    return e / e.sum(dim, keepdim=True)
+
+
+def non_local(x: Tensor, params: State, spec: NlSpec, training: bool = False) -> Tensor:
+    """The paper's embedded non-local block (Wang et al., 2018, eqs. 1-3 and 6), as timm scales it:
+    with the positions flattened to N, theta = t(x), phi = p(x), g = g(x) (1x1 convs as einsums,
+    (B, C', N)), f = softmax_j(theta_i . phi_j * s) written out (s = C ** -0.5 with use_scale, C the
+    input channels), y_i = sum_j f_ij g_j, and z = BN(W_z y) + x (timm's zero-initialised BN)."""
+    b, c = x.shape[:2]
+    flat = x.reshape(b, c, -1)
+
+    def embed(name: str) -> Tensor:
+        w = params[f"{name}.weight"].reshape(-1, c)
+        return torch.einsum("bcn,rc->brn", flat, w) + params[f"{name}.bias"][:, None]
+
+    theta, phi, g = embed("t"), embed("p"), embed("g")
+    scores = torch.einsum("bri,brj->bij", theta, phi) * (c**-0.5 if spec.use_scale else 1.0)
+    y = torch.einsum("bij,brj->bri", _softmax(scores, -1), g)
+    w_z = params["z.weight"].reshape(c, -1)
+    z = torch.einsum("brn,cr->bcn", y, w_z) + params["z.bias"][:, None]
+    return x + batch_norm(z.reshape(x.shape), params, "norm.", training)
+
+
+def _conv_norm_act(x: Tensor, params: State, prefix: str, spec: BatSpec, training: bool) -> Tensor:
+    """timm's ConvNormAct with a 1x1 conv: an einsum without bias, the norm (batch norm, one-group
+    group norm, or a layer norm over the channels at each position), the activation."""
+    w = params[f"{prefix}conv.weight"][:, :, 0, 0]
+    out = torch.einsum("bchw,oc->bohw", x, w)
+    bn = f"{prefix}bn."
+    if spec.norm == "batchnorm":
+        out = batch_norm(out, params, bn, training)
+    elif spec.norm == "groupnorm1":
+        out = group_norm(out, params[f"{bn}weight"], params[f"{bn}bias"], 1)
+    else:
+        out = torch.einsum(
+            "bhwc->bchw",
+            _layer_norm(
+                torch.einsum("bchw->bhwc", out), params[f"{bn}weight"], params[f"{bn}bias"], 1e-5
+            ),
+        )
+    return out if spec.activation == "none" else activation(out, spec.activation)
+
+
+def _sigmoid_shares(s: Tensor, dim: int) -> Tensor:
+    """sigmoid(s) / sigmoid(s).sum(dim), in log space: log sigmoid(s) = min(s, 0) -
+    log1p(exp(-|s|)), then exp(l - max l) / sum (finite where every sigmoid underflows)."""
+    log_sigmoid = torch.clamp(s, max=0.0) - torch.log1p(torch.exp(-torch.abs(s)))
+    return _softmax(log_sigmoid, dim)
+
+
+def bat(x: Tensor, params: State, spec: BatSpec, training: bool = False) -> Tensor:
+    """BAT (Chi et al., 2020, eqs. 2-5) as timm builds it, dropout aside: x + conv2(T(conv1(x))),
+    with T(z) = conv2'(P_g z Q_g) per channel of group g. P_g and Q_g are n x n, from the maxima of
+    conv1'(z) (G maps) over n bands of rows / columns, each through a full linear map (conv_p,
+    conv_q as einsums) to n * n logits per group, sigmoid, rows of P (columns of Q) normalised to
+    sum to one, and applied as the explicit Kronecker products kron(P, I) (H x H) and kron(Q, I)
+    (W x W)."""
+    n, g = spec.block_size, spec.groups
+    z = _conv_norm_act(x, params, "conv1.", spec, training)
+    b, c, h, w = z.shape
+    out = _conv_norm_act(z, params, "ba.conv1.", spec, training)  # (B, G, H, W)
+    rows = torch.max(out.reshape(b, g, n, -1), dim=-1).values  # n bands of H rows
+    cols = torch.max(
+        out.reshape(b, g, h, n, w // n).transpose(2, 3).reshape(b, g, n, -1), dim=-1
+    ).values  # n bands of W columns
+    logits = {}
+    for name, pooled, taps in (
+        ("p", rows, (slice(None), slice(None), slice(None), 0)),
+        ("q", cols, (slice(None), slice(None), 0, slice(None))),
+    ):
+        weight = params[f"ba.conv_{name}.weight"][taps]  # (n * n * G, G, n)
+        logits[name] = torch.einsum("bgj,ogj->bo", pooled, weight) + params[f"ba.conv_{name}.bias"]
+    p = _sigmoid_shares(logits["p"].reshape(b, g, n, n), -1)
+    q = _sigmoid_shares(logits["q"].reshape(b, g, n, n), -2)
+    big_p = torch.kron(p, torch.eye(h // n, dtype=p.dtype, device=p.device))  # (B, G, H, H)
+    big_q = torch.kron(q, torch.eye(w // n, dtype=q.dtype, device=q.device))  # (B, G, W, W)
+    grouped = z.reshape(b, g, c // g, h, w)
+    y = (big_p[:, :, None] @ grouped @ big_q[:, :, None]).reshape(b, c, h, w)
+    y = _conv_norm_act(y, params, "ba.conv2.", spec, training)
+    return x + _conv_norm_act(y, params, "conv2.", spec, training)
 
 
 def causal_allowed(

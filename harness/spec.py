@@ -1121,6 +1121,118 @@ class BamSpec(_Planar, _Variant):
         return self
 
 
+def _timm_width(default: int, what: str) -> tuple[Any, Any, Any]:
+    """reduction, divisor and round_limit of a width timm rounds with its make_divisible defaults."""
+    return (
+        Field(
+            default,
+            ge=1,
+            le=1024,
+            description=f"{what} C' = C / reduction (rounded, see divisor): timm's rd_ratio 1/{default}.",
+        ),
+        Field(
+            8,
+            ge=1,
+            le=256,
+            description=(
+                "timm's rd_divisor: make_divisible(C / reduction, divisor, round_limit), the nearest "
+                "multiple, at least divisor. A fixed rd_channels w is reduction 1024, divisor w."
+            ),
+        ),
+        Field(
+            0.9,
+            ge=0.0,
+            lt=1.0,
+            description="timm's make_divisible round_limit (its default 0.9, which NonLocalAttn and BatNonLocalAttn keep).",
+        ),
+    )
+
+
+_NL_WIDTH = _timm_width(8, "The width of the embeddings t, p, g:")
+
+
+class NlSpec(_Spatial, _Variant):
+    kind: Literal["nl"] = Field(
+        description=(
+            "Non-local block (Wang et al., 2018; timm's NonLocalAttn): every position attends over "
+            "every position, embedded at a reduced width; the result projected back, batch-normed "
+            "and added to x."
+        )
+    )
+    use_scale: bool = Field(
+        True,
+        description=(
+            "Scale the scores t^T p by C ** -0.5 before the softmax, C the input channels (timm's "
+            "use_scale; not the reduced width); false: unscaled, as the paper's embedded Gaussian."
+        ),
+    )
+    reduction: int = _NL_WIDTH[0]
+    divisor: int = _NL_WIDTH[1]
+    round_limit: float = _NL_WIDTH[2]
+
+
+_BAT_WIDTH = _timm_width(4, "The width the bilinear transform works at:")
+
+
+class BatSpec(_Planar, _Variant):
+    planar_reason: ClassVar[str] = "BAT transforms rows and columns with bilinear matrices"
+    kind: Literal["bat"] = Field(
+        description=(
+            "Non-local block with grouped bilinear attentional transforms (Chi et al., 2020; "
+            "timm's BatNonLocalAttn): x + conv2(BAT(conv1(x))), each conv a 1x1 conv, a norm and "
+            "an activation."
+        )
+    )
+    dims: Dims = Field(
+        2,
+        description=(
+            "Spatial dims of the input: 2 only, (B, C, H, W); BAT transforms rows and columns with "
+            "bilinear matrices."
+        ),
+    )
+    block_size: int = Field(
+        7,
+        ge=1,
+        le=64,
+        description=(
+            "n: the bilinear matrices are n x n, each entry spread over an (H / n) x (W / n) block; "
+            "H and W must be multiples of n."
+        ),
+    )
+    groups: int = Field(
+        2,
+        ge=1,
+        le=256,
+        description=(
+            "Channel groups of the transform, one pair of bilinear matrices each; must divide the "
+            "reduced width C' (checked when the module is built)."
+        ),
+    )
+    reduction: int = _BAT_WIDTH[0]
+    divisor: int = _BAT_WIDTH[1]
+    round_limit: float = _BAT_WIDTH[2]
+    drop_rate: float = Field(
+        0.2,
+        ge=0.0,
+        lt=1.0,
+        description="Channel dropout (Dropout2d) on the transformed map before the residual add, training only.",
+    )
+    activation: ActivationOrNone = Field(
+        "relu",
+        description="Activation after each norm (timm's act_layer; none: nn.Identity, act_layer None).",
+    )
+    norm: Literal["batchnorm", "groupnorm1", "layernorm2d"] = Field(
+        "batchnorm",
+        description=(
+            "The norm of each conv-norm-act (timm's norm_layer): batchnorm (running statistics: "
+            "training and eval differ), groupnorm1 (one group: each sample over its channels and "
+            "positions) or layernorm2d (each position over its channels), both eps 1e-5. "
+            "groupnorm1 with groups 1 refuses a 1 x 1 map (its transform's one-channel norm sees "
+            "a single value: F.group_norm raises, as in timm)."
+        ),
+    )
+
+
 ImageSpec = (
     ChannelSpec
     | SpatialSpec
@@ -1137,6 +1249,8 @@ ImageSpec = (
     | SgeSpec
     | TripletSpec
     | BamSpec
+    | NlSpec
+    | BatSpec
 )
 AnySpec = ImageSpec | SdpaSpec | MhaSpec
 SPEC_ADAPTER: TypeAdapter[AnySpec] = TypeAdapter(Annotated[AnySpec, Field(discriminator="kind")])
@@ -1157,6 +1271,8 @@ MODELS: dict[str, type[_Variant]] = {
     "sge": SgeSpec,
     "triplet": TripletSpec,
     "bam": BamSpec,
+    "nl": NlSpec,
+    "bat": BatSpec,
     "sdpa": SdpaSpec,
     "mha": MhaSpec,
 }

@@ -321,6 +321,36 @@ variants = st.one_of(
             | st.just({"dilated_convs": 0}),
         ).map(lambda t: {**t[0], **t[1]}),
     ),
+    _variant(
+        "nl",
+        st.tuples(
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    "use_scale": st.booleans(),
+                    "reduction": st.integers(1, 32),
+                    "divisor": st.integers(1, 16),
+                    "round_limit": st.sampled_from([0.0, 0.5, 0.9]),
+                },
+            ),
+            dims,
+        ).map(lambda t: {**t[0], **t[1]}),
+    ),
+    _variant(
+        "bat",
+        st.fixed_dictionaries(
+            {},
+            optional={
+                "block_size": st.integers(1, 4),
+                "groups": st.integers(1, 4),
+                "reduction": st.integers(1, 8),
+                "divisor": st.integers(1, 8),
+                "drop_rate": st.sampled_from([0.0, 0.2]),
+                "activation": st.sampled_from(["none", "relu", "silu"]),
+                "norm": st.sampled_from(["batchnorm", "groupnorm1", "layernorm2d"]),
+            },
+        ),
+    ),
     _variant("sdpa", st.fixed_dictionaries({}, optional=attention_opts)),
     _variant(
         "mha",
@@ -428,6 +458,10 @@ FIELDS = [
     "dilation",
     "dilated_convs",
     "merge",
+    "use_scale",
+    "round_limit",
+    "block_size",
+    "drop_rate",
     "name",
     "kind",
     "reduction",

@@ -841,6 +841,83 @@ class BamFrozenChannelNorm(_base("bam")):
         return x * (1 + torch.sigmoid(c + self.spatial_att(x)))
 
 
+class NlScaledByWidth(_base("nl_timm")):
+    """Scales the scores by C' ** -0.5, the embeddings' width (the transformer habit), where timm's
+    use_scale takes the input channels C."""
+
+    def __init__(self, channels, *, device=None, dtype=None):
+        super().__init__(channels, device=device, dtype=dtype)
+        self.scale = self.rd_channels**-0.5
+
+
+class NlSoftmaxOverQueries(_base("nl_timm")):
+    """Normalises each key's scores over the queries (softmax over dim 1 of (B, N, N)) where each
+    query's weights should sum to one over the keys."""
+
+    def forward(self, x):
+        t = self.t(x).flatten(2).transpose(1, 2)
+        p = self.p(x).flatten(2)
+        g = self.g(x).flatten(2).transpose(1, 2)
+        att = torch.softmax(t @ p * self.scale, dim=1)
+        y = (att @ g).transpose(1, 2).reshape(x.shape[0], -1, *x.shape[2:])
+        return self.norm(self.z(y)) + x
+
+
+class NlNormFrozen(_base("nl_timm")):
+    """Runs the norm on its running statistics in training too (eval's function, always)."""
+
+    def forward(self, x):
+        was = self.norm.training
+        self.norm.eval()
+        try:
+            return super().forward(x)
+        finally:
+            self.norm.train(was)
+
+
+class BatRowsAndColumnsSwapped(_base("bat_b4_g4")):
+    """Applies P along W and Q along H (x^T-wise): the matrices of the wrong axis (H != W in the
+    case, so the bands differ)."""
+
+    def __init__(self, channels, *, device=None, dtype=None):
+        super().__init__(channels, device=device, dtype=dtype)
+        ba = self.ba
+        forward = type(ba).forward
+
+        def swapped(x):
+            return forward(ba, x.transpose(2, 3)).transpose(2, 3)
+
+        ba.forward = swapped
+
+
+class BatUnnormalised(_base("bat_b4_g4")):
+    """Leaves the bilinear matrices as sigmoids (no row / column normalisation): the transform
+    then scales the map up by the block size."""
+
+    def __init__(self, channels, *, device=None, dtype=None):
+        super().__init__(channels, device=device, dtype=dtype)
+        ba = self.ba
+
+        def forward(x):
+            b, c, h, w = x.shape
+            out = ba.conv1(x)
+            p = torch.sigmoid(ba.conv_p(F.adaptive_max_pool2d(out, (4, 1))).view(b, 4, 4, 4))
+            q = torch.sigmoid(ba.conv_q(F.adaptive_max_pool2d(out, (1, 4))).view(b, 4, 4, 4))
+            bands = x.reshape(b, 4, c // 4, 4, h // 4, 4, w // 4)
+            y = torch.einsum("bgij,bgkjamd,bgml->bgkiald", p, bands, q)
+            return ba.conv2(y.reshape(b, c, h, w))
+
+        ba.forward = forward
+
+
+class BatDropoutAlways(_base("bat_timm")):
+    """Channel dropout in eval too (F.dropout2d with training=True)."""
+
+    def forward(self, x):
+        y = self.conv2(self.ba(self.conv1(x)))
+        return F.dropout2d(y, 0.2, training=True) + x
+
+
 ACT = "act_b1_c448_21x22"
 F16, BF16, F32, F64 = torch.float16, torch.bfloat16, torch.float32, torch.float64
 
@@ -942,6 +1019,15 @@ SEEDED = [
     (BamProduct, "bam", "reference", "b2_c32_7x5", F64, {}),
     (BamUndilated, "bam", "reference", "b2_c64_11x10", F64, {}),
     (BamFrozenChannelNorm, "bam", "train", "b2_c32_7x5", F64, {}),
+    # The non-local blocks: timm's scale, the softmax's axis, the norm's training statistics.
+    (NlScaledByWidth, "nl_timm", "reference", "b2_c32_7x5", F64, {}),
+    (NlScaledByWidth, "nl_timm", "anchor", "b2_c32_7x5", F64, {}),
+    (NlSoftmaxOverQueries, "nl_timm", "reference", "b2_c32_7x5", F64, {}),
+    (NlNormFrozen, "nl_timm", "train", "b2_c32_7x5", F64, {}),
+    (BatRowsAndColumnsSwapped, "bat_b4_g4", "reference", "b3_c24_12x8", F64, {}),
+    (BatUnnormalised, "bat_b4_g4", "reference", "b2_c32_4x8", F64, {}),
+    (BatUnnormalised, "bat_b4_g4", "anchor", "b2_c32_4x8", F64, {}),
+    (BatDropoutAlways, "bat_timm", "dropout", "b2_c32_7x14", F64, {}),
 ]
 # The dtype-only bugs pass where they do not bite: the same case in the other dtypes.
 DTYPE_ONLY = [

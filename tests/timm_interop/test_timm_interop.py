@@ -140,6 +140,26 @@ CONFIGS: list[tuple[str, dict]] = [
     ("strip", {"gate_layer": "hard_sigmoid"}),
     ("strip", {"has_skip": True}),
     ("strip", {"use_conv": False, "has_skip": True, "gate_layer": "hard_sigmoid"}),
+    ("nl", {}),
+    ("nl", {"use_scale": False}),
+    ("nl", {"rd_ratio": 1 / 4}),
+    ("nl", {"rd_ratio": 1 / 2, "rd_divisor": 1}),
+    ("nl", {"rd_divisor": 16}),
+    ("nl", {"rd_channels": 12}),
+    # BatNonLocalAttn: H and W multiples of the block size (the input is 2n x 3n, see _size);
+    # train mode with dropout compares under the same seed (Dropout2d draws the same mask).
+    ("bat", {}),
+    ("bat", {"act_layer": nn.SiLU}),
+    ("bat", {"act_layer": "gelu"}),
+    ("bat", {"act_layer": None}),
+    ("bat", {"block_size": 4, "groups": 4}),
+    ("bat", {"block_size": 1, "groups": 1, "drop_rate": 0.0}),
+    ("bat", {"block_size": 3, "groups": 8, "drop_rate": 0.5}),
+    ("bat", {"rd_ratio": 1 / 8}),
+    ("bat", {"rd_divisor": 1}),
+    ("bat", {"rd_channels": 12, "groups": 3}),
+    ("bat", {"norm_layer": "groupnorm1"}),
+    ("bat", {"norm_layer": "layernorm2d", "act_layer": nn.SiLU, "drop_rate": 0.0}),
 ]
 CASES = [(i, attn, kwargs, c) for i, (attn, kwargs) in enumerate(CONFIGS) for c in CHANNELS]
 
@@ -156,6 +176,14 @@ def _timm_module(attn: str, kwargs: dict, channels: int, seed: int) -> nn.Module
             elif name.endswith("running_mean"):
                 b.copy_(torch.randn(b.shape, generator=gen, dtype=torch.float64) * 0.3)
     return module
+
+
+def _size(attn: str, kwargs: dict) -> tuple[int, int]:
+    """The input's H x W: 7 x 9, or for BAT 2n x 3n (multiples of its block size n)."""
+    if attn != "bat":
+        return (7, 9)
+    n = kwargs.get("block_size", 7)
+    return (2 * n, 3 * n)
 
 
 def _name(i: int, attn: str, channels: int) -> str:
@@ -201,7 +229,10 @@ def _compare(
         3, channels, 1, 1, generator=gen, dtype=torch.float64
     )
     xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
-    a, b = ours(xa), theirs(xb)
+    torch.manual_seed(seed)  # the same dropout masks (BatNonLocalAttn in train mode)
+    a = ours(xa)
+    torch.manual_seed(seed)
+    b = theirs(xb)
     up = torch.randn(a.shape, generator=gen, dtype=torch.float64)
     names = [n for n, _ in theirs.named_parameters()]
     ga = torch.autograd.grad(a, [xa, *(dict(ours.named_parameters())[n] for n in names)], up)
@@ -246,6 +277,7 @@ def test_from_timm_equals_timm(
         i,
         f"{_name(i, attn, channels)} {mode}",
         errors,
+        size=_size(attn, kwargs),
     )
 
 
@@ -290,6 +322,10 @@ def test_from_timm_equals_timm(
         ("strip_timm", "strip", {}),
         ("strip_pooled", "strip", {"use_conv": False}),
         ("strip_k7_skip", "strip", {"kernel_size": 7, "bias": True, "has_skip": True}),
+        ("nl_timm", "nl", {}),
+        ("nl_unscaled_r2", "nl", {"use_scale": False, "rd_ratio": 1 / 2}),
+        ("bat_timm", "bat", {}),
+        ("bat_b4_g4", "bat", {"block_size": 4, "groups": 4, "drop_rate": 0.0}),
     ],
 )
 @pytest.mark.parametrize("channels", [32, 64, 256])
@@ -299,7 +335,13 @@ def test_the_committed_timm_variants_load_timm_weights(
     theirs = _timm_module(attn, kwargs, channels, 7).train()
     ours = attnforge.from_timm(variant, theirs, channels=channels)
     _compare(
-        copy.deepcopy(ours), copy.deepcopy(theirs), channels, 7, f"{variant} c{channels}", errors
+        copy.deepcopy(ours),
+        copy.deepcopy(theirs),
+        channels,
+        7,
+        f"{variant} c{channels}",
+        errors,
+        size=_size(attn, kwargs),
     )
     ours.load_state_dict(theirs.state_dict(), strict=True)  # the names are timm's
 
@@ -457,3 +499,40 @@ def test_coordinate_attention_reads_timm_defaults():
         "bias": True,
         "skip": False,
     }
+
+
+def test_the_non_local_block_initialises_as_timm():
+    """A fresh NonLocalAttn is the identity (its norm's weight and bias zero); the convs are
+    Kaiming-normal (fan_out, relu), std sqrt(2 / fan_out), with zero biases."""
+    torch.manual_seed(0)
+    ours, theirs = attnforge.build("nl_timm", 512), create_attn("nl", 512)
+    x = torch.randn(2, 512, 5, 6)
+    for module in (ours, theirs):
+        assert torch.equal(module.eval()(x), x)
+        for name in ("t", "z"):
+            conv = getattr(module, name)
+            want = (2 / conv.out_channels) ** 0.5
+            assert abs(conv.weight.std().item() - want) < 0.05 * want, name
+            assert torch.count_nonzero(conv.bias) == 0
+    with pytest.raises(
+        ValueError, match=r"nl_timm does not match NonLocalAttn: use_scale: True here, False"
+    ):
+        attnforge.from_timm("nl_timm", create_attn("nl", 64, use_scale=False))
+
+
+def test_the_bat_block_refuses_what_timm_asserts_and_what_it_cannot_carry():
+    """timm asserts H and W are multiples of the block size (AssertionError); the generated block
+    raises ValueError naming the sizes. Norms other than BatchNorm2d are refused by name."""
+    theirs = create_attn("bat", 64)
+    with pytest.raises(AssertionError):
+        theirs.eval()(torch.randn(1, 64, 7, 9))
+    with pytest.raises(ValueError, match=r"expected H and W multiples of the block size 7"):
+        attnforge.from_timm("bat_timm", theirs)(torch.randn(1, 64, 7, 9))
+    with pytest.raises(
+        ValueError, match=r"BatNonLocalAttn.conv1.bn: norm FilterResponseNormAct2d is not supported"
+    ):
+        attnforge.spec_from_timm(create_attn("bat", 64, norm_layer="frn"), "x")
+    with pytest.raises(
+        ValueError, match=r"bat_timm does not match BatNonLocalAttn: drop_rate: 0.2 here, 0.0"
+    ):
+        attnforge.from_timm("bat_timm", create_attn("bat", 64, drop_rate=0.0))
