@@ -88,9 +88,14 @@ class Case:
 class Inputs:
     args: list[Tensor]
     kwargs: dict[str, Tensor] = field(default_factory=dict)
+    # The case's keyword-only constructor options (``Case.options``: stride, out_channels ...). Not
+    # passed to forward: references whose function depends on them (a strided conv) read them here.
+    options: dict[str, int] = field(default_factory=dict)
 
     def map(self, fn: Callable[[Tensor], Tensor]) -> Inputs:
-        return Inputs([fn(a) for a in self.args], {k: fn(v) for k, v in self.kwargs.items()})
+        return Inputs(
+            [fn(a) for a in self.args], {k: fn(v) for k, v in self.kwargs.items()}, self.options
+        )
 
 
 @dataclass(frozen=True)
@@ -142,7 +147,8 @@ class Kind(Generic[S]):
         self, spec: S, case: Case, dtype: torch.dtype, device: str, gen: torch.Generator
     ) -> Inputs:
         return Inputs(
-            [_randn(s, dtype, device, gen) * case.magnitude(i) for i, s in enumerate(case.shapes)]
+            [_randn(s, dtype, device, gen) * case.magnitude(i) for i, s in enumerate(case.shapes)],
+            options=case.options,
         )
 
     def out_shape(self, spec: S, case: Case) -> tuple[int, ...]:
@@ -304,7 +310,9 @@ class _Image(Kind[Img]):
     ) -> Inputs:
         shape = case.shapes[0]
         if case.realistic:  # post-activation maps are positive: |N(0, 1)| at the case's magnitude
-            return Inputs([_randn(shape, dtype, device, gen).abs() * case.magnitude(0)])
+            return Inputs(
+                [_randn(shape, dtype, device, gen).abs() * case.magnitude(0)], options=case.options
+            )
         # Feature maps whose channels have means of their own (as real ones do): pooled vectors are
         # then O(1) and differ between samples, instead of the near-zero mean of white noise, which
         # leaves a reduced MLP's ReLU dead and the batch invisible to the gate.
@@ -312,7 +320,7 @@ class _Image(Kind[Img]):
             (*shape[:2], *[1] * (len(shape) - 2)), generator=gen, dtype=torch.float64
         )
         x = torch.randn(shape, generator=gen, dtype=torch.float64) + offsets
-        return Inputs([x.to(device=device, dtype=dtype)])
+        return Inputs([x.to(device=device, dtype=dtype)], options=case.options)
 
     def dynamic_dims(self, spec: Img, case: Case) -> list[dict[int, str]]:
         return [{0: "batch", **{2 + i: f"d{i}" for i in range(spec.dims)}}]
