@@ -379,6 +379,24 @@ VARIANTS: dict[str, tuple[str, str, str, str]] = {
         "SimamL0p1",
         "SimAM with lambda 0.1, a smoother gate (closer to sigmoid(1/2) everywhere).",
     ),
+    "sk_resnet18": (
+        "sk",
+        "sk.yaml",
+        "SkResnet18",
+        "The SelectiveKernel of timm's skresnet18 and skresnet34 (SelectiveKernelBasic):…",
+    ),
+    "sk_resnext50": (
+        "sk",
+        "sk.yaml",
+        "SkResnext50",
+        "The SelectiveKernel of timm's skresnext50_32x4d (SelectiveKernelBottleneck): 32…",
+    ),
+    "sk_timm": (
+        "sk",
+        "sk.yaml",
+        "SkTimm",
+        "timm's SelectiveKernel as create_attn('sk') builds it: a 3x3 and a 5x5 path (th…",
+    ),
     "strip_k7_skip": (
         "strip",
         "strip.yaml",

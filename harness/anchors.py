@@ -47,6 +47,7 @@ from .spec import (
     SdpaSpec,
     SgeSpec,
     SimamSpec,
+    SkSpec,
     SpatialOptions,
     StripSpec,
     TripletSpec,
@@ -528,6 +529,40 @@ def timm_strip(x: Tensor, params: Params, spec: StripSpec) -> Tensor:
         x_h, x_w = x.mean(dim=3, keepdim=True), x.mean(dim=2, keepdim=True)
     out = x * _timm_gate(x_h + x_w, spec.gate)
     return out + x if spec.skip else out
+
+
+def timm_sk(x: Tensor, params: Params, spec: SkSpec, stride: int = 1) -> Tensor:
+    """SelectiveKernel (``selective_kernel.py``): torch.split across the paths, each path's
+    ConvNormAct (F.conv2d with timm's get_padding, an eval-mode BatchNorm, the activation),
+    torch.stack; SelectiveKernelAttn on the stack (sum over paths, mean over space, fc_reduce, bn,
+    ReLU, fc_select, view, softmax over the paths); x * x_attn summed over the paths."""
+    p = len(spec.kernel_size)
+    c = x.shape[1]
+    out = params["attn.fc_select.weight"].shape[0] // p
+    if spec.keep_3x3:
+        kernels = [3] * p
+        dilations = [spec.dilation * (k - 1) // 2 for k in spec.kernel_size]
+    else:
+        kernels, dilations = list(spec.kernel_size), [spec.dilation] * p
+    parts = torch.split(x, c // p, 1) if spec.split_input else [x] * p
+    paths = []
+    for i, (part, k, d) in enumerate(zip(parts, kernels, dilations, strict=True)):
+        y = F.conv2d(
+            part,
+            params[f"paths.{i}.conv.weight"],
+            stride=stride,
+            padding=((stride - 1) + d * (k - 1)) // 2,
+            dilation=d,
+            groups=min(out, spec.groups),
+        )
+        paths.append(_ACT[spec.activation](_bn(y, params, f"paths.{i}.bn.")))
+    stacked = torch.stack(paths, dim=1)
+    a = stacked.sum(1).mean((2, 3), keepdim=True)
+    a = F.relu(_bn(F.conv2d(a, params["attn.fc_reduce.weight"]), params, "attn.bn."))
+    a = F.conv2d(a, params["attn.fc_select.weight"])
+    b, cc, h, w = a.shape
+    a = torch.softmax(a.view(b, p, cc // p, h, w), dim=1)
+    return torch.sum(stacked * a, dim=1)
 
 
 def formulation_anchor(name: str, fn: AnchorFn) -> Anchor:

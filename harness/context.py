@@ -431,6 +431,21 @@ class BamModule(Module):
 
 
 @dataclass(frozen=True)
+class SkModule(Module):
+    doc: str
+    num_paths: int
+    split: bool
+    per_path: str  # each path's input channels, an expression of channels
+    per_path_comment: str
+    groups: int  # the spec's groups (the module takes min(out_channels, groups))
+    paths: str  # the (kernel, dilation) pairs, "((3, 1), (3, 2))"
+    act: str
+    rd_expr: str  # the attention's hidden width, an expression of out_channels
+    rd_comment: str
+    checks: InputChecks
+
+
+@dataclass(frozen=True)
 class Causality:
     """How causality is applied: SDPA's is_causal (top-left, when no mask is built) or a mask."""
 
@@ -1544,6 +1559,81 @@ def _bam(spec: specs.BamSpec, base: dict[str, Any]) -> BamModule:
         dilated_convs=tuple(range(n)),
         merge=merge,
         checks=_input_checks(cls, 2),
+    )
+
+
+# --- sk ----------------------------------------------------------------------------------------------
+
+_CONV_BLOCK_ARGS = (
+    "Args:\n    channels: C, the number of input channels.\n"
+    "    out_channels: the number of output channels (default: channels).\n"
+    "    stride: the convs' stride (default 1); 2 halves H and W, rounding up.\n"
+    "    device, dtype: factory kwargs for every parameter and buffer."
+)
+_CONV_BLOCK_SHAPE = (
+    "Shape:\n    x: (B, C, H, W); returns (B, out_channels, H', W') in x's dtype, with\n"
+    "    H' = (H + 2 p - d (k - 1) - 1) // stride + 1 for the convs' padding p, dilation d and\n"
+    "    kernel k (likewise W'): H at stride 1."
+)
+
+
+def _attn_width(expr: str, channels: str) -> str:
+    """A hidden-width expression of ``channels`` (``hidden_width``'s) over another channel count."""
+    return expr.replace("(channels", f"({channels}", 1)
+
+
+@builder("sk")
+def _sk(spec: specs.SkSpec, base: dict[str, Any]) -> SkModule:
+    p = len(spec.kernel_size)
+    if spec.keep_3x3:
+        pairs = [(3, spec.dilation * (k - 1) // 2) for k in spec.kernel_size]
+        how = "3x3 convs, a k x k kernel becoming dilation (k - 1) // 2 (keep_3x3)"
+    else:
+        pairs = [(k, spec.dilation) for k in spec.kernel_size]
+        how = "k x k convs"
+    listed = ", ".join(f"{k}x{k} at dilation {d}" for k, d in pairs)
+    split = spec.split_input and p > 1
+    per_path = f"channels // {p}" if split else "channels"
+    per_path_comment = (
+        f"Each path convolves its own 1/{p} of the channels (split_input)."
+        if split
+        else "Each path convolves every channel."
+    )
+    rd_expr, rd_comment = hidden_width(spec.reduction, spec.divisor, 1, 0.9)
+    attn_width = rd_comment.replace("C / ", "out_channels / ")
+    paths_text = "(" + ", ".join(f"({k}, {d})" for k, d in pairs) + ("," if p == 1 else "") + ")"
+    groups = f" in {spec.groups} groups (at most out_channels)" if spec.groups > 1 else ""
+    doc = _paragraphs(
+        "Selective kernel convolution (Li et al., 2019, SKNet), as timm's SelectiveKernel.",
+        spec.description,
+        _prose(
+            f"{p} path{'s' if p > 1 else ''} of {how}: {listed}{groups}, each a conv, a batchnorm "
+            f"and {spec.activation} (``paths.i.conv``, ``paths.i.bn``, as timm's ConvNormAct), "
+            f"{'each on its own 1/' + str(p) + ' of the channels' if split else 'each on every channel'}. "
+            "The attention (``attn``) averages the paths' sum over space and runs it through "
+            f"``fc_reduce`` to C' channels (C' = {attn_width}), a batchnorm, a ReLU, and "
+            "``fc_select`` to one logit per path and output channel; a softmax over the paths "
+            "weighs them, and the output is their weighted sum. Not a gate: a conv block, with "
+            "out_channels and stride."
+        ),
+        _CONV_BLOCK_ARGS,
+        _CONV_BLOCK_SHAPE,
+    )
+    return SkModule(
+        **{**base, "stdlib_imports": ("from collections import OrderedDict",)},
+        functional=False,
+        helpers=_helpers("_mean(", rd_expr),
+        doc=docstring(doc, "    "),
+        num_paths=p,
+        split=split,
+        per_path=per_path,
+        per_path_comment=per_path_comment,
+        groups=spec.groups,
+        paths=paths_text,
+        act=ACTIVATIONS[spec.activation],
+        rd_expr=_attn_width(rd_expr, "out_channels"),
+        rd_comment=attn_width,
+        checks=_input_checks(base["cls"], 2),
     )
 
 

@@ -14,6 +14,8 @@ except ``timm_create_attn``, which imports timm to build a module (working aroun
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -64,6 +66,9 @@ class Layout:
     kind: str
     fields: dict[str, Any]
     channels: int
+    # Keyword-only constructor options the module was built with (the conv blocks' out_channels
+    # and stride): not spec fields, passed when the variant is built.
+    options: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 def _name(module: nn.Module | None) -> str:
@@ -89,7 +94,9 @@ def _gate(module: nn.Module, where: str) -> str:
     return _GATES[_name(module)]
 
 
-def _norm(module: nn.Module, where: str) -> str:
+def _norm(module: nn.Module, where: str, with_act: bool = False) -> str:
+    """``module`` as a norm field; ``with_act``: a BatchNormAct2d whose activation the caller
+    reads (timm's ConvNormAct), otherwise its activation must be none."""
     if isinstance(module, nn.Identity):
         return "none"
     if isinstance(module, nn.BatchNorm2d):
@@ -99,7 +106,7 @@ def _norm(module: nn.Module, where: str) -> str:
             and module.affine
             and module.bias is not None  # torch 2.14's BatchNorm2d(bias=False) has none
             and module.track_running_stats
-            and _name(getattr(module, "act", nn.Identity())) == "Identity"
+            and (with_act or _name(getattr(module, "act", nn.Identity())) == "Identity")
             and _name(getattr(module, "drop", nn.Identity())) == "Identity"
         )
         if not plain:
@@ -462,6 +469,62 @@ def _scoord(m: Any) -> Layout:
     return Layout("scoord", fields, c)
 
 
+def _sk(m: Any) -> Layout:
+    where = "SelectiveKernel"
+    paths = list(m.paths)
+    convs = [path.conv for path in paths]
+    first = convs[0]
+    out, stride, groups = first.out_channels, first.stride[0], first.groups
+    for i, path in enumerate(paths):
+        conv = path.conv
+        if getattr(path, "aa", None) is not None:
+            raise ValueError(f"{where}.paths.{i}: aa_layer {_name(path.aa)} is not supported")
+        plain = (
+            type(conv) is nn.Conv2d
+            and conv.kernel_size[0] == conv.kernel_size[1]
+            and conv.dilation[0] == conv.dilation[1]
+            and conv.stride == (stride, stride)
+            and conv.padding
+            == ((stride - 1 + conv.dilation[0] * (conv.kernel_size[0] - 1)) // 2,) * 2
+            and conv.padding_mode == "zeros"
+            and (conv.out_channels, conv.groups) == (out, groups)
+            and not _conv_bias(conv)
+        )
+        if not plain:
+            raise ValueError(
+                f"{where}.paths.{i}.conv: a {tuple(conv.kernel_size)} conv with stride "
+                f"{conv.stride}, padding {conv.padding}, dilation {conv.dilation} is not the conv "
+                "timm's ConvNormAct builds"
+            )
+        _norm(path.bn, f"{where}.paths.{i}.bn", with_act=True)
+    acts = {_activation(path.bn.act, f"{where}.paths.{i}.bn.act") for i, path in enumerate(paths)}
+    if len(acts) > 1:
+        raise ValueError(f"{where}: paths with different activations {sorted(acts)}")
+    kernels = [c.kernel_size[0] for c in convs]
+    dilations = [c.dilation[0] for c in convs]
+    fields: dict[str, Any]
+    if all(k == 3 for k in kernels):  # keep_3x3: path i's kernel k became dilation (k - 1) // 2
+        d = math.gcd(*dilations)
+        fields = {"kernel_size": [2 * di // d + 1 for di in dilations], "dilation": d}
+    elif len(set(dilations)) == 1:
+        fields = {"kernel_size": kernels, "dilation": dilations[0], "keep_3x3": False}
+    else:
+        raise ValueError(f"{where}: paths of kernels {kernels} at dilations {dilations}")
+    attn = m.attn
+    if _name(attn.act) != "ReLU" or _conv_bias(attn.fc_reduce) or _conv_bias(attn.fc_select):
+        raise ValueError(f"{where}.attn: not the SelectiveKernelAttn timm builds")
+    _norm(attn.bn, f"{where}.attn.bn")
+    width = _reduction(out, attn.fc_reduce.out_channels, 8, 0.9, 16, f"{where}.attn")
+    width.pop("round_limit")  # timm's SelectiveKernel always rounds with 0.9
+    fields |= {
+        "split_input": bool(m.split_input) or len(paths) == 1,
+        "groups": groups,
+        **width,
+        "activation": acts.pop(),
+    }
+    return Layout("sk", fields, m.in_channels, {"out_channels": out, "stride": stride})
+
+
 #: timm class name -> how to read it. Checked against the class's module: timm's own classes only.
 CONVERTERS: dict[str, Callable[[Any, int | None], Layout]] = {
     "SEModule": lambda m, c: _se(m),
@@ -476,6 +539,7 @@ CONVERTERS: dict[str, Callable[[Any, int | None], Layout]] = {
     "SimpleCoordAttn": lambda m, c: _scoord(m),
     "EfficientLocalAttn": lambda m, c: _ela(m),
     "StripAttn": lambda m, c: _strip(m),
+    "SelectiveKernel": lambda m, c: _sk(m),
 }
 
 
@@ -558,9 +622,11 @@ def from_timm(
     block = catalogue.build(
         name,
         channels,
+        **found.options,
         device=None if weight is None else weight.device,
         dtype=None if weight is None else weight.dtype,
     )
+    _same_convs(name, block, module)
     mine = block.state_dict()
     for key, tensor in state.items():
         if key not in mine:
@@ -572,6 +638,22 @@ def from_timm(
             )
     block.load_state_dict(state, strict=True)
     return block.train(module.training)
+
+
+def _same_convs(name: str, block: nn.Module, module: nn.Module) -> None:
+    """Every conv of ``block`` with a counterpart of the same name in ``module`` has its geometry:
+    weight shapes alone do not tell a dilated 3x3 from another dilation, nor a stride."""
+    theirs = dict(module.named_modules())
+    for path, conv in block.named_modules():
+        other = theirs.get(path)
+        if not (isinstance(conv, nn.Conv2d) and isinstance(other, nn.Conv2d)):
+            continue
+        for attr in ("stride", "padding", "dilation", "groups"):
+            if getattr(conv, attr) != getattr(other, attr):
+                raise ValueError(
+                    f"{name}: {path}.{attr} is {getattr(conv, attr)}, {getattr(other, attr)} in "
+                    "the module"
+                )
 
 
 def timm_create_attn(attn: str, channels: int, **kwargs: Any) -> nn.Module:

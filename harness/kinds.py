@@ -42,6 +42,7 @@ from .spec import (
     SdpaSpec,
     SgeSpec,
     SimamSpec,
+    SkSpec,
     SpatialOptions,
     SpatialSpec,
     StripSpec,
@@ -1344,12 +1345,154 @@ class Mha(_Attention[MhaSpec]):
         return errors
 
 
+class _ConvBlock(_Image[Img]):
+    """A conv block rather than a gate (timm's SelectiveKernel, SplitAttn): the constructor takes
+    ``out_channels`` and ``stride``, so some cases change the output's channels and size."""
+
+    # The convs run in the autocast dtype (as nn.Conv2d does): the output is in it too.
+    autocast_keeps_dtype = False
+
+    def gated(self, spec: Img) -> bool:
+        return False
+
+    def out_geometry(self, spec: Img) -> tuple[int, int]:
+        """The kernel size and dilation of the conv that sets the output's size."""
+        raise NotImplementedError
+
+    def padding(self, spec: Img, stride: int) -> int:
+        """That conv's padding at ``stride``."""
+        raise NotImplementedError
+
+    def out_shape(self, spec: Img, case: Case) -> tuple[int, ...]:
+        b, c, *spatial = case.shapes[0]
+        stride = case.options.get("stride", 1)
+        k, d = self.out_geometry(spec)
+        pad = self.padding(spec, stride)
+        size = [(n + 2 * pad - d * (k - 1) - 1) // stride + 1 for n in spatial]
+        return (b, case.options.get("out_channels", c), *size)
+
+    def cases(self, spec: Img) -> list[Case]:
+        c = self.case_channels(spec, 16)
+        out = self.case_channels(spec, c + 1)  # never c: the output's channels change
+        strided = (2, c, 9, 6)
+        # The realistic case at 64 channels, not 448: a conv's cost grows with C^2 (448 made it
+        # 49 times dearer: 26 s a float16 reference check here), and 462 positions at ~160 still
+        # overflow a float16 sum over space.
+        act = self._fit(spec, (1, 64, *_ACTIVATION[2][2:]))
+        realistic = Case(
+            "act_" + _shape_name(act), (act[1],), (act,), magnitudes=(_ACTIVATION_MAGNITUDE,)
+        )
+        return [
+            *(c for c in super().cases(spec) if not c.realistic),
+            realistic,
+            Case(
+                f"{_shape_name(strided)}_s2_o{out}",
+                (c,),
+                (strided,),
+                kwargs=(("out_channels", out), ("stride", 2)),
+            ),
+            Case(f"b1_c{c}_5x7_s3", (c,), ((1, c, 5, 7),), kwargs=(("stride", 3),)),
+        ]
+
+    def error_inputs(self, spec: Img) -> list[ErrorInput]:
+        c = self.case_channels(spec, 8)
+        return [
+            *super().error_inputs(spec),
+            ErrorInput(
+                "zero_out_channels",
+                lambda f, d: f(c, out_channels=0, device=d),
+                r"^{cls}: out_channels must be >= 1, got 0$",
+            ),
+            ErrorInput(
+                "zero_stride",
+                lambda f, d: f(c, stride=0, device=d),
+                r"^{cls}: stride must be >= 1, got 0$",
+            ),
+        ]
+
+
+class Sk(_ConvBlock[SkSpec]):
+    name = "sk"
+
+    @staticmethod
+    def _split(spec: SkSpec) -> int:
+        """How many slices the input channels are split into (1 without split_input)."""
+        return len(spec.kernel_size) if spec.split_input else 1
+
+    def case_channels(self, spec: SkSpec, channels: int) -> int:
+        m = self._split(spec) * spec.groups
+        return max(1, -(-channels // m)) * m
+
+    def out_geometry(self, spec: SkSpec) -> tuple[int, int]:
+        k = spec.kernel_size[0]
+        return (3, spec.dilation * (k - 1) // 2) if spec.keep_3x3 else (k, spec.dilation)
+
+    def padding(self, spec: SkSpec, stride: int) -> int:
+        k, d = self.out_geometry(spec)
+        return ((stride - 1) + d * (k - 1)) // 2  # timm's get_padding
+
+    def param_shapes(self, spec: SkSpec, case: Case) -> dict[str, tuple[int, ...]]:
+        c = case.ctor[0]
+        out = case.options.get("out_channels", c)
+        groups = min(out, spec.groups)
+        per_path = c // self._split(spec)
+        rd = references.hidden_width(out, spec.reduction, spec.divisor, 1, 0.9)
+        shapes: dict[str, tuple[int, ...]] = {}
+        for i, k in enumerate(spec.kernel_size):
+            kernel = 3 if spec.keep_3x3 else k
+            shapes[f"paths.{i}.conv.weight"] = (out, per_path // groups, kernel, kernel)
+            shapes |= {f"paths.{i}.bn.weight": (out,), f"paths.{i}.bn.bias": (out,)}
+        return shapes | {
+            "attn.fc_reduce.weight": (rd, out, 1, 1),
+            "attn.bn.weight": (rd,),
+            "attn.bn.bias": (rd,),
+            "attn.fc_select.weight": (out * len(spec.kernel_size), rd, 1, 1),
+        }
+
+    def reference(
+        self, spec: SkSpec, params: references.State, inputs: Inputs, *, training: bool = False
+    ) -> Tensor:
+        stride = inputs.options.get("stride", 1)
+        return references.selective_kernel(
+            inputs.args[0], params, spec, training=training, stride=stride
+        )
+
+    def plain(self, spec: SkSpec, params: references.Params, inputs: Inputs) -> Tensor:
+        return anchors.timm_sk(inputs.args[0], params, spec, inputs.options.get("stride", 1))
+
+    def anchors(self, spec: SkSpec) -> list[Anchor]:
+        return [_timm_anchor("timm SelectiveKernel formulation", self, spec)]
+
+    def error_inputs(self, spec: SkSpec) -> list[ErrorInput]:
+        errors = super().error_inputs(spec)
+        p, g = self._split(spec), spec.groups
+        if p > 1:
+            errors.append(
+                ErrorInput(
+                    "indivisible_channels",
+                    lambda f, d: f(p * g + 1, device=d),
+                    rf"^{{cls}}: channels must be divisible by the {p} paths \(split_input\), got {p * g + 1}$",
+                )
+            )
+        if g > 1:
+            out = 2 * g + 1
+            errors.append(
+                ErrorInput(
+                    "indivisible_groups",
+                    lambda f, d: f(p * g, out_channels=out, device=d),
+                    rf"^{{cls}}: {g} groups must divide each path's input channels \({g}\) and out_channels \({out}\)$",
+                )
+            )
+        return errors
+
+
 #: kind name -> its record.
 KIND_DB: dict[str, Kind[Any]] = {
     k.name: k
     for k in (
         *(Channel(), Spatial(), Cbam(), Eca(), Ese(), Ge(), Gc(), Coord(), Scoord()),
         *(Ela(), Strip(), Simam(), Sge(), Triplet(), Bam(), Sdpa(), Mha()),
+        Sk(),
     )
 }
 

@@ -39,6 +39,7 @@ from .spec import (
     ScoordSpec,
     SgeSpec,
     SimamSpec,
+    SkSpec,
     SpatialOptions,
     StripSpec,
     TripletSpec,
@@ -638,6 +639,78 @@ def bam(x: Tensor, params: State, spec: BamSpec, training: bool = False) -> Tens
     else:
         logits = m_c[:, :, None, None] * m_s[:, None]
     return x + x * gate(logits, "sigmoid")
+
+
+def conv2d_taps(
+    x: Tensor,
+    w: Tensor,
+    bias: Tensor | None = None,
+    stride: int = 1,
+    padding: int = 0,
+    dilation: int = 1,
+    groups: int = 1,
+) -> Tensor:
+    """A 2D convolution written out (no conv op): the zero-padded input split into its channel
+    groups; for each tap (i, j) of the kernel, the input's strided slice at that tap's dilated
+    offset, mixed across each group's channels by an einsum; summed over the taps."""
+    o, per_group, kh, kw = w.shape
+    padded = F.pad(x, (padding,) * 4)
+    size = [
+        (n - dilation * (k - 1) - 1) // stride + 1
+        for n, k in zip(padded.shape[2:], (kh, kw), strict=True)
+    ]
+    grouped = padded.reshape(
+        x.shape[0], groups, per_group, *padded.shape[2:]
+    )  # (B, G, C/G, H', W')
+    kernels = w.reshape(groups, o // groups, *w.shape[1:])  # (G, O/G, C/G, kh, kw)
+    total = torch.zeros((x.shape[0], groups, o // groups, *size), dtype=x.dtype, device=x.device)
+    for i, j in itertools.product(range(kh), range(kw)):
+        rows = slice(i * dilation, i * dilation + stride * (size[0] - 1) + 1, stride)
+        cols = slice(j * dilation, j * dilation + stride * (size[1] - 1) + 1, stride)
+        total = total + torch.einsum(
+            "bgchw,goc->bgohw", grouped[:, :, :, rows, cols], kernels[..., i, j]
+        )
+    out = total.flatten(1, 2)
+    return out if bias is None else out + bias.reshape(1, -1, 1, 1)
+
+
+def _softmax(logits: Tensor, dim: int) -> Tensor:
+    """exp(l - max) / sum exp(l - max) along ``dim``, written out."""
+    e = torch.exp(logits - logits.amax(dim, keepdim=True))
+    return e / e.sum(dim, keepdim=True)
+
+
+def selective_kernel(
+    x: Tensor, params: State, spec: SkSpec, training: bool = False, stride: int = 1
+) -> Tensor:
+    """Selective kernel convolution (Li et al., 2019) as timm builds it: path i convolves its slice
+    of the channels (all of them without split_input) with a k x k kernel (3 x 3 at dilation
+    (k - 1) // 2 with keep_3x3, times the module's dilation), padded ((stride - 1) + d (k - 1)) // 2,
+    then a batchnorm and the activation; U = the paths' sum, s = U averaged over space, z =
+    ReLU(BN(W_reduce s)), one logit per path and channel W_select z, softmax over the paths; the
+    output sum_i a_i * path_i. Convs as sums of taps, the 1x1 layers as einsums."""
+    p = len(spec.kernel_size)
+    c = x.shape[1]
+    out = params["attn.fc_select.weight"].shape[0] // p
+    per_path = c // p if spec.split_input else c
+    groups = min(out, spec.groups)
+    feats = []
+    for i, k in enumerate(spec.kernel_size):
+        kernel, dilation = (
+            (3, spec.dilation * (k - 1) // 2) if spec.keep_3x3 else (k, spec.dilation)
+        )
+        part = x[:, i * per_path : (i + 1) * per_path] if spec.split_input else x
+        pad = ((stride - 1) + dilation * (kernel - 1)) // 2
+        y = conv2d_taps(part, params[f"paths.{i}.conv.weight"], None, stride, pad, dilation, groups)
+        y = batch_norm(y, params, f"paths.{i}.bn.", training)
+        feats.append(activation(y, spec.activation))
+    stacked = torch.stack(feats, 1)  # (B, P, C_out, H', W')
+    pooled = stacked.sum(1).mean((2, 3))  # (B, C_out)
+    z = torch.einsum("bc,rc->br", pooled, params["attn.fc_reduce.weight"][:, :, 0, 0])
+    z = activation(batch_norm(z, params, "attn.bn.", training), "relu")
+    logits = torch.einsum("br,qr->bq", z, params["attn.fc_select.weight"][:, :, 0, 0])
+    weights = _softmax(logits.reshape(-1, p, out), 1)
+    return torch.einsum("bpchw,bpc->bchw", stacked, weights)
 
 
 def causal_allowed(

@@ -1040,6 +1040,89 @@ class BamSpec(_Planar, _Variant):
         return self
 
 
+def _sk_kernels(values: tuple[int, ...]) -> tuple[int, ...]:
+    bad = [k for k in values if k < 3 or k % 2 == 0]
+    if bad:
+        raise ValueError(
+            f"kernel_size entries must be odd and at least 3 (timm's SelectiveKernel asserts it), "
+            f"got {', '.join(map(str, bad))}"
+        )
+    return values
+
+
+class SkSpec(_Planar, _Variant):
+    kind: Literal["sk"] = Field(
+        description=(
+            "Selective kernel convolution (Li et al., 2019, SKNet; timm's SelectiveKernel): "
+            "parallel conv-BN-act paths of different receptive fields, mixed per channel by "
+            "softmax weights from their pooled sum. A conv block: its constructor takes "
+            "out_channels and stride."
+        )
+    )
+    planar_reason: ClassVar[str] = "the paths are 2D convs (timm's ConvNormAct)"
+    kernel_size: tuple[int, ...] = Field(
+        (3, 5),
+        strict=False,  # YAML gives a list
+        min_length=1,
+        max_length=4,
+        description=(
+            "One odd kernel size (at least 3) per path, in order: [3, 5] is timm's default, a 3x3 "
+            "and a 5x5 path; timm's kernel_size k is [k, k]."
+        ),
+    )
+    dilation: int = Field(
+        1,
+        ge=1,
+        le=8,
+        description="Dilation of the module as a whole: every path's dilation is multiplied by it.",
+    )
+    keep_3x3: bool = Field(
+        True,
+        description=(
+            "Every path a 3x3 conv, a k-sized kernel becoming dilation (k - 1) // 2 (the same "
+            "receptive field, timm's default); false: each path its own k x k kernel."
+        ),
+    )
+    split_input: bool = Field(
+        True,
+        description=(
+            "Split the input channels evenly across the paths (path i sees channels i * C/P to "
+            "(i + 1) * C/P, C divisible by the number of paths P), as timm's default; false: "
+            "every path sees every channel."
+        ),
+    )
+    groups: int = Field(
+        1,
+        ge=1,
+        le=1024,
+        description=(
+            "Groups of each path's conv; at most out_channels (timm's min(out_channels, groups)). "
+            "They must divide each path's input and output channels."
+        ),
+    )
+    reduction: int = Field(
+        16,
+        ge=1,
+        le=1024,
+        description=(
+            "The attention's hidden width: make_divisible(out_channels / reduction, divisor) with "
+            "round_limit 0.9, as timm's rd_ratio = 1 / reduction."
+        ),
+    )
+    divisor: int = Field(
+        8, ge=1, le=256, description="timm's rd_divisor: the hidden width is a multiple of it."
+    )
+    activation: Activation = Field(
+        "relu",
+        description=(
+            "The paths' activation, after each conv's batchnorm (timm's act_layer). The "
+            "attention's own activation is a ReLU whatever this says, as timm builds it."
+        ),
+    )
+
+    _kernels = field_validator("kernel_size")(_sk_kernels)
+
+
 ImageSpec = (
     ChannelSpec
     | SpatialSpec
@@ -1056,6 +1139,7 @@ ImageSpec = (
     | SgeSpec
     | TripletSpec
     | BamSpec
+    | SkSpec
 )
 AnySpec = ImageSpec | SdpaSpec | MhaSpec
 SPEC_ADAPTER: TypeAdapter[AnySpec] = TypeAdapter(Annotated[AnySpec, Field(discriminator="kind")])
@@ -1076,6 +1160,7 @@ MODELS: dict[str, type[_Variant]] = {
     "sge": SgeSpec,
     "triplet": TripletSpec,
     "bam": BamSpec,
+    "sk": SkSpec,
     "sdpa": SdpaSpec,
     "mha": MhaSpec,
 }

@@ -212,6 +212,21 @@ gc_opts = st.tuples(
     }
 )
 
+# sk: groups 1 or 2 (the tiny case's 4 channels split over up to 2 paths, 2 a path).
+sk_opts = st.fixed_dictionaries(
+    {},
+    optional={
+        "kernel_size": st.lists(st.sampled_from([3, 5, 7]), min_size=1, max_size=2),
+        "dilation": st.integers(1, 3),
+        "keep_3x3": st.booleans(),
+        "split_input": st.booleans(),
+        "groups": st.sampled_from([1, 2]),
+        "reduction": st.integers(1, 32),
+        "divisor": st.sampled_from([1, 8, 16]),
+        "activation": st.sampled_from(["relu", "silu", "gelu"]),
+    },
+)
+
 
 def _variant(kind: str, body: st.SearchStrategy) -> st.SearchStrategy:
     return st.tuples(names, descriptions, body).map(
@@ -301,6 +316,7 @@ variants = st.one_of(
             | st.just({"dilated_convs": 0}),
         ).map(lambda t: {**t[0], **t[1]}),
     ),
+    _variant("sk", sk_opts),
     _variant("sdpa", st.fixed_dictionaries({}, optional=attention_opts)),
     _variant(
         "mha",
@@ -393,6 +409,8 @@ junk = st.one_of(
     st.dictionaries(st.text(max_size=5), st.integers(), max_size=2),
 )
 FIELDS = [
+    "keep_3x3",
+    "split_input",
     "kv_heads",
     "qk_norm",
     "return_weights",

@@ -757,6 +757,63 @@ class BamFrozenChannelNorm(_base("bam")):
         return x * (1 + torch.sigmoid(c + self.spatial_att(x)))
 
 
+# --- sk ---------------------------------------------------------------------------------------------
+
+
+def _sk_paths(module, x, padding=None):
+    """The stacked paths of an sk module, (B, P, out_channels, H', W'); ``padding(conv)`` in place
+    of each conv's own."""
+    parts = torch.split(x, module.channels // len(module.paths), 1)
+    outs = []
+    for part, path in zip(parts, module.paths, strict=True):
+        conv = path.conv
+        pad = conv.padding if padding is None else padding(conv)
+        y = F.conv2d(part, conv.weight, None, conv.stride, pad, conv.dilation, conv.groups)
+        outs.append(path.act(path.bn(y)))
+    return torch.stack(outs, 1)
+
+
+def _sk_select(module, paths, dim=1):
+    s = module.attn(paths.sum(1).mean((2, 3), keepdim=True))
+    return torch.softmax(s.unflatten(1, (len(module.paths), -1)), dim)
+
+
+class SkSlicesSwapped(_base("sk_timm")):
+    """Each path convolves the other path's half of the channels (the split reversed)."""
+
+    def forward(self, x):
+        return super().forward(torch.cat(torch.split(x, self.channels // 2, 1)[::-1], 1))
+
+
+class SkSoftmaxOverChannels(_base("sk_timm")):
+    """The selection's softmax over the output channels instead of over the paths."""
+
+    def forward(self, x):
+        paths = _sk_paths(self, x)
+        return (paths * _sk_select(self, paths, dim=2)).sum(1)
+
+
+class SkPaddingIgnoresStride(_base("sk_timm")):
+    """Pads d (k - 1) // 2, leaving out timm's (stride - 1) // 2: the same at stride 1 and 2,
+    one row and column fewer at stride 3."""
+
+    def forward(self, x):
+        paths = _sk_paths(self, x, lambda c: c.dilation[0] * (c.kernel_size[0] - 1) // 2)
+        return (paths * _sk_select(self, paths)).sum(1)
+
+
+class SkAttnBnFrozen(_base("sk_resnet18")):
+    """The attention's batchnorm on its running statistics in training too."""
+
+    def forward(self, x):
+        paths = _sk_paths(self, x)
+        z = self.attn.fc_reduce(paths.sum(1).mean((2, 3), keepdim=True))
+        bn = self.attn.bn
+        z = F.batch_norm(z, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
+        s = self.attn.fc_select(F.relu(z))
+        return (paths * torch.softmax(s.unflatten(1, (2, -1)), 1)).sum(1)
+
+
 ACT = "act_b1_c448_21x22"
 F16, BF16, F32, F64 = torch.float16, torch.bfloat16, torch.float32, torch.float64
 
@@ -847,6 +904,12 @@ SEEDED = [
     (BamProduct, "bam", "reference", "b2_c32_7x5", F64, {}),
     (BamUndilated, "bam", "reference", "b2_c64_11x10", F64, {}),
     (BamFrozenChannelNorm, "bam", "train", "b2_c32_7x5", F64, {}),
+    # Selective kernel: the split, the softmax's axis, timm's padding at a stride, the attention's
+    # batchnorm in training.
+    (SkSlicesSwapped, "sk_timm", "reference", "b2_c32_7x5", F64, {}),
+    (SkSoftmaxOverChannels, "sk_timm", "reference", "b2_c16_9x6_s2_o18", F64, {}),
+    (SkPaddingIgnoresStride, "sk_timm", "shape", "b1_c16_5x7_s3", F64, {}),
+    (SkAttnBnFrozen, "sk_resnet18", "train", "b2_c32_7x5", F64, {}),
 ]
 # The dtype-only bugs pass where they do not bite: the same case in the other dtypes.
 DTYPE_ONLY = [

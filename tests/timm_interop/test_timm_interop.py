@@ -140,6 +140,25 @@ CONFIGS: list[tuple[str, dict]] = [
     ("strip", {"gate_layer": "hard_sigmoid"}),
     ("strip", {"has_skip": True}),
     ("strip", {"use_conv": False, "has_skip": True, "gate_layer": "hard_sigmoid"}),
+    # SelectiveKernel: a conv block; out_channels and stride are constructor options of ours too.
+    ("sk", {}),
+    ("sk", {"stride": 2}),
+    ("sk", {"out_channels": 48, "stride": 2}),
+    ("sk", {"out_channels": 40}),
+    ("sk", {"kernel_size": 3}),  # [3, 3]: two 3x3 paths at dilation 1
+    ("sk", {"kernel_size": [5]}),  # one path: a softmax over one path, weights of 1
+    ("sk", {"kernel_size": [3, 5, 7], "split_input": False}),
+    ("sk", {"kernel_size": [3, 5], "keep_3x3": False}),
+    ("sk", {"kernel_size": [5, 7], "keep_3x3": False, "dilation": 2, "stride": 2}),
+    ("sk", {"dilation": 2}),  # paths at dilations 2 and 4
+    ("sk", {"stride": 3, "dilation": 3}),
+    ("sk", {"groups": 4}),
+    ("sk", {"groups": 8, "split_input": False, "out_channels": 64}),
+    ("sk", {"rd_ratio": 1 / 8, "rd_divisor": 16}),
+    ("sk", {"rd_ratio": 1 / 4, "rd_divisor": 1}),
+    ("sk", {"rd_channels": 12}),
+    ("sk", {"act_layer": nn.SiLU}),
+    ("sk", {"act_layer": nn.GELU, "split_input": False}),
 ]
 CASES = [(i, attn, kwargs, c) for i, (attn, kwargs) in enumerate(CONFIGS) for c in CHANNELS]
 
@@ -290,6 +309,10 @@ def test_from_timm_equals_timm(
         ("strip_timm", "strip", {}),
         ("strip_pooled", "strip", {"use_conv": False}),
         ("strip_k7_skip", "strip", {"kernel_size": 7, "bias": True, "has_skip": True}),
+        ("sk_timm", "sk", {}),
+        ("sk_timm", "sk", {"out_channels": 96, "stride": 2}),
+        ("sk_resnet18", "sk", {"rd_ratio": 1 / 8, "rd_divisor": 16}),
+        ("sk_resnext50", "sk", {"groups": 32, "rd_divisor": 32, "split_input": False}),
     ],
 )
 @pytest.mark.parametrize("channels", [32, 64, 256])
@@ -457,3 +480,38 @@ def test_coordinate_attention_reads_timm_defaults():
         "bias": True,
         "skip": False,
     }
+
+
+def test_selective_kernel_options_timm_has_and_attnforge_does_not():
+    """What SelectiveKernel can be built with and no sk variant computes is a clear error."""
+    from timm.layers import BlurPool2d, DropBlock2d, SelectiveKernel
+
+    with pytest.raises(ValueError, match=r"SelectiveKernel.paths.0: aa_layer BlurPool2d"):
+        attnforge.spec_from_timm(SelectiveKernel(64, stride=2, aa_layer=BlurPool2d), "x")
+    with pytest.raises(ValueError, match=r"SelectiveKernel.paths.0.bn: BatchNorm2d\("):
+        attnforge.spec_from_timm(SelectiveKernel(64, drop_layer=DropBlock2d), "x")
+    # The geometry the weights do not show: a 3x3 kernel at another dilation, another stride.
+    with pytest.raises(
+        ValueError, match=r"sk_timm: paths.1.conv.dilation is \(2, 2\), \(3, 3\) in the module"
+    ):
+        attnforge.from_timm("sk_timm", SelectiveKernel(64, kernel_size=[3, 7]))
+    with pytest.raises(
+        ValueError, match=r"sk_timm does not match SelectiveKernel: split_input: True here, False"
+    ):
+        attnforge.from_timm("sk_timm", SelectiveKernel(64, split_input=False))
+
+
+def test_selective_kernel_reads_timm_defaults():
+    sk = create_attn("sk", 64, stride=2, out_channels=32)
+    assert attnforge.spec_from_timm(sk, "s") == {
+        "name": "s",
+        "kind": "sk",
+        "kernel_size": [3, 5],
+        "dilation": 1,
+        "split_input": True,
+        "groups": 1,
+        "reduction": 16,
+        "divisor": 8,
+        "activation": "relu",
+    }
+    assert attnforge.interop.layout(sk).options == {"out_channels": 32, "stride": 2}
