@@ -49,6 +49,7 @@ from .spec import (
     SimamSpec,
     SkSpec,
     SpatialOptions,
+    SplatSpec,
     StripSpec,
     TripletSpec,
 )
@@ -563,6 +564,47 @@ def timm_sk(x: Tensor, params: Params, spec: SkSpec, stride: int = 1) -> Tensor:
     b, cc, h, w = a.shape
     a = torch.softmax(a.view(b, p, cc // p, h, w), dim=1)
     return torch.sum(stacked * a, dim=1)
+
+
+def timm_splat(x: Tensor, params: Params, spec: SplatSpec, stride: int = 1) -> Tensor:
+    """SplitAttn (``split_attn.py``): conv, bn0, act0; reshape to (B, radix, C, H, W), the sum
+    over the radix, mean over space, fc1, bn1, act1, fc2; RadixSoftmax (view (B, groups, radix,
+    -1), transpose, softmax over the radix, reshape; sigmoid with radix 1); the weighted sum."""
+    r = spec.radix
+    act = _ACT[spec.activation]
+    pad = spec.kernel_size // 2 if spec.padding is None else spec.padding
+    x = F.conv2d(
+        x,
+        params["conv.weight"],
+        params.get("conv.bias"),
+        stride,
+        pad,
+        spec.dilation,
+        spec.groups * r,
+    )
+    if spec.norm == "batchnorm":
+        x = _bn(x, params, "bn0.")
+    x = act(x)
+    b, rc, h, w = x.shape
+    if r > 1:
+        x = x.reshape((b, r, rc // r, h, w))
+        x_gap = x.sum(dim=1)
+    else:
+        x_gap = x
+    x_gap = x_gap.mean((2, 3), keepdim=True)
+    x_gap = F.conv2d(x_gap, params["fc1.weight"], params["fc1.bias"], groups=spec.groups)
+    if spec.norm == "batchnorm":
+        x_gap = _bn(x_gap, params, "bn1.")
+    x_attn = F.conv2d(act(x_gap), params["fc2.weight"], params["fc2.bias"], groups=spec.groups)
+    if r > 1:
+        x_attn = x_attn.view(b, spec.groups, r, -1).transpose(1, 2)
+        x_attn = F.softmax(x_attn, dim=1).reshape(b, -1)
+    else:
+        x_attn = torch.sigmoid(x_attn)
+    x_attn = x_attn.view(b, -1, 1, 1)
+    if r > 1:
+        return (x * x_attn.reshape((b, r, rc // r, 1, 1))).sum(dim=1)
+    return x * x_attn
 
 
 def formulation_anchor(name: str, fn: AnchorFn) -> Anchor:

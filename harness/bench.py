@@ -147,6 +147,7 @@ IMAGE_ROWS: list[tuple[str, tuple[str, dict[str, Any]] | None]] = [
     ("triplet", None),
     ("bam", None),
     ("sk_timm", ("sk", {})),
+    ("splat_timm", ("splat", {})),
 ]
 IMAGE = (32, 256, 28, 28)
 

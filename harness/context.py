@@ -446,6 +446,27 @@ class SkModule(Module):
 
 
 @dataclass(frozen=True)
+class SplatModule(Module):
+    doc: str
+    kernel_size: int
+    padding: int
+    dilation: int
+    groups: int
+    radix: int
+    conv_groups: int  # groups * radix
+    bias: bool
+    norm: bool
+    act: str
+    mid: str  # the conv's output channels, "out_channels * 2"
+    rd_expr: str  # the attention's hidden width, an expression of channels
+    rd_comment: str
+    reach: int  # the least H and W giving one output position (1: any)
+    conv_out: str  # the conv, its norm and activation applied to x
+    attn: str  # the pooled vector through fc1 .. fc2, "{}" for the pooled vector
+    checks: InputChecks
+
+
+@dataclass(frozen=True)
 class Causality:
     """How causality is applied: SDPA's is_causal (top-left, when no mask is built) or a mask."""
 
@@ -1633,6 +1654,73 @@ def _sk(spec: specs.SkSpec, base: dict[str, Any]) -> SkModule:
         act=ACTIVATIONS[spec.activation],
         rd_expr=_attn_width(rd_expr, "out_channels"),
         rd_comment=attn_width,
+        checks=_input_checks(base["cls"], 2),
+    )
+
+
+@builder("splat")
+def _splat(spec: specs.SplatSpec, base: dict[str, Any]) -> SplatModule:
+    k, d, r, g = spec.kernel_size, spec.dilation, spec.radix, spec.groups
+    pad = k // 2 if spec.padding is None else spec.padding
+    reach = max(1, d * (k - 1) - 2 * pad + 1)
+    rd_expr, rd_comment = hidden_width(spec.reduction, spec.divisor, spec.min_channels, 0.9)
+    rd_comment = rd_comment.replace("C / ", f"C * {r} / ")
+    norm = spec.norm == "batchnorm"
+    conv_out = "self.act0(self.bn0(self.conv(x)))" if norm else "self.act0(self.conv(x))"
+    attn = (
+        "self.fc2(self.act1(self.bn1(self.fc1({}))))"
+        if norm
+        else "self.fc2(self.act1(self.fc1({})))"
+    )
+    mid = f"out_channels * {r}" if r > 1 else "out_channels"
+    if r > 1:
+        mix = (
+            f"The conv (``conv``, {g * r} groups: groups * radix) makes {r} splits of out_channels "
+            f"each{', each through ``bn0`` and ' if norm else ', each through '}{spec.activation}; "
+            "the attention averages their sum over space and runs it through ``fc1`` (to C' "
+            f"channels, C' = {rd_comment}){', ``bn1``' if norm else ''}, {spec.activation} and "
+            f"``fc2`` (one logit per split and output channel, in {g} group{'s' if g > 1 else ''}); "
+            f"a softmax over the splits{' within each group' if g > 1 else ''} weighs them, and "
+            "the output is their weighted sum (timm's RadixSoftmax)."
+        )
+    else:
+        mix = (
+            f"Radix 1: the conv (``conv``, {g} group{'s' if g > 1 else ''}), "
+            f"{'``bn0`` and ' if norm else ''}{spec.activation}, gated per channel by a sigmoid of "
+            f"``fc1`` (to C' channels, C' = {rd_comment}){', ``bn1``' if norm else ''}, "
+            f"{spec.activation} and ``fc2`` on its average over space."
+        )
+    doc = _paragraphs(
+        "Split attention (Zhang et al., 2020, ResNeSt), as timm's SplitAttn.",
+        spec.description,
+        _prose(
+            f"{mix} The conv is {k}x{k}, padding {pad}, dilation {d}, "
+            f"{'with' if spec.bias else 'no'} bias. Not a gate: a conv block, with out_channels "
+            "and stride."
+        ),
+        _CONV_BLOCK_ARGS,
+        _CONV_BLOCK_SHAPE,
+    )
+    return SplatModule(
+        **base,
+        functional=False,
+        helpers=_helpers("_mean(", rd_expr),
+        doc=docstring(doc, "    "),
+        kernel_size=k,
+        padding=pad,
+        dilation=d,
+        groups=g,
+        radix=r,
+        conv_groups=g * r,
+        bias=spec.bias,
+        norm=norm,
+        act=ACTIVATIONS[spec.activation],
+        mid=mid,
+        rd_expr=_attn_width(rd_expr, f"channels * {r}") if r > 1 else rd_expr,
+        rd_comment=rd_comment,
+        reach=reach,
+        conv_out=conv_out,
+        attn=attn,
         checks=_input_checks(base["cls"], 2),
     )
 

@@ -525,6 +525,73 @@ def _sk(m: Any) -> Layout:
     return Layout("sk", fields, m.in_channels, {"out_channels": out, "stride": stride})
 
 
+def _splat_width(channels: int, radix: int, hidden: int, where: str) -> dict[str, Any]:
+    """Fields giving SplitAttn's hidden width ``hidden``: make_divisible(C * radix / reduction,
+    divisor, min_channels) with round_limit 0.9. Prefer timm's divisor 8 and floor 32, then the
+    reduction nearest timm's 4; a width no ratio reaches (rd_channels * radix below the floor)
+    becomes the floor itself."""
+    from .references import hidden_width
+
+    reductions = sorted(range(1, 1025), key=lambda r: (abs(r - 4), r))
+    for low in (32, 1):
+        for d in (8, 1, 2, 4, 16, 32, 64):
+            for r in reductions:
+                if hidden_width(channels * radix, r, d, low, 0.9) == hidden:
+                    fields: dict[str, Any] = {"reduction": r}
+                    if d != 8:
+                        fields["divisor"] = d
+                    if low != 32:
+                        fields["min_channels"] = low
+                    return fields
+    if hidden <= 4096 and hidden_width(channels * radix, 1024, 1, hidden, 0.9) == hidden:
+        return {"reduction": 1024, "divisor": 1, "min_channels": hidden}
+    raise ValueError(
+        f"{where}: a hidden width of {hidden} at {channels} channels and radix {radix} is not one "
+        "that make_divisible reaches"
+    )
+
+
+def _splat(m: Any) -> Layout:
+    where = "SplitAttn"
+    conv, radix = m.conv, m.radix
+    k, stride, pad, dil = conv.kernel_size[0], conv.stride[0], conv.padding[0], conv.dilation[0]
+    square = (
+        type(conv) is nn.Conv2d
+        and conv.kernel_size == (k, k)
+        and conv.stride == (stride, stride)
+        and conv.padding == (pad, pad)
+        and conv.dilation == (dil, dil)
+        and conv.padding_mode == "zeros"
+        and conv.groups % radix == 0
+    )
+    if not square:
+        raise ValueError(
+            f"{where}.conv: a {tuple(conv.kernel_size)} conv with stride {conv.stride}, padding "
+            f"{conv.padding}, dilation {conv.dilation} is not the square conv timm builds"
+        )
+    if not isinstance(m.drop, nn.Identity):
+        raise ValueError(f"{where}.drop: drop_layer {_name(m.drop)} is not supported")
+    norms = {_norm(m.bn0, f"{where}.bn0"), _norm(m.bn1, f"{where}.bn1")}
+    acts = {_activation(m.act0, f"{where}.act0"), _activation(m.act1, f"{where}.act1")}
+    if len(norms) > 1 or len(acts) > 1:
+        raise ValueError(f"{where}: bn0 / bn1 or act0 / act1 of different kinds")
+    groups = conv.groups // radix
+    c, out = conv.in_channels, conv.out_channels // radix
+    fields: dict[str, Any] = {"kernel_size": k}
+    if pad != k // 2:
+        fields["padding"] = pad
+    fields |= {
+        "dilation": dil,
+        "groups": groups,
+        "radix": radix,
+        "bias": _conv_bias(conv),
+        **_splat_width(c, radix, m.fc1.out_channels, f"{where}.fc1"),
+        "activation": acts.pop(),
+        "norm": norms.pop(),
+    }
+    return Layout("splat", fields, c, {"out_channels": out, "stride": stride})
+
+
 #: timm class name -> how to read it. Checked against the class's module: timm's own classes only.
 CONVERTERS: dict[str, Callable[[Any, int | None], Layout]] = {
     "SEModule": lambda m, c: _se(m),
@@ -540,6 +607,7 @@ CONVERTERS: dict[str, Callable[[Any, int | None], Layout]] = {
     "EfficientLocalAttn": lambda m, c: _ela(m),
     "StripAttn": lambda m, c: _strip(m),
     "SelectiveKernel": lambda m, c: _sk(m),
+    "SplitAttn": lambda m, c: _splat(m),
 }
 
 

@@ -45,6 +45,7 @@ from .spec import (
     SkSpec,
     SpatialOptions,
     SpatialSpec,
+    SplatSpec,
     StripSpec,
     TripletSpec,
 )
@@ -1486,6 +1487,119 @@ class Sk(_ConvBlock[SkSpec]):
         return errors
 
 
+class Splat(_ConvBlock[SplatSpec]):
+    name = "splat"
+
+    @staticmethod
+    def _reach(spec: SplatSpec) -> int:
+        """The least H and W that leave one output position (1 unless the padding is short)."""
+        k, pad = spec.kernel_size, Splat._pad(spec)
+        return max(1, spec.dilation * (k - 1) - 2 * pad + 1)
+
+    @staticmethod
+    def _pad(spec: SplatSpec) -> int:
+        return spec.kernel_size // 2 if spec.padding is None else spec.padding
+
+    def case_channels(self, spec: SplatSpec, channels: int) -> int:
+        m = spec.groups * spec.radix
+        return max(1, -(-channels // m)) * m
+
+    def cases(self, spec: SplatSpec) -> list[Case]:
+        # A padding short of the dilated kernel shrinks the map: only inputs it reaches across,
+        # and first a map two wider than that (the export check's, at stride 1).
+        reach = self._reach(spec)
+        cases = [c for c in super().cases(spec) if min(c.shapes[0][2:]) >= reach]
+        if reach == 1:
+            return cases
+        c = self.case_channels(spec, 8)
+        wide = (2, c, reach + 1, reach + 2)
+        return [Case(_shape_name(wide), (c,), (wide,)), *cases]
+
+    def tiny(self, spec: SplatSpec) -> Case:
+        b, c, *spatial = super().tiny(spec).shapes[0]
+        shape = (b, c, *(max(n, self._reach(spec)) for n in spatial))
+        return Case("tiny", (c,), (shape,))
+
+    def export_min(self, spec: SplatSpec, dim: str) -> int:
+        # Two output positions, so symbolic shapes do not specialise a map of one.
+        return self._reach(spec) + 1 if dim.startswith("d") else 2
+
+    def out_geometry(self, spec: SplatSpec) -> tuple[int, int]:
+        return spec.kernel_size, spec.dilation
+
+    def padding(self, spec: SplatSpec, stride: int) -> int:
+        return self._pad(spec)
+
+    def _hidden(self, spec: SplatSpec, channels: int) -> int:
+        return references.hidden_width(
+            channels * spec.radix, spec.reduction, spec.divisor, spec.min_channels, 0.9
+        )
+
+    def param_shapes(self, spec: SplatSpec, case: Case) -> dict[str, tuple[int, ...]]:
+        c = case.ctor[0]
+        out = case.options.get("out_channels", c)
+        r, g, k = spec.radix, spec.groups, spec.kernel_size
+        rd = self._hidden(spec, c)
+        shapes: dict[str, tuple[int, ...]] = {
+            "conv.weight": (out * r, c // (g * r), k, k),
+            "fc1.weight": (rd, out // g, 1, 1),
+            "fc1.bias": (rd,),
+            "fc2.weight": (out * r, rd // g, 1, 1),
+            "fc2.bias": (out * r,),
+        }
+        if spec.bias:
+            shapes["conv.bias"] = (out * r,)
+        if spec.norm == "batchnorm":
+            shapes |= {"bn0.weight": (out * r,), "bn0.bias": (out * r,)}
+            shapes |= {"bn1.weight": (rd,), "bn1.bias": (rd,)}
+        return shapes
+
+    def reference(
+        self, spec: SplatSpec, params: references.State, inputs: Inputs, *, training: bool = False
+    ) -> Tensor:
+        stride = inputs.options.get("stride", 1)
+        return references.split_attention(
+            inputs.args[0], params, spec, training=training, stride=stride
+        )
+
+    def plain(self, spec: SplatSpec, params: references.Params, inputs: Inputs) -> Tensor:
+        return anchors.timm_splat(inputs.args[0], params, spec, inputs.options.get("stride", 1))
+
+    def anchors(self, spec: SplatSpec) -> list[Anchor]:
+        return [_timm_anchor("timm SplitAttn formulation", self, spec)]
+
+    def error_inputs(self, spec: SplatSpec) -> list[ErrorInput]:
+        errors = super().error_inputs(spec)
+        m, g, reach = spec.groups * spec.radix, spec.groups, self._reach(spec)
+        if m > 1:
+            errors.append(
+                ErrorInput(
+                    "indivisible_channels",
+                    lambda f, d: f(m + 1, device=d),
+                    rf"^{{cls}}: channels must be divisible by groups \* radix \({m}\), got {m + 1}$",
+                )
+            )
+        if g > 1:
+            errors.append(
+                ErrorInput(
+                    "indivisible_out_channels",
+                    lambda f, d: f(m, out_channels=g + 1, device=d),
+                    rf"^{{cls}}: out_channels must be divisible by the {g} groups, got {g + 1}$",
+                )
+            )
+        if reach > 1:
+            c = self.case_channels(spec, 8)
+            small = (2, c, reach - 1, reach + 2)
+            errors.append(
+                ErrorInput(
+                    "too_small",
+                    lambda f, d: f(c, device=d)(torch.randn(small, device=d)),
+                    rf"^{{cls}}: expected H and W of at least {reach} \(.+\), got \({', '.join(map(str, small))}\)$",
+                )
+            )
+        return errors
+
+
 #: kind name -> its record.
 KIND_DB: dict[str, Kind[Any]] = {
     k.name: k
@@ -1493,6 +1607,7 @@ KIND_DB: dict[str, Kind[Any]] = {
         *(Channel(), Spatial(), Cbam(), Eca(), Ese(), Ge(), Gc(), Coord(), Scoord()),
         *(Ela(), Strip(), Simam(), Sge(), Triplet(), Bam(), Sdpa(), Mha()),
         Sk(),
+        Splat(),
     )
 }
 

@@ -41,6 +41,7 @@ from .spec import (
     SimamSpec,
     SkSpec,
     SpatialOptions,
+    SplatSpec,
     StripSpec,
     TripletSpec,
 )
@@ -711,6 +712,54 @@ def selective_kernel(
     logits = torch.einsum("br,qr->bq", z, params["attn.fc_select.weight"][:, :, 0, 0])
     weights = _softmax(logits.reshape(-1, p, out), 1)
     return torch.einsum("bpchw,bpc->bchw", stacked, weights)
+
+
+def _grouped_fc(v: Tensor, weight: Tensor, bias: Tensor, groups: int) -> Tensor:
+    """A grouped 1x1 conv on pooled vectors (B, C_in) -> (B, C_out), as an einsum per group."""
+    w = weight[:, :, 0, 0]
+    out = torch.einsum(
+        "bgi,goi->bgo",
+        v.reshape(v.shape[0], groups, -1),
+        w.reshape(groups, -1, w.shape[1]),
+    )
+    return out.reshape(v.shape[0], -1) + bias
+
+
+def split_attention(
+    x: Tensor, params: State, spec: SplatSpec, training: bool = False, stride: int = 1
+) -> Tensor:
+    """Split attention (Zhang et al., 2020, ResNeSt) as timm's SplitAttn: one conv (groups *
+    radix groups) to radix splits U_1 .. U_R of out_channels each, a norm and the activation;
+    s = (sum_r U_r) averaged over space; z = act(norm(fc1 s)), logits fc2 z, laid out per group
+    as (radix, out_channels / groups); a_r = softmax over the radix within each group (sigmoid
+    with radix 1); the output sum_r a_r * U_r. The conv as a sum of taps, fc1 and fc2 as einsums
+    per group, the splits as a Python list."""
+    r, g = spec.radix, spec.groups
+    weight = params["conv.weight"]
+    out = weight.shape[0] // r
+    pad = spec.kernel_size // 2 if spec.padding is None else spec.padding
+    y = conv2d_taps(x, weight, params.get("conv.bias"), stride, pad, spec.dilation, g * r)
+    if spec.norm == "batchnorm":
+        y = batch_norm(y, params, "bn0.", training)
+    y = activation(y, spec.activation)
+    splits = [y[:, i * out : (i + 1) * out] for i in range(r)]
+    pooled = torch.stack(splits).sum(0).mean((2, 3))
+    z = _grouped_fc(pooled, params["fc1.weight"], params["fc1.bias"], g)
+    if spec.norm == "batchnorm":
+        z = batch_norm(z, params, "bn1.", training)
+    logits = _grouped_fc(
+        activation(z, spec.activation), params["fc2.weight"], params["fc2.bias"], g
+    )
+    b = x.shape[0]
+    if r == 1:
+        weights = [gate(logits, "sigmoid")]
+    else:
+        per_group = _softmax(logits.reshape(b, g, r, out // g), 2)
+        weights = [per_group[:, :, i].reshape(b, out) for i in range(r)]
+    return sum(
+        (u * a[:, :, None, None] for u, a in zip(splits, weights, strict=True)),
+        torch.zeros_like(splits[0]),
+    )
 
 
 def causal_allowed(

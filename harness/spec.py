@@ -1123,6 +1123,77 @@ class SkSpec(_Planar, _Variant):
     _kernels = field_validator("kernel_size")(_sk_kernels)
 
 
+class SplatSpec(_Planar, _Variant):
+    kind: Literal["splat"] = Field(
+        description=(
+            "Split attention (Zhang et al., 2020, ResNeSt; timm's SplitAttn): one grouped conv to "
+            "radix splits of the output, mixed per channel by a softmax over the splits (a "
+            "sigmoid with radix 1) from their pooled sum. A conv block: its constructor takes "
+            "out_channels and stride."
+        )
+    )
+    planar_reason: ClassVar[str] = "the conv is 2D (timm's SplitAttn)"
+    kernel_size: int = Field(3, ge=1, le=31, description="The conv's kernel size.")
+    padding: int | None = Field(
+        None,
+        ge=0,
+        le=64,
+        description=(
+            "The conv's padding; null: kernel_size // 2 (timm's default). ResNeSt passes its "
+            "dilation. A padding below dilation * (kernel_size - 1) / 2 shrinks the output."
+        ),
+    )
+    dilation: int = Field(1, ge=1, le=8, description="The conv's dilation.")
+    groups: int = Field(
+        1,
+        ge=1,
+        le=1024,
+        description=(
+            "Cardinality: the conv has groups * radix groups, fc1 and fc2 groups groups, and the "
+            "softmax runs over the radix within each group."
+        ),
+    )
+    radix: int = Field(
+        2,
+        ge=1,
+        le=8,
+        description=(
+            "Splits of the conv's output (out_channels each) that the attention mixes; 1: no "
+            "mixing, the output is the conv's times a sigmoid gate."
+        ),
+    )
+    bias: bool = Field(False, description="A bias on the conv (fc1 and fc2 always have one).")
+    reduction: int = Field(
+        4,
+        ge=1,
+        le=1024,
+        description=(
+            "The attention's hidden width: make_divisible(channels * radix / reduction, divisor, "
+            "min_channels) with round_limit 0.9, as timm's rd_ratio = 1 / reduction (the input's "
+            "channels, as timm)."
+        ),
+    )
+    divisor: int = Field(
+        8, ge=1, le=256, description="timm's rd_divisor: the hidden width is a multiple of it."
+    )
+    min_channels: int = Field(
+        32,
+        ge=1,
+        le=4096,
+        description="Lower bound on the hidden width (timm's make_divisible min_value=32).",
+    )
+    activation: Activation = Field(
+        "relu", description="After the conv's norm (act0) and after fc1's norm (act1)."
+    )
+    norm: Norm = Field(
+        "none",
+        description=(
+            "batchnorm: bn0 after the conv and bn1 after fc1 (running statistics: training and "
+            "eval differ), as ResNeSt builds it; none: timm's default."
+        ),
+    )
+
+
 ImageSpec = (
     ChannelSpec
     | SpatialSpec
@@ -1140,6 +1211,7 @@ ImageSpec = (
     | TripletSpec
     | BamSpec
     | SkSpec
+    | SplatSpec
 )
 AnySpec = ImageSpec | SdpaSpec | MhaSpec
 SPEC_ADAPTER: TypeAdapter[AnySpec] = TypeAdapter(Annotated[AnySpec, Field(discriminator="kind")])
@@ -1161,6 +1233,7 @@ MODELS: dict[str, type[_Variant]] = {
     "triplet": TripletSpec,
     "bam": BamSpec,
     "sk": SkSpec,
+    "splat": SplatSpec,
     "sdpa": SdpaSpec,
     "mha": MhaSpec,
 }

@@ -814,6 +814,54 @@ class SkAttnBnFrozen(_base("sk_resnet18")):
         return (paths * torch.softmax(s.unflatten(1, (2, -1)), 1)).sum(1)
 
 
+# --- splat ------------------------------------------------------------------------------------------
+
+
+class SplatSoftmaxAcrossGroups(_base("splat_resnest_4s2x")):
+    """RadixSoftmax without the transpose: fc2's channels read as (split, group, channel), so
+    the softmax mixes the groups' logits."""
+
+    def forward(self, x):
+        x = self.act0(self.bn0(self.conv(x)))
+        splits = x.unflatten(1, (4, -1))
+        s = self.fc2(self.act1(self.bn1(self.fc1(splits.sum(1).mean((2, 3), keepdim=True)))))
+        return (splits * torch.softmax(s.unflatten(1, (4, -1)), 1)).sum(1)
+
+
+class SplatSplitsInterleaved(_base("splat_timm")):
+    """The conv's channels split as (channel, split) instead of (split, channel)."""
+
+    def forward(self, x):
+        x = self.act0(self.conv(x))
+        splits = x.unflatten(1, (-1, 2)).transpose(1, 2)
+        s = self.fc2(self.act1(self.fc1(splits.sum(1).mean((2, 3), keepdim=True))))
+        return (splits * torch.softmax(s.unflatten(1, (2, -1)), 1)).sum(1)
+
+
+class SplatPoolsBeforeConv(_base("splat_timm")):
+    """The attention pools the input, not the conv's splits: the widths fit only where
+    out_channels equals channels, and the function is another."""
+
+    def forward(self, x):
+        y = self.act0(self.conv(x))
+        splits = y.unflatten(1, (2, -1))
+        s = self.fc2(self.act1(self.fc1(x.mean((2, 3), keepdim=True))))
+        return (splits * torch.softmax(s.unflatten(1, (2, -1)), 1)).sum(1)
+
+
+class SplatBnFrozen(_base("splat_resnest")):
+    """bn1 on its running statistics in training too."""
+
+    def forward(self, x):
+        x = self.act0(self.bn0(self.conv(x)))
+        splits = x.unflatten(1, (2, -1))
+        z = self.fc1(splits.sum(1).mean((2, 3), keepdim=True))
+        bn = self.bn1
+        z = F.batch_norm(z, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
+        s = self.fc2(self.act1(z))
+        return (splits * torch.softmax(s.unflatten(1, (2, -1)), 1)).sum(1)
+
+
 ACT = "act_b1_c448_21x22"
 F16, BF16, F32, F64 = torch.float16, torch.bfloat16, torch.float32, torch.float64
 
@@ -910,6 +958,12 @@ SEEDED = [
     (SkSoftmaxOverChannels, "sk_timm", "reference", "b2_c16_9x6_s2_o18", F64, {}),
     (SkPaddingIgnoresStride, "sk_timm", "shape", "b1_c16_5x7_s3", F64, {}),
     (SkAttnBnFrozen, "sk_resnet18", "train", "b2_c32_7x5", F64, {}),
+    # Split attention: RadixSoftmax's layout across groups, the splits' layout, what is pooled,
+    # bn1 in training.
+    (SplatSoftmaxAcrossGroups, "splat_resnest_4s2x", "reference", "b2_c32_7x5", F64, {}),
+    (SplatSplitsInterleaved, "splat_timm", "reference", "b2_c32_7x5", F64, {}),
+    (SplatPoolsBeforeConv, "splat_timm", "reference", "b2_c32_7x5", F64, {}),
+    (SplatBnFrozen, "splat_resnest", "train", "b2_c32_7x5", F64, {}),
 ]
 # The dtype-only bugs pass where they do not bite: the same case in the other dtypes.
 DTYPE_ONLY = [

@@ -159,6 +159,25 @@ CONFIGS: list[tuple[str, dict]] = [
     ("sk", {"rd_channels": 12}),
     ("sk", {"act_layer": nn.SiLU}),
     ("sk", {"act_layer": nn.GELU, "split_input": False}),
+    # SplitAttn: a conv block too, radix splits mixed by RadixSoftmax.
+    ("splat", {}),
+    ("splat", {"stride": 2}),
+    ("splat", {"out_channels": 48, "stride": 2}),
+    ("splat", {"radix": 1}),  # a sigmoid gate instead of the softmax
+    ("splat", {"radix": 4}),
+    ("splat", {"groups": 2}),
+    ("splat", {"groups": 4, "norm_layer": nn.BatchNorm2d}),
+    ("splat", {"norm_layer": nn.BatchNorm2d}),
+    ("splat", {"kernel_size": 5}),
+    ("splat", {"kernel_size": 1}),
+    ("splat", {"dilation": 2, "padding": 2}),  # ResNeSt's dilated stages
+    ("splat", {"dilation": 2}),  # padding 1: the map shrinks by 2
+    ("splat", {"bias": True}),
+    ("splat", {"rd_ratio": 0.5, "rd_divisor": 16}),
+    ("splat", {"rd_channels": 12}),  # 24 hidden channels: below timm's floor of 32
+    ("splat", {"rd_channels": 8, "radix": 1}),
+    ("splat", {"act_layer": nn.SiLU}),
+    ("splat", {"radix": 1, "groups": 2, "stride": 2}),
 ]
 CASES = [(i, attn, kwargs, c) for i, (attn, kwargs) in enumerate(CONFIGS) for c in CHANNELS]
 
@@ -313,6 +332,10 @@ def test_from_timm_equals_timm(
         ("sk_timm", "sk", {"out_channels": 96, "stride": 2}),
         ("sk_resnet18", "sk", {"rd_ratio": 1 / 8, "rd_divisor": 16}),
         ("sk_resnext50", "sk", {"groups": 32, "rd_divisor": 32, "split_input": False}),
+        ("splat_timm", "splat", {}),
+        ("splat_timm", "splat", {"out_channels": 96, "stride": 2}),
+        ("splat_resnest", "splat", {"norm_layer": nn.BatchNorm2d}),
+        ("splat_resnest_4s2x", "splat", {"radix": 4, "groups": 2, "norm_layer": nn.BatchNorm2d}),
     ],
 )
 @pytest.mark.parametrize("channels", [32, 64, 256])
@@ -515,3 +538,38 @@ def test_selective_kernel_reads_timm_defaults():
         "activation": "relu",
     }
     assert attnforge.interop.layout(sk).options == {"out_channels": 32, "stride": 2}
+
+
+def test_split_attention_options_timm_has_and_attnforge_does_not():
+    from timm.layers import DropBlock2d, SplitAttn
+
+    with pytest.raises(ValueError, match=r"SplitAttn.drop: drop_layer DropBlock2d"):
+        attnforge.spec_from_timm(SplitAttn(64, drop_layer=DropBlock2d), "x")
+    with pytest.raises(ValueError, match=r"SplitAttn.conv: a \(3, 3\) conv with stride \(1, 1\)"):
+        attnforge.spec_from_timm(SplitAttn(64, padding_mode="reflect"), "x")
+    with pytest.raises(
+        ValueError, match=r"splat_timm does not match SplitAttn: radix: 2 here, 4 in the module"
+    ):
+        attnforge.from_timm("splat_timm", SplitAttn(64, radix=4))
+    with pytest.raises(
+        ValueError,
+        match=r"splat_timm does not match SplitAttn: padding: None here, 2 in the module",
+    ):
+        attnforge.from_timm("splat_timm", SplitAttn(64, padding=2))
+
+
+def test_split_attention_reads_timm_defaults():
+    splat = create_attn("splat", 64, stride=2, out_channels=128)
+    assert attnforge.spec_from_timm(splat, "s") == {
+        "name": "s",
+        "kind": "splat",
+        "kernel_size": 3,
+        "dilation": 1,
+        "groups": 1,
+        "radix": 2,
+        "bias": False,
+        "reduction": 4,
+        "activation": "relu",
+        "norm": "none",
+    }
+    assert attnforge.interop.layout(splat).options == {"out_channels": 128, "stride": 2}
