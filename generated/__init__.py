@@ -451,6 +451,42 @@ VARIANTS: dict[str, tuple[str, str, str, str]] = {
         "SimamL0p1",
         "SimAM with lambda 0.1, a smoother gate (closer to sigmoid(1/2) everywhere).",
     ),
+    "sk_resnet18": (
+        "sk",
+        "sk.yaml",
+        "SkResnet18",
+        "The SelectiveKernel of timm's skresnet18 and skresnet34 (SelectiveKernelBasic):…",
+    ),
+    "sk_resnext50": (
+        "sk",
+        "sk.yaml",
+        "SkResnext50",
+        "The SelectiveKernel of timm's skresnext50_32x4d (SelectiveKernelBottleneck): 32…",
+    ),
+    "sk_timm": (
+        "sk",
+        "sk.yaml",
+        "SkTimm",
+        "timm's SelectiveKernel as create_attn('sk') builds it: a 3x3 and a 5x5 path (th…",
+    ),
+    "splat_resnest": (
+        "splat",
+        "splat.yaml",
+        "SplatResnest",
+        "The SplitAttn of timm's resnest14d .. resnest269e (ResNestBottleneck): radix 2,…",
+    ),
+    "splat_resnest_4s2x": (
+        "splat",
+        "splat.yaml",
+        "SplatResnest4s2x",
+        "The SplitAttn of timm's resnest50d_4s2x40d (the ResNeSt ablation's 4s2x40d): ra…",
+    ),
+    "splat_timm": (
+        "splat",
+        "splat.yaml",
+        "SplatTimm",
+        "timm's SplitAttn as create_attn('splat') builds it: a 3x3 conv to radix 2 split…",
+    ),
     "strip_k7_skip": (
         "strip",
         "strip.yaml",

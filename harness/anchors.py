@@ -49,7 +49,9 @@ from .spec import (
     SdpaSpec,
     SgeSpec,
     SimamSpec,
+    SkSpec,
     SpatialOptions,
+    SplatSpec,
     StripSpec,
     TripletSpec,
 )
@@ -617,6 +619,81 @@ def timm_bat(x: Tensor, params: Params, spec: BatSpec, *, stable: bool = False) 
     q = q.view(b, g, 1, n, n).expand(b, g, c // g, n, n).contiguous().view(b, c, n, n)
     y = resize_mat(p, h // n).matmul(xl).matmul(resize_mat(q, w // n))
     return cna(cna(y, "ba.conv2."), "conv2.") + x
+
+
+def timm_sk(x: Tensor, params: Params, spec: SkSpec, stride: int = 1) -> Tensor:
+    """SelectiveKernel (``selective_kernel.py``): torch.split across the paths, each path's
+    ConvNormAct (F.conv2d with timm's get_padding, an eval-mode BatchNorm, the activation),
+    torch.stack; SelectiveKernelAttn on the stack (sum over paths, mean over space, fc_reduce, bn,
+    ReLU, fc_select, view, softmax over the paths); x * x_attn summed over the paths."""
+    p = len(spec.kernel_size)
+    c = x.shape[1]
+    out = params["attn.fc_select.weight"].shape[0] // p
+    if spec.keep_3x3:
+        kernels = [3] * p
+        dilations = [spec.dilation * (k - 1) // 2 for k in spec.kernel_size]
+    else:
+        kernels, dilations = list(spec.kernel_size), [spec.dilation] * p
+    parts = torch.split(x, c // p, 1) if spec.split_input else [x] * p
+    paths = []
+    for i, (part, k, d) in enumerate(zip(parts, kernels, dilations, strict=True)):
+        y = F.conv2d(
+            part,
+            params[f"paths.{i}.conv.weight"],
+            stride=stride,
+            padding=((stride - 1) + d * (k - 1)) // 2,
+            dilation=d,
+            groups=min(out, spec.groups),
+        )
+        paths.append(_ACT[spec.activation](_bn(y, params, f"paths.{i}.bn.")))
+    stacked = torch.stack(paths, dim=1)
+    a = stacked.sum(1).mean((2, 3), keepdim=True)
+    a = F.relu(_bn(F.conv2d(a, params["attn.fc_reduce.weight"]), params, "attn.bn."))
+    a = F.conv2d(a, params["attn.fc_select.weight"])
+    b, cc, h, w = a.shape
+    a = torch.softmax(a.view(b, p, cc // p, h, w), dim=1)
+    return torch.sum(stacked * a, dim=1)
+
+
+def timm_splat(x: Tensor, params: Params, spec: SplatSpec, stride: int = 1) -> Tensor:
+    """SplitAttn (``split_attn.py``): conv, bn0, act0; reshape to (B, radix, C, H, W), the sum
+    over the radix, mean over space, fc1, bn1, act1, fc2; RadixSoftmax (view (B, groups, radix,
+    -1), transpose, softmax over the radix, reshape; sigmoid with radix 1); the weighted sum."""
+    r = spec.radix
+    act = _ACT[spec.activation]
+    pad = spec.kernel_size // 2 if spec.padding is None else spec.padding
+    x = F.conv2d(
+        x,
+        params["conv.weight"],
+        params.get("conv.bias"),
+        stride,
+        pad,
+        spec.dilation,
+        spec.groups * r,
+    )
+    if spec.norm == "batchnorm":
+        x = _bn(x, params, "bn0.")
+    x = act(x)
+    b, rc, h, w = x.shape
+    if r > 1:
+        x = x.reshape((b, r, rc // r, h, w))
+        x_gap = x.sum(dim=1)
+    else:
+        x_gap = x
+    x_gap = x_gap.mean((2, 3), keepdim=True)
+    x_gap = F.conv2d(x_gap, params["fc1.weight"], params["fc1.bias"], groups=spec.groups)
+    if spec.norm == "batchnorm":
+        x_gap = _bn(x_gap, params, "bn1.")
+    x_attn = F.conv2d(act(x_gap), params["fc2.weight"], params["fc2.bias"], groups=spec.groups)
+    if r > 1:
+        x_attn = x_attn.view(b, spec.groups, r, -1).transpose(1, 2)
+        x_attn = F.softmax(x_attn, dim=1).reshape(b, -1)
+    else:
+        x_attn = torch.sigmoid(x_attn)
+    x_attn = x_attn.view(b, -1, 1, 1)
+    if r > 1:
+        return (x * x_attn.reshape((b, r, rc // r, 1, 1))).sum(dim=1)
+    return x * x_attn
 
 
 def formulation_anchor(name: str, fn: AnchorFn) -> Anchor:

@@ -148,6 +148,8 @@ IMAGE_ROWS: list[tuple[str, tuple[str, dict[str, Any]] | None]] = [
     ("bam", None),
     ("nl_timm", ("nl", {})),
     ("bat_timm", ("bat", {})),
+    ("sk_timm", ("sk", {})),
+    ("splat_timm", ("splat", {})),
 ]
 IMAGE = (32, 256, 28, 28)
 

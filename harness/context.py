@@ -446,6 +446,21 @@ class NlModule(Module):
 
 
 @dataclass(frozen=True)
+class SkModule(Module):
+    doc: str
+    num_paths: int
+    split: bool
+    per_path: str  # each path's input channels, an expression of channels
+    per_path_comment: str
+    groups: int  # the spec's groups (the module takes min(out_channels, groups))
+    paths: str  # the (kernel, dilation) pairs, "((3, 1), (3, 2))"
+    act: str
+    rd_expr: str  # the attention's hidden width, an expression of out_channels
+    rd_comment: str
+    checks: InputChecks
+
+
+@dataclass(frozen=True)
 class BatModule(Module):
     doc: str
     transform_cls: str
@@ -459,6 +474,27 @@ class BatModule(Module):
     norm: str  # each norm's constructor, of out_channels
     norm_cls: str | None  # the channel layer norm class the module defines (layernorm2d)
     dropout: str | None  # the Dropout2d probability, when above 0
+    checks: InputChecks
+
+
+@dataclass(frozen=True)
+class SplatModule(Module):
+    doc: str
+    kernel_size: int
+    padding: int
+    dilation: int
+    groups: int
+    radix: int
+    conv_groups: int  # groups * radix
+    bias: bool
+    norm: bool
+    act: str
+    mid: str  # the conv's output channels, "out_channels * 2"
+    rd_expr: str  # the attention's hidden width, an expression of channels
+    rd_comment: str
+    reach: int  # the least H and W giving one output position (1: any)
+    conv_out: str  # the conv, its norm and activation applied to x
+    attn: str  # the pooled vector through fc1 .. fc2, "{}" for the pooled vector
     checks: InputChecks
 
 
@@ -1755,6 +1791,148 @@ def _bat(spec: specs.BatSpec, base: dict[str, Any]) -> BatModule:
         norm_cls=norm_cls,
         dropout=repr(spec.drop_rate) if spec.drop_rate else None,
         checks=_input_checks(cls, 2),
+    )
+
+
+# --- sk ----------------------------------------------------------------------------------------------
+
+_CONV_BLOCK_ARGS = (
+    "Args:\n    channels: C, the number of input channels.\n"
+    "    out_channels: the number of output channels (default: channels).\n"
+    "    stride: the convs' stride (default 1); 2 halves H and W, rounding up.\n"
+    "    device, dtype: factory kwargs for every parameter and buffer."
+)
+_CONV_BLOCK_SHAPE = (
+    "Shape:\n    x: (B, C, H, W); returns (B, out_channels, H', W') in x's dtype, with\n"
+    "    H' = (H + 2 p - d (k - 1) - 1) // stride + 1 for the convs' padding p, dilation d and\n"
+    "    kernel k (likewise W'): H at stride 1."
+)
+
+
+def _attn_width(expr: str, channels: str) -> str:
+    """A hidden-width expression of ``channels`` (``hidden_width``'s) over another channel count."""
+    return expr.replace("(channels", f"({channels}", 1)
+
+
+@builder("sk")
+def _sk(spec: specs.SkSpec, base: dict[str, Any]) -> SkModule:
+    p = len(spec.kernel_size)
+    if spec.keep_3x3:
+        pairs = [(3, spec.dilation * (k - 1) // 2) for k in spec.kernel_size]
+        how = "3x3 convs, a k x k kernel becoming dilation (k - 1) // 2 (keep_3x3)"
+    else:
+        pairs = [(k, spec.dilation) for k in spec.kernel_size]
+        how = "k x k convs"
+    listed = ", ".join(f"{k}x{k} at dilation {d}" for k, d in pairs)
+    split = spec.split_input and p > 1
+    per_path = f"channels // {p}" if split else "channels"
+    per_path_comment = (
+        f"Each path convolves its own 1/{p} of the channels (split_input)."
+        if split
+        else "Each path convolves every channel."
+    )
+    rd_expr, rd_comment = hidden_width(spec.reduction, spec.divisor, 1, 0.9)
+    attn_width = rd_comment.replace("C / ", "out_channels / ")
+    paths_text = "(" + ", ".join(f"({k}, {d})" for k, d in pairs) + ("," if p == 1 else "") + ")"
+    groups = f" in {spec.groups} groups (at most out_channels)" if spec.groups > 1 else ""
+    doc = _paragraphs(
+        "Selective kernel convolution (Li et al., 2019, SKNet), as timm's SelectiveKernel.",
+        spec.description,
+        _prose(
+            f"{p} path{'s' if p > 1 else ''} of {how}: {listed}{groups}, each a conv, a batchnorm "
+            f"and {spec.activation} (``paths.i.conv``, ``paths.i.bn``, as timm's ConvNormAct), "
+            f"{'each on its own 1/' + str(p) + ' of the channels' if split else 'each on every channel'}. "
+            "The attention (``attn``) averages the paths' sum over space and runs it through "
+            f"``fc_reduce`` to C' channels (C' = {attn_width}), a batchnorm, a ReLU, and "
+            "``fc_select`` to one logit per path and output channel; a softmax over the paths "
+            "weighs them, and the output is their weighted sum. Not a gate: a conv block, with "
+            "out_channels and stride."
+        ),
+        _CONV_BLOCK_ARGS,
+        _CONV_BLOCK_SHAPE,
+    )
+    return SkModule(
+        **{**base, "stdlib_imports": ("from collections import OrderedDict",)},
+        functional=False,
+        helpers=_helpers("_mean(", rd_expr),
+        doc=docstring(doc, "    "),
+        num_paths=p,
+        split=split,
+        per_path=per_path,
+        per_path_comment=per_path_comment,
+        groups=spec.groups,
+        paths=paths_text,
+        act=ACTIVATIONS[spec.activation],
+        rd_expr=_attn_width(rd_expr, "out_channels"),
+        rd_comment=attn_width,
+        checks=_input_checks(base["cls"], 2),
+    )
+
+
+@builder("splat")
+def _splat(spec: specs.SplatSpec, base: dict[str, Any]) -> SplatModule:
+    k, d, r, g = spec.kernel_size, spec.dilation, spec.radix, spec.groups
+    pad = k // 2 if spec.padding is None else spec.padding
+    reach = max(1, d * (k - 1) - 2 * pad + 1)
+    rd_expr, rd_comment = hidden_width(spec.reduction, spec.divisor, spec.min_channels, 0.9)
+    rd_comment = rd_comment.replace("C / ", f"C * {r} / ")
+    norm = spec.norm == "batchnorm"
+    conv_out = "self.act0(self.bn0(self.conv(x)))" if norm else "self.act0(self.conv(x))"
+    attn = (
+        "self.fc2(self.act1(self.bn1(self.fc1({}))))"
+        if norm
+        else "self.fc2(self.act1(self.fc1({})))"
+    )
+    mid = f"out_channels * {r}" if r > 1 else "out_channels"
+    if r > 1:
+        mix = (
+            f"The conv (``conv``, {g * r} groups: groups * radix) makes {r} splits of out_channels "
+            f"each{', each through ``bn0`` and ' if norm else ', each through '}{spec.activation}; "
+            "the attention averages their sum over space and runs it through ``fc1`` (to C' "
+            f"channels, C' = {rd_comment}){', ``bn1``' if norm else ''}, {spec.activation} and "
+            f"``fc2`` (one logit per split and output channel, in {g} group{'s' if g > 1 else ''}); "
+            f"a softmax over the splits{' within each group' if g > 1 else ''} weighs them, and "
+            "the output is their weighted sum (timm's RadixSoftmax)."
+        )
+    else:
+        mix = (
+            f"Radix 1: the conv (``conv``, {g} group{'s' if g > 1 else ''}), "
+            f"{'``bn0`` and ' if norm else ''}{spec.activation}, gated per channel by a sigmoid of "
+            f"``fc1`` (to C' channels, C' = {rd_comment}){', ``bn1``' if norm else ''}, "
+            f"{spec.activation} and ``fc2`` on its average over space."
+        )
+    doc = _paragraphs(
+        "Split attention (Zhang et al., 2020, ResNeSt), as timm's SplitAttn.",
+        spec.description,
+        _prose(
+            f"{mix} The conv is {k}x{k}, padding {pad}, dilation {d}, "
+            f"{'with' if spec.bias else 'no'} bias. Not a gate: a conv block, with out_channels "
+            "and stride."
+        ),
+        _CONV_BLOCK_ARGS,
+        _CONV_BLOCK_SHAPE,
+    )
+    return SplatModule(
+        **base,
+        functional=False,
+        helpers=_helpers("_mean(", rd_expr),
+        doc=docstring(doc, "    "),
+        kernel_size=k,
+        padding=pad,
+        dilation=d,
+        groups=g,
+        radix=r,
+        conv_groups=g * r,
+        bias=spec.bias,
+        norm=norm,
+        act=ACTIVATIONS[spec.activation],
+        mid=mid,
+        rd_expr=_attn_width(rd_expr, f"channels * {r}") if r > 1 else rd_expr,
+        rd_comment=rd_comment,
+        reach=reach,
+        conv_out=conv_out,
+        attn=attn,
+        checks=_input_checks(base["cls"], 2),
     )
 
 

@@ -14,6 +14,8 @@ except ``timm_create_attn``, which imports timm to build a module (working aroun
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -64,6 +66,9 @@ class Layout:
     kind: str
     fields: dict[str, Any]
     channels: int
+    # Keyword-only constructor options the module was built with (the conv blocks' out_channels
+    # and stride): not spec fields, passed when the variant is built.
+    options: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 def _name(module: nn.Module | None) -> str:
@@ -569,6 +574,129 @@ def _bat(m: Any) -> Layout:
     return Layout("bat", fields, c)
 
 
+def _sk(m: Any) -> Layout:
+    where = "SelectiveKernel"
+    paths = list(m.paths)
+    convs = [path.conv for path in paths]
+    first = convs[0]
+    out, stride, groups = first.out_channels, first.stride[0], first.groups
+    for i, path in enumerate(paths):
+        conv = path.conv
+        if getattr(path, "aa", None) is not None:
+            raise ValueError(f"{where}.paths.{i}: aa_layer {_name(path.aa)} is not supported")
+        plain = (
+            type(conv) is nn.Conv2d
+            and conv.kernel_size[0] == conv.kernel_size[1]
+            and conv.dilation[0] == conv.dilation[1]
+            and conv.stride == (stride, stride)
+            and conv.padding
+            == ((stride - 1 + conv.dilation[0] * (conv.kernel_size[0] - 1)) // 2,) * 2
+            and conv.padding_mode == "zeros"
+            and (conv.out_channels, conv.groups) == (out, groups)
+            and not _conv_bias(conv)
+        )
+        if not plain:
+            raise ValueError(
+                f"{where}.paths.{i}.conv: a {tuple(conv.kernel_size)} conv with stride "
+                f"{conv.stride}, padding {conv.padding}, dilation {conv.dilation} is not the conv "
+                "timm's ConvNormAct builds"
+            )
+        _norm(path.bn, f"{where}.paths.{i}.bn", own_act=True)
+    acts = {_activation(path.bn.act, f"{where}.paths.{i}.bn.act") for i, path in enumerate(paths)}
+    if len(acts) > 1:
+        raise ValueError(f"{where}: paths with different activations {sorted(acts)}")
+    kernels = [c.kernel_size[0] for c in convs]
+    dilations = [c.dilation[0] for c in convs]
+    fields: dict[str, Any]
+    if all(k == 3 for k in kernels):  # keep_3x3: path i's kernel k became dilation (k - 1) // 2
+        d = math.gcd(*dilations)
+        fields = {"kernel_size": [2 * di // d + 1 for di in dilations], "dilation": d}
+    elif len(set(dilations)) == 1:
+        fields = {"kernel_size": kernels, "dilation": dilations[0], "keep_3x3": False}
+    else:
+        raise ValueError(f"{where}: paths of kernels {kernels} at dilations {dilations}")
+    attn = m.attn
+    if _name(attn.act) != "ReLU" or _conv_bias(attn.fc_reduce) or _conv_bias(attn.fc_select):
+        raise ValueError(f"{where}.attn: not the SelectiveKernelAttn timm builds")
+    _norm(attn.bn, f"{where}.attn.bn")
+    width = _reduction(out, attn.fc_reduce.out_channels, 8, 0.9, 16, f"{where}.attn")
+    width.pop("round_limit")  # timm's SelectiveKernel always rounds with 0.9
+    fields |= {
+        "split_input": bool(m.split_input) or len(paths) == 1,
+        "groups": groups,
+        **width,
+        "activation": acts.pop(),
+    }
+    return Layout("sk", fields, m.in_channels, {"out_channels": out, "stride": stride})
+
+
+def _splat_width(channels: int, radix: int, hidden: int, where: str) -> dict[str, Any]:
+    """Fields giving SplitAttn's hidden width ``hidden``: make_divisible(C * radix / reduction,
+    divisor, min_channels) with round_limit 0.9. Prefer timm's divisor 8 and floor 32, then the
+    reduction nearest timm's 4; a width no ratio reaches (rd_channels * radix below the floor)
+    becomes the floor itself."""
+    from .references import hidden_width
+
+    reductions = sorted(range(1, 1025), key=lambda r: (abs(r - 4), r))
+    for low in (32, 1):
+        for d in (8, 1, 2, 4, 16, 32, 64):
+            for r in reductions:
+                if hidden_width(channels * radix, r, d, low, 0.9) == hidden:
+                    fields: dict[str, Any] = {"reduction": r}
+                    if d != 8:
+                        fields["divisor"] = d
+                    if low != 32:
+                        fields["min_channels"] = low
+                    return fields
+    if hidden <= 4096 and hidden_width(channels * radix, 1024, 1, hidden, 0.9) == hidden:
+        return {"reduction": 1024, "divisor": 1, "min_channels": hidden}
+    raise ValueError(
+        f"{where}: a hidden width of {hidden} at {channels} channels and radix {radix} is not one "
+        "that make_divisible reaches"
+    )
+
+
+def _splat(m: Any) -> Layout:
+    where = "SplitAttn"
+    conv, radix = m.conv, m.radix
+    k, stride, pad, dil = conv.kernel_size[0], conv.stride[0], conv.padding[0], conv.dilation[0]
+    square = (
+        type(conv) is nn.Conv2d
+        and conv.kernel_size == (k, k)
+        and conv.stride == (stride, stride)
+        and conv.padding == (pad, pad)
+        and conv.dilation == (dil, dil)
+        and conv.padding_mode == "zeros"
+        and conv.groups % radix == 0
+    )
+    if not square:
+        raise ValueError(
+            f"{where}.conv: a {tuple(conv.kernel_size)} conv with stride {conv.stride}, padding "
+            f"{conv.padding}, dilation {conv.dilation} is not the square conv timm builds"
+        )
+    if not isinstance(m.drop, nn.Identity):
+        raise ValueError(f"{where}.drop: drop_layer {_name(m.drop)} is not supported")
+    norms = {_norm(m.bn0, f"{where}.bn0"), _norm(m.bn1, f"{where}.bn1")}
+    acts = {_activation(m.act0, f"{where}.act0"), _activation(m.act1, f"{where}.act1")}
+    if len(norms) > 1 or len(acts) > 1:
+        raise ValueError(f"{where}: bn0 / bn1 or act0 / act1 of different kinds")
+    groups = conv.groups // radix
+    c, out = conv.in_channels, conv.out_channels // radix
+    fields: dict[str, Any] = {"kernel_size": k}
+    if pad != k // 2:
+        fields["padding"] = pad
+    fields |= {
+        "dilation": dil,
+        "groups": groups,
+        "radix": radix,
+        "bias": _conv_bias(conv),
+        **_splat_width(c, radix, m.fc1.out_channels, f"{where}.fc1"),
+        "activation": acts.pop(),
+        "norm": norms.pop(),
+    }
+    return Layout("splat", fields, c, {"out_channels": out, "stride": stride})
+
+
 #: timm class name -> how to read it. Checked against the class's module: timm's own classes only.
 CONVERTERS: dict[str, Callable[[Any, int | None], Layout]] = {
     "SEModule": lambda m, c: _se(m),
@@ -585,6 +713,8 @@ CONVERTERS: dict[str, Callable[[Any, int | None], Layout]] = {
     "StripAttn": lambda m, c: _strip(m),
     "NonLocalAttn": lambda m, c: _nl(m),
     "BatNonLocalAttn": lambda m, c: _bat(m),
+    "SelectiveKernel": lambda m, c: _sk(m),
+    "SplitAttn": lambda m, c: _splat(m),
 }
 
 
@@ -667,9 +797,11 @@ def from_timm(
     block = catalogue.build(
         name,
         channels,
+        **found.options,
         device=None if weight is None else weight.device,
         dtype=None if weight is None else weight.dtype,
     )
+    _same_convs(name, block, module)
     mine = block.state_dict()
     for key, tensor in state.items():
         if key not in mine:
@@ -681,6 +813,22 @@ def from_timm(
             )
     block.load_state_dict(state, strict=True)
     return block.train(module.training)
+
+
+def _same_convs(name: str, block: nn.Module, module: nn.Module) -> None:
+    """Every conv of ``block`` with a counterpart of the same name in ``module`` has its geometry:
+    weight shapes alone do not tell a dilated 3x3 from another dilation, nor a stride."""
+    theirs = dict(module.named_modules())
+    for path, conv in block.named_modules():
+        other = theirs.get(path)
+        if not (isinstance(conv, nn.Conv2d) and isinstance(other, nn.Conv2d)):
+            continue
+        for attr in ("stride", "padding", "dilation", "groups"):
+            if getattr(conv, attr) != getattr(other, attr):
+                raise ValueError(
+                    f"{name}: {path}.{attr} is {getattr(conv, attr)}, {getattr(other, attr)} in "
+                    "the module"
+                )
 
 
 def timm_create_attn(attn: str, channels: int, **kwargs: Any) -> nn.Module:

@@ -46,8 +46,10 @@ from .spec import (
     SdpaSpec,
     SgeSpec,
     SimamSpec,
+    SkSpec,
     SpatialOptions,
     SpatialSpec,
+    SplatSpec,
     StripSpec,
     TripletSpec,
 )
@@ -92,9 +94,14 @@ class Case:
 class Inputs:
     args: list[Tensor]
     kwargs: dict[str, Tensor] = field(default_factory=dict)
+    # The case's keyword-only constructor options (``Case.options``: stride, out_channels ...). Not
+    # passed to forward: references whose function depends on them (a strided conv) read them here.
+    options: dict[str, int] = field(default_factory=dict)
 
     def map(self, fn: Callable[[Tensor], Tensor]) -> Inputs:
-        return Inputs([fn(a) for a in self.args], {k: fn(v) for k, v in self.kwargs.items()})
+        return Inputs(
+            [fn(a) for a in self.args], {k: fn(v) for k, v in self.kwargs.items()}, self.options
+        )
 
 
 @dataclass(frozen=True)
@@ -146,7 +153,8 @@ class Kind(Generic[S]):
         self, spec: S, case: Case, dtype: torch.dtype, device: str, gen: torch.Generator
     ) -> Inputs:
         return Inputs(
-            [_randn(s, dtype, device, gen) * case.magnitude(i) for i, s in enumerate(case.shapes)]
+            [_randn(s, dtype, device, gen) * case.magnitude(i) for i, s in enumerate(case.shapes)],
+            options=case.options,
         )
 
     def out_shape(self, spec: S, case: Case) -> tuple[int, ...]:
@@ -330,7 +338,9 @@ class _Image(Kind[Img]):
     ) -> Inputs:
         shape = case.shapes[0]
         if case.realistic:  # post-activation maps are positive: |N(0, 1)| at the case's magnitude
-            return Inputs([_randn(shape, dtype, device, gen).abs() * case.magnitude(0)])
+            return Inputs(
+                [_randn(shape, dtype, device, gen).abs() * case.magnitude(0)], options=case.options
+            )
         # Feature maps whose channels have means of their own (as real ones do): pooled vectors are
         # then O(1) and differ between samples, instead of the near-zero mean of white noise, which
         # leaves a reduced MLP's ReLU dead and the batch invisible to the gate.
@@ -338,7 +348,7 @@ class _Image(Kind[Img]):
             (*shape[:2], *[1] * (len(shape) - 2)), generator=gen, dtype=torch.float64
         )
         x = torch.randn(shape, generator=gen, dtype=torch.float64) + offsets
-        return Inputs([x.to(device=device, dtype=dtype)])
+        return Inputs([x.to(device=device, dtype=dtype)], options=case.options)
 
     def dynamic_dims(self, spec: Img, case: Case) -> list[dict[int, str]]:
         return [{0: "batch", **{2 + i: f"d{i}" for i in range(spec.dims)}}]
@@ -1614,12 +1624,268 @@ class Mha(_Attention[MhaSpec]):
         return errors
 
 
+class _ConvBlock(_Image[Img]):
+    """A conv block rather than a gate (timm's SelectiveKernel, SplitAttn): the constructor takes
+    ``out_channels`` and ``stride``, so some cases change the output's channels and size."""
+
+    # The convs run in the autocast dtype (as nn.Conv2d does): the output is in it too.
+    autocast_keeps_dtype = False
+
+    def gated(self, spec: Img) -> bool:
+        return False
+
+    def out_geometry(self, spec: Img) -> tuple[int, int]:
+        """The kernel size and dilation of the conv that sets the output's size."""
+        raise NotImplementedError
+
+    def padding(self, spec: Img, stride: int) -> int:
+        """That conv's padding at ``stride``."""
+        raise NotImplementedError
+
+    def out_shape(self, spec: Img, case: Case) -> tuple[int, ...]:
+        b, c, *spatial = case.shapes[0]
+        stride = case.options.get("stride", 1)
+        k, d = self.out_geometry(spec)
+        pad = self.padding(spec, stride)
+        size = [(n + 2 * pad - d * (k - 1) - 1) // stride + 1 for n in spatial]
+        return (b, case.options.get("out_channels", c), *size)
+
+    def cases(self, spec: Img) -> list[Case]:
+        c = self.case_channels(spec, 16)
+        out = self.case_channels(spec, c + 1)  # never c: the output's channels change
+        strided = (2, c, 9, 6)
+        # The realistic case at 64 channels, not 448: a conv's cost grows with C^2 (448 made it
+        # 49 times dearer: 26 s a float16 reference check here), and 462 positions at ~160 still
+        # overflow a float16 sum over space.
+        act = self._fit(spec, (1, 64, *_ACTIVATION[2][2:]))
+        realistic = Case(
+            "act_" + _shape_name(act), (act[1],), (act,), magnitudes=(_ACTIVATION_MAGNITUDE,)
+        )
+        return [
+            *(c for c in super().cases(spec) if not c.realistic),
+            realistic,
+            Case(
+                f"{_shape_name(strided)}_s2_o{out}",
+                (c,),
+                (strided,),
+                kwargs=(("out_channels", out), ("stride", 2)),
+            ),
+            Case(f"b1_c{c}_5x7_s3", (c,), ((1, c, 5, 7),), kwargs=(("stride", 3),)),
+        ]
+
+    def error_inputs(self, spec: Img) -> list[ErrorInput]:
+        c = self.case_channels(spec, 8)
+        return [
+            *super().error_inputs(spec),
+            ErrorInput(
+                "zero_out_channels",
+                lambda f, d: f(c, out_channels=0, device=d),
+                r"^{cls}: out_channels must be >= 1, got 0$",
+            ),
+            ErrorInput(
+                "zero_stride",
+                lambda f, d: f(c, stride=0, device=d),
+                r"^{cls}: stride must be >= 1, got 0$",
+            ),
+        ]
+
+
+class Sk(_ConvBlock[SkSpec]):
+    name = "sk"
+
+    @staticmethod
+    def _split(spec: SkSpec) -> int:
+        """How many slices the input channels are split into (1 without split_input)."""
+        return len(spec.kernel_size) if spec.split_input else 1
+
+    def case_channels(self, spec: SkSpec, channels: int) -> int:
+        m = self._split(spec) * spec.groups
+        return max(1, -(-channels // m)) * m
+
+    def out_geometry(self, spec: SkSpec) -> tuple[int, int]:
+        k = spec.kernel_size[0]
+        return (3, spec.dilation * (k - 1) // 2) if spec.keep_3x3 else (k, spec.dilation)
+
+    def padding(self, spec: SkSpec, stride: int) -> int:
+        k, d = self.out_geometry(spec)
+        return ((stride - 1) + d * (k - 1)) // 2  # timm's get_padding
+
+    def param_shapes(self, spec: SkSpec, case: Case) -> dict[str, tuple[int, ...]]:
+        c = case.ctor[0]
+        out = case.options.get("out_channels", c)
+        groups = min(out, spec.groups)
+        per_path = c // self._split(spec)
+        rd = references.hidden_width(out, spec.reduction, spec.divisor, 1, 0.9)
+        shapes: dict[str, tuple[int, ...]] = {}
+        for i, k in enumerate(spec.kernel_size):
+            kernel = 3 if spec.keep_3x3 else k
+            shapes[f"paths.{i}.conv.weight"] = (out, per_path // groups, kernel, kernel)
+            shapes |= {f"paths.{i}.bn.weight": (out,), f"paths.{i}.bn.bias": (out,)}
+        return shapes | {
+            "attn.fc_reduce.weight": (rd, out, 1, 1),
+            "attn.bn.weight": (rd,),
+            "attn.bn.bias": (rd,),
+            "attn.fc_select.weight": (out * len(spec.kernel_size), rd, 1, 1),
+        }
+
+    def reference(
+        self, spec: SkSpec, params: references.State, inputs: Inputs, *, training: bool = False
+    ) -> Tensor:
+        stride = inputs.options.get("stride", 1)
+        return references.selective_kernel(
+            inputs.args[0], params, spec, training=training, stride=stride
+        )
+
+    def plain(self, spec: SkSpec, params: references.Params, inputs: Inputs) -> Tensor:
+        return anchors.timm_sk(inputs.args[0], params, spec, inputs.options.get("stride", 1))
+
+    def anchors(self, spec: SkSpec) -> list[Anchor]:
+        return [_timm_anchor("timm SelectiveKernel formulation", self, spec)]
+
+    def error_inputs(self, spec: SkSpec) -> list[ErrorInput]:
+        errors = super().error_inputs(spec)
+        p, g = self._split(spec), spec.groups
+        if p > 1:
+            errors.append(
+                ErrorInput(
+                    "indivisible_channels",
+                    lambda f, d: f(p * g + 1, device=d),
+                    rf"^{{cls}}: channels must be divisible by the {p} paths \(split_input\), got {p * g + 1}$",
+                )
+            )
+        if g > 1:
+            out = 2 * g + 1
+            errors.append(
+                ErrorInput(
+                    "indivisible_groups",
+                    lambda f, d: f(p * g, out_channels=out, device=d),
+                    rf"^{{cls}}: {g} groups must divide each path's input channels \({g}\) and out_channels \({out}\)$",
+                )
+            )
+        return errors
+
+
+class Splat(_ConvBlock[SplatSpec]):
+    name = "splat"
+
+    @staticmethod
+    def _reach(spec: SplatSpec) -> int:
+        """The least H and W that leave one output position (1 unless the padding is short)."""
+        k, pad = spec.kernel_size, Splat._pad(spec)
+        return max(1, spec.dilation * (k - 1) - 2 * pad + 1)
+
+    @staticmethod
+    def _pad(spec: SplatSpec) -> int:
+        return spec.kernel_size // 2 if spec.padding is None else spec.padding
+
+    def case_channels(self, spec: SplatSpec, channels: int) -> int:
+        m = spec.groups * spec.radix
+        return max(1, -(-channels // m)) * m
+
+    def cases(self, spec: SplatSpec) -> list[Case]:
+        # A padding short of the dilated kernel shrinks the map: only inputs it reaches across,
+        # and first a map two wider than that (the export check's, at stride 1).
+        reach = self._reach(spec)
+        cases = [c for c in super().cases(spec) if min(c.shapes[0][2:]) >= reach]
+        if reach == 1:
+            return cases
+        c = self.case_channels(spec, 8)
+        wide = (2, c, reach + 1, reach + 2)
+        return [Case(_shape_name(wide), (c,), (wide,)), *cases]
+
+    def tiny(self, spec: SplatSpec) -> Case:
+        b, c, *spatial = super().tiny(spec).shapes[0]
+        shape = (b, c, *(max(n, self._reach(spec)) for n in spatial))
+        return Case("tiny", (c,), (shape,))
+
+    def export_min(self, spec: SplatSpec, dim: str) -> int:
+        # Two output positions, so symbolic shapes do not specialise a map of one.
+        return self._reach(spec) + 1 if dim.startswith("d") else 2
+
+    def out_geometry(self, spec: SplatSpec) -> tuple[int, int]:
+        return spec.kernel_size, spec.dilation
+
+    def padding(self, spec: SplatSpec, stride: int) -> int:
+        return self._pad(spec)
+
+    def _hidden(self, spec: SplatSpec, channels: int) -> int:
+        return references.hidden_width(
+            channels * spec.radix, spec.reduction, spec.divisor, spec.min_channels, 0.9
+        )
+
+    def param_shapes(self, spec: SplatSpec, case: Case) -> dict[str, tuple[int, ...]]:
+        c = case.ctor[0]
+        out = case.options.get("out_channels", c)
+        r, g, k = spec.radix, spec.groups, spec.kernel_size
+        rd = self._hidden(spec, c)
+        shapes: dict[str, tuple[int, ...]] = {
+            "conv.weight": (out * r, c // (g * r), k, k),
+            "fc1.weight": (rd, out // g, 1, 1),
+            "fc1.bias": (rd,),
+            "fc2.weight": (out * r, rd // g, 1, 1),
+            "fc2.bias": (out * r,),
+        }
+        if spec.bias:
+            shapes["conv.bias"] = (out * r,)
+        if spec.norm == "batchnorm":
+            shapes |= {"bn0.weight": (out * r,), "bn0.bias": (out * r,)}
+            shapes |= {"bn1.weight": (rd,), "bn1.bias": (rd,)}
+        return shapes
+
+    def reference(
+        self, spec: SplatSpec, params: references.State, inputs: Inputs, *, training: bool = False
+    ) -> Tensor:
+        stride = inputs.options.get("stride", 1)
+        return references.split_attention(
+            inputs.args[0], params, spec, training=training, stride=stride
+        )
+
+    def plain(self, spec: SplatSpec, params: references.Params, inputs: Inputs) -> Tensor:
+        return anchors.timm_splat(inputs.args[0], params, spec, inputs.options.get("stride", 1))
+
+    def anchors(self, spec: SplatSpec) -> list[Anchor]:
+        return [_timm_anchor("timm SplitAttn formulation", self, spec)]
+
+    def error_inputs(self, spec: SplatSpec) -> list[ErrorInput]:
+        errors = super().error_inputs(spec)
+        m, g, reach = spec.groups * spec.radix, spec.groups, self._reach(spec)
+        if m > 1:
+            errors.append(
+                ErrorInput(
+                    "indivisible_channels",
+                    lambda f, d: f(m + 1, device=d),
+                    rf"^{{cls}}: channels must be divisible by groups \* radix \({m}\), got {m + 1}$",
+                )
+            )
+        if g > 1:
+            errors.append(
+                ErrorInput(
+                    "indivisible_out_channels",
+                    lambda f, d: f(m, out_channels=g + 1, device=d),
+                    rf"^{{cls}}: out_channels must be divisible by the {g} groups, got {g + 1}$",
+                )
+            )
+        if reach > 1:
+            c = self.case_channels(spec, 8)
+            small = (2, c, reach - 1, reach + 2)
+            errors.append(
+                ErrorInput(
+                    "too_small",
+                    lambda f, d: f(c, device=d)(torch.randn(small, device=d)),
+                    rf"^{{cls}}: expected H and W of at least {reach} \(.+\), got \({', '.join(map(str, small))}\)$",
+                )
+            )
+        return errors
+
+
 #: kind name -> its record.
 KIND_DB: dict[str, Kind[Any]] = {
     k.name: k
     for k in (
         *(Channel(), Spatial(), Cbam(), Eca(), Ese(), Ge(), Gc(), Coord(), Scoord()),
         *(Ela(), Strip(), Simam(), Sge(), Triplet(), Bam(), Nl(), Bat(), Sdpa(), Mha()),
+        Sk(),
+        Splat(),
     )
 }
 

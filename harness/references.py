@@ -41,7 +41,9 @@ from .spec import (
     ScoordSpec,
     SgeSpec,
     SimamSpec,
+    SkSpec,
     SpatialOptions,
+    SplatSpec,
     StripSpec,
     TripletSpec,
 )
@@ -725,6 +727,120 @@ def bat(x: Tensor, params: State, spec: BatSpec, training: bool = False) -> Tens
     y = (big_p[:, :, None] @ grouped @ big_q[:, :, None]).reshape(b, c, h, w)
     y = _conv_norm_act(y, params, "ba.conv2.", spec, training)
     return x + _conv_norm_act(y, params, "conv2.", spec, training)
+
+
+def conv2d_taps(
+    x: Tensor,
+    w: Tensor,
+    bias: Tensor | None = None,
+    stride: int = 1,
+    padding: int = 0,
+    dilation: int = 1,
+    groups: int = 1,
+) -> Tensor:
+    """A 2D convolution written out (no conv op): the zero-padded input split into its channel
+    groups; for each tap (i, j) of the kernel, the input's strided slice at that tap's dilated
+    offset, mixed across each group's channels by an einsum; summed over the taps."""
+    o, per_group, kh, kw = w.shape
+    padded = F.pad(x, (padding,) * 4)
+    size = [
+        (n - dilation * (k - 1) - 1) // stride + 1
+        for n, k in zip(padded.shape[2:], (kh, kw), strict=True)
+    ]
+    grouped = padded.reshape(
+        x.shape[0], groups, per_group, *padded.shape[2:]
+    )  # (B, G, C/G, H', W')
+    kernels = w.reshape(groups, o // groups, *w.shape[1:])  # (G, O/G, C/G, kh, kw)
+    total = torch.zeros((x.shape[0], groups, o // groups, *size), dtype=x.dtype, device=x.device)
+    for i, j in itertools.product(range(kh), range(kw)):
+        rows = slice(i * dilation, i * dilation + stride * (size[0] - 1) + 1, stride)
+        cols = slice(j * dilation, j * dilation + stride * (size[1] - 1) + 1, stride)
+        total = total + torch.einsum(
+            "bgchw,goc->bgohw", grouped[:, :, :, rows, cols], kernels[..., i, j]
+        )
+    out = total.flatten(1, 2)
+    return out if bias is None else out + bias.reshape(1, -1, 1, 1)
+
+
+def selective_kernel(
+    x: Tensor, params: State, spec: SkSpec, training: bool = False, stride: int = 1
+) -> Tensor:
+    """Selective kernel convolution (Li et al., 2019) as timm builds it: path i convolves its slice
+    of the channels (all of them without split_input) with a k x k kernel (3 x 3 at dilation
+    (k - 1) // 2 with keep_3x3, times the module's dilation), padded ((stride - 1) + d (k - 1)) // 2,
+    then a batchnorm and the activation; U = the paths' sum, s = U averaged over space, z =
+    ReLU(BN(W_reduce s)), one logit per path and channel W_select z, softmax over the paths; the
+    output sum_i a_i * path_i. Convs as sums of taps, the 1x1 layers as einsums."""
+    p = len(spec.kernel_size)
+    c = x.shape[1]
+    out = params["attn.fc_select.weight"].shape[0] // p
+    per_path = c // p if spec.split_input else c
+    groups = min(out, spec.groups)
+    feats = []
+    for i, k in enumerate(spec.kernel_size):
+        kernel, dilation = (
+            (3, spec.dilation * (k - 1) // 2) if spec.keep_3x3 else (k, spec.dilation)
+        )
+        part = x[:, i * per_path : (i + 1) * per_path] if spec.split_input else x
+        pad = ((stride - 1) + dilation * (kernel - 1)) // 2
+        y = conv2d_taps(part, params[f"paths.{i}.conv.weight"], None, stride, pad, dilation, groups)
+        y = batch_norm(y, params, f"paths.{i}.bn.", training)
+        feats.append(activation(y, spec.activation))
+    stacked = torch.stack(feats, 1)  # (B, P, C_out, H', W')
+    pooled = stacked.sum(1).mean((2, 3))  # (B, C_out)
+    z = torch.einsum("bc,rc->br", pooled, params["attn.fc_reduce.weight"][:, :, 0, 0])
+    z = activation(batch_norm(z, params, "attn.bn.", training), "relu")
+    logits = torch.einsum("br,qr->bq", z, params["attn.fc_select.weight"][:, :, 0, 0])
+    weights = _softmax(logits.reshape(-1, p, out), 1)
+    return torch.einsum("bpchw,bpc->bchw", stacked, weights)
+
+
+def _grouped_fc(v: Tensor, weight: Tensor, bias: Tensor, groups: int) -> Tensor:
+    """A grouped 1x1 conv on pooled vectors (B, C_in) -> (B, C_out), as an einsum per group."""
+    w = weight[:, :, 0, 0]
+    out = torch.einsum(
+        "bgi,goi->bgo",
+        v.reshape(v.shape[0], groups, -1),
+        w.reshape(groups, -1, w.shape[1]),
+    )
+    return out.reshape(v.shape[0], -1) + bias
+
+
+def split_attention(
+    x: Tensor, params: State, spec: SplatSpec, training: bool = False, stride: int = 1
+) -> Tensor:
+    """Split attention (Zhang et al., 2020, ResNeSt) as timm's SplitAttn: one conv (groups *
+    radix groups) to radix splits U_1 .. U_R of out_channels each, a norm and the activation;
+    s = (sum_r U_r) averaged over space; z = act(norm(fc1 s)), logits fc2 z, laid out per group
+    as (radix, out_channels / groups); a_r = softmax over the radix within each group (sigmoid
+    with radix 1); the output sum_r a_r * U_r. The conv as a sum of taps, fc1 and fc2 as einsums
+    per group, the splits as a Python list."""
+    r, g = spec.radix, spec.groups
+    weight = params["conv.weight"]
+    out = weight.shape[0] // r
+    pad = spec.kernel_size // 2 if spec.padding is None else spec.padding
+    y = conv2d_taps(x, weight, params.get("conv.bias"), stride, pad, spec.dilation, g * r)
+    if spec.norm == "batchnorm":
+        y = batch_norm(y, params, "bn0.", training)
+    y = activation(y, spec.activation)
+    splits = [y[:, i * out : (i + 1) * out] for i in range(r)]
+    pooled = torch.stack(splits).sum(0).mean((2, 3))
+    z = _grouped_fc(pooled, params["fc1.weight"], params["fc1.bias"], g)
+    if spec.norm == "batchnorm":
+        z = batch_norm(z, params, "bn1.", training)
+    logits = _grouped_fc(
+        activation(z, spec.activation), params["fc2.weight"], params["fc2.bias"], g
+    )
+    b = x.shape[0]
+    if r == 1:
+        weights = [gate(logits, "sigmoid")]
+    else:
+        per_group = _softmax(logits.reshape(b, g, r, out // g), 2)
+        weights = [per_group[:, :, i].reshape(b, out) for i in range(r)]
+    return sum(
+        (u * a[:, :, None, None] for u, a in zip(splits, weights, strict=True)),
+        torch.zeros_like(splits[0]),
+    )
 
 
 def causal_allowed(

@@ -1233,6 +1233,160 @@ class BatSpec(_Planar, _Variant):
     )
 
 
+def _sk_kernels(values: tuple[int, ...]) -> tuple[int, ...]:
+    bad = [k for k in values if k < 3 or k % 2 == 0]
+    if bad:
+        raise ValueError(
+            f"kernel_size entries must be odd and at least 3 (timm's SelectiveKernel asserts it), "
+            f"got {', '.join(map(str, bad))}"
+        )
+    return values
+
+
+class SkSpec(_Planar, _Variant):
+    kind: Literal["sk"] = Field(
+        description=(
+            "Selective kernel convolution (Li et al., 2019, SKNet; timm's SelectiveKernel): "
+            "parallel conv-BN-act paths of different receptive fields, mixed per channel by "
+            "softmax weights from their pooled sum. A conv block: its constructor takes "
+            "out_channels and stride."
+        )
+    )
+    planar_reason: ClassVar[str] = "the paths are 2D convs (timm's ConvNormAct)"
+    kernel_size: tuple[int, ...] = Field(
+        (3, 5),
+        strict=False,  # YAML gives a list
+        min_length=1,
+        max_length=4,
+        description=(
+            "One odd kernel size (at least 3) per path, in order: [3, 5] is timm's default, a 3x3 "
+            "and a 5x5 path; timm's kernel_size k is [k, k]."
+        ),
+    )
+    dilation: int = Field(
+        1,
+        ge=1,
+        le=8,
+        description="Dilation of the module as a whole: every path's dilation is multiplied by it.",
+    )
+    keep_3x3: bool = Field(
+        True,
+        description=(
+            "Every path a 3x3 conv, a k-sized kernel becoming dilation (k - 1) // 2 (the same "
+            "receptive field, timm's default); false: each path its own k x k kernel."
+        ),
+    )
+    split_input: bool = Field(
+        True,
+        description=(
+            "Split the input channels evenly across the paths (path i sees channels i * C/P to "
+            "(i + 1) * C/P, C divisible by the number of paths P), as timm's default; false: "
+            "every path sees every channel."
+        ),
+    )
+    groups: int = Field(
+        1,
+        ge=1,
+        le=1024,
+        description=(
+            "Groups of each path's conv; at most out_channels (timm's min(out_channels, groups)). "
+            "They must divide each path's input and output channels."
+        ),
+    )
+    reduction: int = Field(
+        16,
+        ge=1,
+        le=1024,
+        description=(
+            "The attention's hidden width: make_divisible(out_channels / reduction, divisor) with "
+            "round_limit 0.9, as timm's rd_ratio = 1 / reduction."
+        ),
+    )
+    divisor: int = Field(
+        8, ge=1, le=256, description="timm's rd_divisor: the hidden width is a multiple of it."
+    )
+    activation: Activation = Field(
+        "relu",
+        description=(
+            "The paths' activation, after each conv's batchnorm (timm's act_layer). The "
+            "attention's own activation is a ReLU whatever this says, as timm builds it."
+        ),
+    )
+
+    _kernels = field_validator("kernel_size")(_sk_kernels)
+
+
+class SplatSpec(_Planar, _Variant):
+    kind: Literal["splat"] = Field(
+        description=(
+            "Split attention (Zhang et al., 2020, ResNeSt; timm's SplitAttn): one grouped conv to "
+            "radix splits of the output, mixed per channel by a softmax over the splits (a "
+            "sigmoid with radix 1) from their pooled sum. A conv block: its constructor takes "
+            "out_channels and stride."
+        )
+    )
+    planar_reason: ClassVar[str] = "the conv is 2D (timm's SplitAttn)"
+    kernel_size: int = Field(3, ge=1, le=31, description="The conv's kernel size.")
+    padding: int | None = Field(
+        None,
+        ge=0,
+        le=64,
+        description=(
+            "The conv's padding; null: kernel_size // 2 (timm's default). ResNeSt passes its "
+            "dilation. A padding below dilation * (kernel_size - 1) / 2 shrinks the output."
+        ),
+    )
+    dilation: int = Field(1, ge=1, le=8, description="The conv's dilation.")
+    groups: int = Field(
+        1,
+        ge=1,
+        le=1024,
+        description=(
+            "Cardinality: the conv has groups * radix groups, fc1 and fc2 groups groups, and the "
+            "softmax runs over the radix within each group."
+        ),
+    )
+    radix: int = Field(
+        2,
+        ge=1,
+        le=8,
+        description=(
+            "Splits of the conv's output (out_channels each) that the attention mixes; 1: no "
+            "mixing, the output is the conv's times a sigmoid gate."
+        ),
+    )
+    bias: bool = Field(False, description="A bias on the conv (fc1 and fc2 always have one).")
+    reduction: int = Field(
+        4,
+        ge=1,
+        le=1024,
+        description=(
+            "The attention's hidden width: make_divisible(channels * radix / reduction, divisor, "
+            "min_channels) with round_limit 0.9, as timm's rd_ratio = 1 / reduction (the input's "
+            "channels, as timm)."
+        ),
+    )
+    divisor: int = Field(
+        8, ge=1, le=256, description="timm's rd_divisor: the hidden width is a multiple of it."
+    )
+    min_channels: int = Field(
+        32,
+        ge=1,
+        le=4096,
+        description="Lower bound on the hidden width (timm's make_divisible min_value=32).",
+    )
+    activation: Activation = Field(
+        "relu", description="After the conv's norm (act0) and after fc1's norm (act1)."
+    )
+    norm: Norm = Field(
+        "none",
+        description=(
+            "batchnorm: bn0 after the conv and bn1 after fc1 (running statistics: training and "
+            "eval differ), as ResNeSt builds it; none: timm's default."
+        ),
+    )
+
+
 ImageSpec = (
     ChannelSpec
     | SpatialSpec
@@ -1251,6 +1405,8 @@ ImageSpec = (
     | BamSpec
     | NlSpec
     | BatSpec
+    | SkSpec
+    | SplatSpec
 )
 AnySpec = ImageSpec | SdpaSpec | MhaSpec
 SPEC_ADAPTER: TypeAdapter[AnySpec] = TypeAdapter(Annotated[AnySpec, Field(discriminator="kind")])
@@ -1273,6 +1429,8 @@ MODELS: dict[str, type[_Variant]] = {
     "bam": BamSpec,
     "nl": NlSpec,
     "bat": BatSpec,
+    "sk": SkSpec,
+    "splat": SplatSpec,
     "sdpa": SdpaSpec,
     "mha": MhaSpec,
 }

@@ -136,7 +136,7 @@ def _bloom(m: Any) -> Layout:
     def part(i: int, p: str) -> Callable[[dict[str, Tensor]], Tensor]:
         def get(state: dict[str, Tensor]) -> Tensor:
             t = state[f"query_key_value.{p}"]
-            return t.unflatten(0, (heads, 3, head_dim))[:, i].flatten(0, 1)
+            return t.reshape(heads, 3, head_dim, *t.shape[1:])[:, i].flatten(0, 1)
 
         return get
 

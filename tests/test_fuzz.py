@@ -232,6 +232,37 @@ gc_opts = st.tuples(
     }
 )
 
+# sk: groups 1 or 2 (the tiny case's 4 channels split over up to 2 paths, 2 a path).
+sk_opts = st.fixed_dictionaries(
+    {},
+    optional={
+        "kernel_size": st.lists(st.sampled_from([3, 5, 7]), min_size=1, max_size=2),
+        "dilation": st.integers(1, 3),
+        "keep_3x3": st.booleans(),
+        "split_input": st.booleans(),
+        "groups": st.sampled_from([1, 2]),
+        "reduction": st.integers(1, 32),
+        "divisor": st.sampled_from([1, 8, 16]),
+        "activation": st.sampled_from(["relu", "silu", "gelu"]),
+    },
+)
+
+# splat: groups * radix divides the tiny case's 4 channels; the kernel's reach stays within its
+# 3 x 2 map (padding k // 2 at dilation 1).
+splat_opts = st.fixed_dictionaries(
+    {},
+    optional={
+        "kernel_size": st.sampled_from([1, 3, 5]),
+        "radix": st.sampled_from([1, 2, 4]),
+        "bias": st.booleans(),
+        "reduction": st.integers(1, 16),
+        "divisor": st.sampled_from([1, 8]),
+        "min_channels": st.integers(1, 32),
+        "activation": st.sampled_from(["relu", "silu", "gelu"]),
+        "norm": st.sampled_from(["none", "batchnorm"]),
+    },
+)
+
 
 def _variant(kind: str, body: st.SearchStrategy) -> st.SearchStrategy:
     return st.tuples(names, descriptions, body).map(
@@ -351,6 +382,8 @@ variants = st.one_of(
             },
         ),
     ),
+    _variant("sk", sk_opts),
+    _variant("splat", splat_opts),
     _variant("sdpa", st.fixed_dictionaries({}, optional=attention_opts)),
     _variant(
         "mha",
@@ -443,6 +476,10 @@ junk = st.one_of(
     st.dictionaries(st.text(max_size=5), st.integers(), max_size=2),
 )
 FIELDS = [
+    "radix",
+    "padding",
+    "keep_3x3",
+    "split_input",
     "kv_heads",
     "qk_norm",
     "return_weights",

@@ -918,6 +918,111 @@ class BatDropoutAlways(_base("bat_timm")):
         return F.dropout2d(y, 0.2, training=True) + x
 
 
+# --- sk ---------------------------------------------------------------------------------------------
+
+
+def _sk_paths(module, x, padding=None):
+    """The stacked paths of an sk module, (B, P, out_channels, H', W'); ``padding(conv)`` in place
+    of each conv's own."""
+    parts = torch.split(x, module.channels // len(module.paths), 1)
+    outs = []
+    for part, path in zip(parts, module.paths, strict=True):
+        conv = path.conv
+        pad = conv.padding if padding is None else padding(conv)
+        y = F.conv2d(part, conv.weight, None, conv.stride, pad, conv.dilation, conv.groups)
+        outs.append(path.act(path.bn(y)))
+    return torch.stack(outs, 1)
+
+
+def _sk_select(module, paths, dim=1):
+    s = module.attn(paths.sum(1).mean((2, 3), keepdim=True))
+    return torch.softmax(s.unflatten(1, (len(module.paths), -1)), dim)
+
+
+class SkSlicesSwapped(_base("sk_timm")):
+    """Each path convolves the other path's half of the channels (the split reversed)."""
+
+    def forward(self, x):
+        return super().forward(torch.cat(torch.split(x, self.channels // 2, 1)[::-1], 1))
+
+
+class SkSoftmaxOverChannels(_base("sk_timm")):
+    """The selection's softmax over the output channels instead of over the paths."""
+
+    def forward(self, x):
+        paths = _sk_paths(self, x)
+        return (paths * _sk_select(self, paths, dim=2)).sum(1)
+
+
+class SkPaddingIgnoresStride(_base("sk_timm")):
+    """Pads d (k - 1) // 2, leaving out timm's (stride - 1) // 2: the same at stride 1 and 2,
+    one row and column fewer at stride 3."""
+
+    def forward(self, x):
+        paths = _sk_paths(self, x, lambda c: c.dilation[0] * (c.kernel_size[0] - 1) // 2)
+        return (paths * _sk_select(self, paths)).sum(1)
+
+
+class SkAttnBnFrozen(_base("sk_resnet18")):
+    """The attention's batchnorm on its running statistics in training too."""
+
+    def forward(self, x):
+        paths = _sk_paths(self, x)
+        z = self.attn.fc_reduce(paths.sum(1).mean((2, 3), keepdim=True))
+        bn = self.attn.bn
+        z = F.batch_norm(z, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
+        s = self.attn.fc_select(F.relu(z))
+        return (paths * torch.softmax(s.unflatten(1, (2, -1)), 1)).sum(1)
+
+
+# --- splat ------------------------------------------------------------------------------------------
+
+
+class SplatSoftmaxAcrossGroups(_base("splat_resnest_4s2x")):
+    """RadixSoftmax without the transpose: fc2's channels read as (split, group, channel), so
+    the softmax mixes the groups' logits."""
+
+    def forward(self, x):
+        x = self.act0(self.bn0(self.conv(x)))
+        splits = x.unflatten(1, (4, -1))
+        s = self.fc2(self.act1(self.bn1(self.fc1(splits.sum(1).mean((2, 3), keepdim=True)))))
+        return (splits * torch.softmax(s.unflatten(1, (4, -1)), 1)).sum(1)
+
+
+class SplatSplitsInterleaved(_base("splat_timm")):
+    """The conv's channels split as (channel, split) instead of (split, channel)."""
+
+    def forward(self, x):
+        x = self.act0(self.conv(x))
+        splits = x.unflatten(1, (-1, 2)).transpose(1, 2)
+        s = self.fc2(self.act1(self.fc1(splits.sum(1).mean((2, 3), keepdim=True))))
+        return (splits * torch.softmax(s.unflatten(1, (2, -1)), 1)).sum(1)
+
+
+class SplatPoolsBeforeConv(_base("splat_timm")):
+    """The attention pools the input, not the conv's splits: the widths fit only where
+    out_channels equals channels, and the function is another."""
+
+    def forward(self, x):
+        y = self.act0(self.conv(x))
+        splits = y.unflatten(1, (2, -1))
+        s = self.fc2(self.act1(self.fc1(x.mean((2, 3), keepdim=True))))
+        return (splits * torch.softmax(s.unflatten(1, (2, -1)), 1)).sum(1)
+
+
+class SplatBnFrozen(_base("splat_resnest")):
+    """bn1 on its running statistics in training too."""
+
+    def forward(self, x):
+        x = self.act0(self.bn0(self.conv(x)))
+        splits = x.unflatten(1, (2, -1))
+        z = self.fc1(splits.sum(1).mean((2, 3), keepdim=True))
+        bn = self.bn1
+        z = F.batch_norm(z, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
+        s = self.fc2(self.act1(z))
+        return (splits * torch.softmax(s.unflatten(1, (2, -1)), 1)).sum(1)
+
+
 ACT = "act_b1_c448_21x22"
 F16, BF16, F32, F64 = torch.float16, torch.bfloat16, torch.float32, torch.float64
 
@@ -1028,6 +1133,18 @@ SEEDED = [
     (BatUnnormalised, "bat_b4_g4", "reference", "b2_c32_4x8", F64, {}),
     (BatUnnormalised, "bat_b4_g4", "anchor", "b2_c32_4x8", F64, {}),
     (BatDropoutAlways, "bat_timm", "dropout", "b2_c32_7x14", F64, {}),
+    # Selective kernel: the split, the softmax's axis, timm's padding at a stride, the attention's
+    # batchnorm in training.
+    (SkSlicesSwapped, "sk_timm", "reference", "b2_c32_7x5", F64, {}),
+    (SkSoftmaxOverChannels, "sk_timm", "reference", "b2_c16_9x6_s2_o18", F64, {}),
+    (SkPaddingIgnoresStride, "sk_timm", "shape", "b1_c16_5x7_s3", F64, {}),
+    (SkAttnBnFrozen, "sk_resnet18", "train", "b2_c32_7x5", F64, {}),
+    # Split attention: RadixSoftmax's layout across groups, the splits' layout, what is pooled,
+    # bn1 in training.
+    (SplatSoftmaxAcrossGroups, "splat_resnest_4s2x", "reference", "b2_c32_7x5", F64, {}),
+    (SplatSplitsInterleaved, "splat_timm", "reference", "b2_c32_7x5", F64, {}),
+    (SplatPoolsBeforeConv, "splat_timm", "reference", "b2_c32_7x5", F64, {}),
+    (SplatBnFrozen, "splat_resnest", "train", "b2_c32_7x5", F64, {}),
 ]
 # The dtype-only bugs pass where they do not bite: the same case in the other dtypes.
 DTYPE_ONLY = [

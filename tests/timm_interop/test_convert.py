@@ -39,6 +39,8 @@ TYPES = [
     "gc",
     "gca",
     "nl",
+    "sk",
+    "splat",
 ]
 
 
@@ -102,6 +104,49 @@ def test_a_converted_model_computes_what_timm_computed(attn: str, tmp_path: Path
         for u, v in zip(ours, ref, strict=True):
             scale = max(1.0, v.abs().max().item())
             assert (u - v).abs().max().item() / scale < bound, f"{attn} {mode}"
+
+
+def test_skresnet18_converts_with_its_strides_and_widths(tmp_path: Path):
+    """timm's skresnet18 (random weights): its SelectiveKernel convs change width and stride;
+    each becomes a generated sk block built with that out_channels and stride."""
+    torch.manual_seed(0)
+    model = timm.create_model("skresnet18", pretrained=False, num_classes=10).to(torch.float64)
+    theirs = copy.deepcopy(model)
+    x = torch.randn(2, 3, 40, 36, dtype=torch.float64)
+    done = convert_timm_model(model, tmp_path, package="conv_skresnet18")
+    assert set(done.replaced) == {f"layer{i}.{j}.conv1" for i in (1, 2, 3, 4) for j in (0, 1)}
+    strided = model.get_submodule("layer2.0.conv1")
+    assert (strided.channels, strided.out_channels) == (64, 128)
+    assert strided.paths[0].conv.stride == (2, 2)
+    for mode in ("eval", "train"):
+        model.train(mode == "train"), theirs.train(mode == "train")
+        for u, v in zip(_outputs(model, x), _outputs(theirs, x), strict=True):
+            scale = max(1.0, v.abs().max().item())
+            assert (u - v).abs().max().item() / scale < 1e-10, mode
+
+
+def test_resnest14d_converts_with_its_batchnorms_and_strides(tmp_path: Path):
+    """timm's resnest14d (random weights): each ResNestBottleneck's SplitAttn (radix 2,
+    batchnorms) becomes a generated splat block, and the model computes what timm's computes."""
+    torch.manual_seed(0)
+    model = timm.create_model("resnest14d", pretrained=False, num_classes=10).to(torch.float64)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, b in model.named_buffers():
+            if name.endswith("running_var"):
+                b.copy_(torch.rand(b.shape, generator=gen, dtype=torch.float64) + 0.5)
+    theirs = copy.deepcopy(model)
+    x = torch.randn(2, 3, 40, 36, dtype=torch.float64)
+    done = convert_timm_model(model, tmp_path, package="conv_resnest14d")
+    assert set(done.replaced) == {f"layer{i}.0.conv2" for i in (1, 2, 3, 4)}
+    for name in done.replaced.values():
+        spec = done.catalogue.spec_dict(name)
+        assert (spec["kind"], spec["radix"], spec["norm"]) == ("splat", 2, "batchnorm")
+    for mode in ("eval", "train"):
+        model.train(mode == "train"), theirs.train(mode == "train")
+        for u, v in zip(_outputs(model, x), _outputs(theirs, x), strict=True):
+            scale = max(1.0, v.abs().max().item())
+            assert (u - v).abs().max().item() / scale < 1e-10, mode
 
 
 def test_identical_configurations_share_one_variant_and_widths_come_from_the_example(

@@ -160,6 +160,44 @@ CONFIGS: list[tuple[str, dict]] = [
     ("bat", {"rd_channels": 12, "groups": 3}),
     ("bat", {"norm_layer": "groupnorm1"}),
     ("bat", {"norm_layer": "layernorm2d", "act_layer": nn.SiLU, "drop_rate": 0.0}),
+    # SelectiveKernel: a conv block; out_channels and stride are constructor options of ours too.
+    ("sk", {}),
+    ("sk", {"stride": 2}),
+    ("sk", {"out_channels": 48, "stride": 2}),
+    ("sk", {"out_channels": 40}),
+    ("sk", {"kernel_size": 3}),  # [3, 3]: two 3x3 paths at dilation 1
+    ("sk", {"kernel_size": [5]}),  # one path: a softmax over one path, weights of 1
+    ("sk", {"kernel_size": [3, 5, 7], "split_input": False}),
+    ("sk", {"kernel_size": [3, 5], "keep_3x3": False}),
+    ("sk", {"kernel_size": [5, 7], "keep_3x3": False, "dilation": 2, "stride": 2}),
+    ("sk", {"dilation": 2}),  # paths at dilations 2 and 4
+    ("sk", {"stride": 3, "dilation": 3}),
+    ("sk", {"groups": 4}),
+    ("sk", {"groups": 8, "split_input": False, "out_channels": 64}),
+    ("sk", {"rd_ratio": 1 / 8, "rd_divisor": 16}),
+    ("sk", {"rd_ratio": 1 / 4, "rd_divisor": 1}),
+    ("sk", {"rd_channels": 12}),
+    ("sk", {"act_layer": nn.SiLU}),
+    ("sk", {"act_layer": nn.GELU, "split_input": False}),
+    # SplitAttn: a conv block too, radix splits mixed by RadixSoftmax.
+    ("splat", {}),
+    ("splat", {"stride": 2}),
+    ("splat", {"out_channels": 48, "stride": 2}),
+    ("splat", {"radix": 1}),  # a sigmoid gate instead of the softmax
+    ("splat", {"radix": 4}),
+    ("splat", {"groups": 2}),
+    ("splat", {"groups": 4, "norm_layer": nn.BatchNorm2d}),
+    ("splat", {"norm_layer": nn.BatchNorm2d}),
+    ("splat", {"kernel_size": 5}),
+    ("splat", {"kernel_size": 1}),
+    ("splat", {"dilation": 2, "padding": 2}),  # ResNeSt's dilated stages
+    ("splat", {"dilation": 2}),  # padding 1: the map shrinks by 2
+    ("splat", {"bias": True}),
+    ("splat", {"rd_ratio": 0.5, "rd_divisor": 16}),
+    ("splat", {"rd_channels": 12}),  # 24 hidden channels: below timm's floor of 32
+    ("splat", {"rd_channels": 8, "radix": 1}),
+    ("splat", {"act_layer": nn.SiLU}),
+    ("splat", {"radix": 1, "groups": 2, "stride": 2}),
 ]
 CASES = [(i, attn, kwargs, c) for i, (attn, kwargs) in enumerate(CONFIGS) for c in CHANNELS]
 
@@ -326,6 +364,14 @@ def test_from_timm_equals_timm(
         ("nl_unscaled_r2", "nl", {"use_scale": False, "rd_ratio": 1 / 2}),
         ("bat_timm", "bat", {}),
         ("bat_b4_g4", "bat", {"block_size": 4, "groups": 4, "drop_rate": 0.0}),
+        ("sk_timm", "sk", {}),
+        ("sk_timm", "sk", {"out_channels": 96, "stride": 2}),
+        ("sk_resnet18", "sk", {"rd_ratio": 1 / 8, "rd_divisor": 16}),
+        ("sk_resnext50", "sk", {"groups": 32, "rd_divisor": 32, "split_input": False}),
+        ("splat_timm", "splat", {}),
+        ("splat_timm", "splat", {"out_channels": 96, "stride": 2}),
+        ("splat_resnest", "splat", {"norm_layer": nn.BatchNorm2d}),
+        ("splat_resnest_4s2x", "splat", {"radix": 4, "groups": 2, "norm_layer": nn.BatchNorm2d}),
     ],
 )
 @pytest.mark.parametrize("channels", [32, 64, 256])
@@ -536,3 +582,73 @@ def test_the_bat_block_refuses_what_timm_asserts_and_what_it_cannot_carry():
         ValueError, match=r"bat_timm does not match BatNonLocalAttn: drop_rate: 0.2 here, 0.0"
     ):
         attnforge.from_timm("bat_timm", create_attn("bat", 64, drop_rate=0.0))
+
+
+def test_selective_kernel_options_timm_has_and_attnforge_does_not():
+    """What SelectiveKernel can be built with and no sk variant computes is a clear error."""
+    from timm.layers import BlurPool2d, DropBlock2d, SelectiveKernel
+
+    with pytest.raises(ValueError, match=r"SelectiveKernel.paths.0: aa_layer BlurPool2d"):
+        attnforge.spec_from_timm(SelectiveKernel(64, stride=2, aa_layer=BlurPool2d), "x")
+    with pytest.raises(ValueError, match=r"SelectiveKernel.paths.0.bn: BatchNorm2d\("):
+        attnforge.spec_from_timm(SelectiveKernel(64, drop_layer=DropBlock2d), "x")
+    # The geometry the weights do not show: a 3x3 kernel at another dilation, another stride.
+    with pytest.raises(
+        ValueError, match=r"sk_timm: paths.1.conv.dilation is \(2, 2\), \(3, 3\) in the module"
+    ):
+        attnforge.from_timm("sk_timm", SelectiveKernel(64, kernel_size=[3, 7]))
+    with pytest.raises(
+        ValueError, match=r"sk_timm does not match SelectiveKernel: split_input: True here, False"
+    ):
+        attnforge.from_timm("sk_timm", SelectiveKernel(64, split_input=False))
+
+
+def test_selective_kernel_reads_timm_defaults():
+    sk = create_attn("sk", 64, stride=2, out_channels=32)
+    assert attnforge.spec_from_timm(sk, "s") == {
+        "name": "s",
+        "kind": "sk",
+        "kernel_size": [3, 5],
+        "dilation": 1,
+        "split_input": True,
+        "groups": 1,
+        "reduction": 16,
+        "divisor": 8,
+        "activation": "relu",
+    }
+    assert attnforge.interop.layout(sk).options == {"out_channels": 32, "stride": 2}
+
+
+def test_split_attention_options_timm_has_and_attnforge_does_not():
+    from timm.layers import DropBlock2d, SplitAttn
+
+    with pytest.raises(ValueError, match=r"SplitAttn.drop: drop_layer DropBlock2d"):
+        attnforge.spec_from_timm(SplitAttn(64, drop_layer=DropBlock2d), "x")
+    with pytest.raises(ValueError, match=r"SplitAttn.conv: a \(3, 3\) conv with stride \(1, 1\)"):
+        attnforge.spec_from_timm(SplitAttn(64, padding_mode="reflect"), "x")
+    with pytest.raises(
+        ValueError, match=r"splat_timm does not match SplitAttn: radix: 2 here, 4 in the module"
+    ):
+        attnforge.from_timm("splat_timm", SplitAttn(64, radix=4))
+    with pytest.raises(
+        ValueError,
+        match=r"splat_timm does not match SplitAttn: padding: None here, 2 in the module",
+    ):
+        attnforge.from_timm("splat_timm", SplitAttn(64, padding=2))
+
+
+def test_split_attention_reads_timm_defaults():
+    splat = create_attn("splat", 64, stride=2, out_channels=128)
+    assert attnforge.spec_from_timm(splat, "s") == {
+        "name": "s",
+        "kind": "splat",
+        "kernel_size": 3,
+        "dilation": 1,
+        "groups": 1,
+        "radix": 2,
+        "bias": False,
+        "reduction": 4,
+        "activation": "relu",
+        "norm": "none",
+    }
+    assert attnforge.interop.layout(splat).options == {"out_channels": 128, "stride": 2}
