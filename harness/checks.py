@@ -159,6 +159,7 @@ def _float_leaves(inputs: Inputs) -> Inputs:
     return Inputs(
         [a.detach().clone().requires_grad_(a.is_floating_point()) for a in inputs.args],
         {k: v.detach().clone() for k, v in inputs.kwargs.items()},
+        inputs.options,
     )
 
 

@@ -14,6 +14,7 @@ except ``timm_create_attn``, which imports timm to build a module (working aroun
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -64,6 +65,9 @@ class Layout:
     kind: str
     fields: dict[str, Any]
     channels: int
+    # Keyword-only constructor options the module was built with (out_channels, stride,
+    # feat_size): not spec fields, passed to the variant's constructor by from_timm.
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def _name(module: nn.Module | None) -> str:
@@ -558,6 +562,7 @@ def from_timm(
     block = catalogue.build(
         name,
         channels,
+        **found.options,
         device=None if weight is None else weight.device,
         dtype=None if weight is None else weight.dtype,
     )

@@ -52,6 +52,8 @@ S = TypeVar("S", bound=AnySpec)
 Img = TypeVar("Img", bound=ImageSpec)
 
 ALL_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
+#: A keyword-only constructor option's value: a width or a stride, or a size per spatial dim.
+Option = int | tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -69,10 +71,10 @@ class Case:
     shapes: tuple[tuple[int, ...], ...]
     masks: tuple[str, ...] = ()
     magnitudes: tuple[float, ...] = ()
-    kwargs: tuple[tuple[str, int], ...] = ()
+    kwargs: tuple[tuple[str, Option], ...] = ()
 
     @property
-    def options(self) -> dict[str, int]:
+    def options(self) -> dict[str, Option]:
         """The keyword-only constructor options."""
         return dict(self.kwargs)
 
@@ -86,11 +88,18 @@ class Case:
 
 @dataclass
 class Inputs:
+    """A call's positional and keyword tensors; ``options``: the case's constructor options
+    (``Case.options``), not passed to ``forward``, for references whose function depends on them
+    (a stride, an output width)."""
+
     args: list[Tensor]
     kwargs: dict[str, Tensor] = field(default_factory=dict)
+    options: dict[str, Option] = field(default_factory=dict)
 
     def map(self, fn: Callable[[Tensor], Tensor]) -> Inputs:
-        return Inputs([fn(a) for a in self.args], {k: fn(v) for k, v in self.kwargs.items()})
+        return Inputs(
+            [fn(a) for a in self.args], {k: fn(v) for k, v in self.kwargs.items()}, self.options
+        )
 
 
 @dataclass(frozen=True)
