@@ -208,6 +208,18 @@ VARIANTS: dict[str, tuple[str, str, str, str]] = {
         "GeTimm",
         "timm's GatherExcite defaults (global extent, no extra parameters, an MLP with C…",
     ),
+    "lambda_rpt": (
+        "lambda",
+        "lambda.yaml",
+        "LambdaRpt",
+        "timm's LambdaLayer as lambda_resnet26rpt_256 builds it (r=None): relative posit…",
+    ),
+    "lambda_timm": (
+        "lambda",
+        "lambda.yaml",
+        "LambdaTimm",
+        "timm's LambdaLayer as lambda_resnet26t and lambda_resnet50ts build it: 4 heads,…",
+    ),
     "lcbam_timm": (
         "cbam",
         "cbam.yaml",

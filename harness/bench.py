@@ -146,6 +146,7 @@ IMAGE_ROWS: list[tuple[str, tuple[str, dict[str, Any]] | None]] = [
     ("strip_timm", ("strip", {})),
     ("triplet", None),
     ("bam", None),
+    ("lambda_timm", ("lambda", {})),
 ]
 IMAGE = (32, 256, 28, 28)
 

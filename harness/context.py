@@ -431,6 +431,27 @@ class BamModule(Module):
 
 
 @dataclass(frozen=True)
+class SelfAttnOptions:
+    """What a self-attention layer's constructor and forward check (templates/_self_attn.py.j2)."""
+
+    cls: str
+    num_heads: int
+    dim_qk_expr: str  # the query/key width per head, an expression of out_channels
+    dim_qk_comment: str
+    qkv_bias: bool
+    feat_size_used: bool  # the constructor requires feat_size and keeps it as self.feat_size
+    feat_size_why: str
+    size_checks: tuple[tuple[str, str], ...]  # (test on x, what was expected) in forward
+
+
+@dataclass(frozen=True)
+class LambdaModule(Module):
+    doc: str
+    a: SelfAttnOptions
+    r: int | None
+
+
+@dataclass(frozen=True)
 class Causality:
     """How causality is applied: SDPA's is_causal (top-left, when no mask is built) or a mask."""
 
@@ -1544,6 +1565,103 @@ def _bam(spec: specs.BamSpec, base: dict[str, Any]) -> BamModule:
         dilated_convs=tuple(range(n)),
         merge=merge,
         checks=_input_checks(cls, 2),
+    )
+
+
+# --- self-attention layers: lambda -------------------------------------------------------------------
+
+
+def _dim_qk(spec: specs.LambdaSpec) -> tuple[str, str]:
+    """The query/key width per head as an expression of out_channels, and what it is."""
+    if spec.dim_head is not None:
+        return str(spec.dim_head), "query and key width per head (the spec's dim_head)"
+    h, ratio = spec.num_heads, spec.qk_ratio
+    scaled = "out_channels" if ratio == 1.0 else f"out_channels * {_scalar_literal(ratio)}"
+    return (
+        f"_make_divisible({scaled}, 8, 8, 0.0) // {h}",
+        f"query and key width per head: out_channels * {ratio:g} rounded to the nearest multiple of "
+        f"8 (timm's make_divisible), over {h} heads",
+    )
+
+
+def _stride_check() -> tuple[str, str]:
+    return (
+        "self.stride == 2 and min(x.shape[2], x.shape[3]) < 2",
+        "at least 2 positions in H and W (stride 2 pools 2 x 2 windows)",
+    )
+
+
+def _self_attn_args(extra: str) -> str:
+    return (
+        "Args:\n    channels: C, the number of input channels.\n"
+        "    out_channels: the output width (default C), a multiple of num_heads.\n"
+        "    stride: 1, or 2 to halve H and W.\n"
+        f"    feat_size: {extra}\n"
+        "    device, dtype: factory kwargs for every parameter and buffer."
+    )
+
+
+_SELF_ATTN_SHAPE = "Shape:\n    x: (B, C, H, W); returns (B, out_channels, H // stride, W // stride), in x's dtype."
+
+
+@builder("lambda")
+def _lambda(spec: specs.LambdaSpec, base: dict[str, Any]) -> LambdaModule:
+    cls = base["cls"]
+    dim_qk_expr, dim_qk_comment = _dim_qk(spec)
+    checks = [
+        ("x.shape[2] == 0 or x.shape[3] == 0", "at least one position in H, W"),
+    ]
+    if spec.r is None:
+        checks.append(
+            (
+                "tuple(x.shape[2:]) != self.feat_size",
+                "input of shape (B, {self.channels}, {self.feat_size[0]}, {self.feat_size[1]}) "
+                "(feat_size: the position embedding covers that map)",
+            )
+        )
+        position = (
+            "a learned embedding per relative offset between positions (2H - 1 x 2W - 1 of them, "
+            "``pos_emb``): the map's size is fixed at construction (feat_size)"
+        )
+        feat = "(H, W) or one int: the input's size, covered by the position embedding (required)."
+    else:
+        position = (
+            f"a {spec.r} x {spec.r} convolution (``conv_lambda``) over the values around each "
+            "position: any input size works"
+        )
+        feat = "ignored (the local position lambdas work at any size); accepted as timm's is."
+    checks.append(_stride_check())
+    doc = _paragraphs(
+        "Lambda layer (Bello, 2021), as timm's LambdaLayer.",
+        spec.description,
+        _prose(
+            f"Projects ``x`` (1x1 conv ``qkv``) into queries ({spec.num_heads} heads, batchnormed "
+            "by ``norm_q``), one set of keys (softmax-normalised over the positions) and values "
+            "(batchnormed by ``norm_v``, out_channels / num_heads wide). The content lambda, keys "
+            "times values summed over the positions, and each position's position lambda, from "
+            f"{position}, are applied to the queries; the heads are concatenated, and with stride "
+            "2 the map is average-pooled 2 x 2. Both norms keep running statistics: training and "
+            "eval differ."
+        ),
+        _self_attn_args(feat),
+        _SELF_ATTN_SHAPE,
+    )
+    return LambdaModule(
+        **base,
+        functional=spec.r is not None,
+        helpers=_helpers(dim_qk_expr),
+        doc=docstring(doc, "    "),
+        a=SelfAttnOptions(
+            cls=cls,
+            num_heads=spec.num_heads,
+            dim_qk_expr=dim_qk_expr,
+            dim_qk_comment=dim_qk_comment,
+            qkv_bias=spec.qkv_bias,
+            feat_size_used=spec.r is None,
+            feat_size_why="the position embedding covers the whole map",
+            size_checks=tuple(checks),
+        ),
+        r=spec.r,
     )
 
 

@@ -54,6 +54,8 @@ WIDTH_FIELDS = frozenset(
         "beta",
         "min_kernel_size",
         "se_factor",
+        "dim_head",
+        "qk_ratio",
     }
 )
 
@@ -466,6 +468,33 @@ def _scoord(m: Any) -> Layout:
     return Layout("scoord", fields, c)
 
 
+def _self_attn_options(channels: int, out: int, stride: int) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    if out != channels:
+        options["out_channels"] = out
+    if stride != 1:
+        options["stride"] = stride
+    return options
+
+
+def _lambda(m: Any) -> Layout:
+    where = "LambdaLayer"
+    c = m.qkv.in_channels
+    _norm(m.norm_q, f"{where}.norm_q")
+    _norm(m.norm_v, f"{where}.norm_v")
+    fields: dict[str, Any] = {
+        "num_heads": m.num_heads,
+        "dim_head": m.dim_qk,
+        "qkv_bias": _conv_bias(m.qkv),
+        "r": None if m.conv_lambda is None else m.conv_lambda.kernel_size[0],
+    }
+    stride = 2 if isinstance(m.pool, nn.AvgPool2d) else 1
+    options = _self_attn_options(c, m.num_heads * m.dim_v, stride)
+    if m.conv_lambda is None:
+        options["feat_size"] = tuple(m.feat_size)
+    return Layout("lambda", fields, c, options)
+
+
 #: timm class name -> how to read it. Checked against the class's module: timm's own classes only.
 CONVERTERS: dict[str, Callable[[Any, int | None], Layout]] = {
     "SEModule": lambda m, c: _se(m),
@@ -480,6 +509,7 @@ CONVERTERS: dict[str, Callable[[Any, int | None], Layout]] = {
     "SimpleCoordAttn": lambda m, c: _scoord(m),
     "EfficientLocalAttn": lambda m, c: _ela(m),
     "StripAttn": lambda m, c: _strip(m),
+    "LambdaLayer": lambda m, c: _lambda(m),
 }
 
 

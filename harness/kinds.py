@@ -37,6 +37,7 @@ from .spec import (
     GcSpec,
     GeSpec,
     ImageSpec,
+    LambdaSpec,
     MhaSpec,
     ScoordSpec,
     SdpaSpec,
@@ -910,6 +911,242 @@ class Bam(_Image[BamSpec]):
         return [_timm_anchor("the authors' BAM formulation", self, spec)]
 
 
+# --- timm's self-attention layers (lambda, bottleneck, halo) -----------------------------------------
+
+SelfAttnSpec = TypeVar("SelfAttnSpec", bound=LambdaSpec)
+# Post-activation maps at a magnitude where the keys' softmax and the attention are sharp but not
+# one-hot: tens (at the image kinds' hundreds, logits in the thousands leave a softmax whose
+# rounding flips the winner, which no precision judges fairly).
+_SELF_ATTN_MAGNITUDE = 10.0
+
+
+def _opts(options: dict[str, Option]) -> tuple[tuple[str, Option], ...]:
+    return tuple(options.items())
+
+
+class _SelfAttn(_Image[SelfAttnSpec]):
+    """timm's self-attention layers: ``Cls(channels, *, out_channels, stride, feat_size)``, output
+    (B, out_channels, H // stride, W // stride); what sizes an input may have is the kind's."""
+
+    autocast_keeps_dtype = False  # the output is a matmul's (the autocast dtype)
+
+    def gated(self, spec: SelfAttnSpec) -> bool:
+        return False
+
+    def fixed_size(self, spec: SelfAttnSpec) -> bool:
+        """The input's H, W must equal feat_size (a position embedding over the whole map)."""
+        return False
+
+    def sizes(self, spec: SelfAttnSpec) -> list[tuple[int, int]]:
+        """The cases' (H, W), the first H != W: a layer that swaps them cannot pass."""
+        return [(7, 5), (1, 1), (6, 9), (4, 4)]
+
+    def _options(
+        self, spec: SelfAttnSpec, hw: tuple[int, int], **options: Option
+    ) -> dict[str, Option]:
+        return {**options, "feat_size": hw} if self.fixed_size(spec) else options
+
+    def _case(
+        self,
+        spec: SelfAttnSpec,
+        b: int,
+        c: int,
+        hw: tuple[int, int],
+        magnitude: float = 1.0,
+        **options: Option,
+    ) -> Case:
+        o = options.get("out_channels")
+        name = f"b{b}_c{c}_{hw[0]}x{hw[1]}" + (f"_out{o}" if o else "")
+        name += "_s2" if options.get("stride") == 2 else ""
+        return Case(
+            ("act_" if magnitude != 1.0 else "") + name,
+            (c,),
+            ((b, c, *hw),),
+            magnitudes=(magnitude,) if magnitude != 1.0 else (),
+            kwargs=_opts(self._options(spec, hw, **options)),
+        )
+
+    def cases(self, spec: SelfAttnSpec) -> list[Case]:
+        h = spec.num_heads
+        c = 4 * h
+        sizes = self.sizes(spec)
+        cases = [self._case(spec, 2, c, sizes[0])]
+        cases += [self._case(spec, 1, c, hw) for hw in sizes[1:2]]
+        # A wider output, and stride 2 (an odd side: the last row or column is dropped).
+        cases.append(self._case(spec, 2, c, sizes[2], out_channels=6 * h, stride=2))
+        cases += [self._case(spec, 3, 2 * h, hw) for hw in sizes[3:]]
+        cases.append(self._case(spec, 1, 8 * h, sizes[0], _SELF_ATTN_MAGNITUDE))
+        return cases
+
+    def tiny(self, spec: SelfAttnSpec) -> Case:
+        # A batch of two: torch 2.13's CPU batch norm backward in eval is wrong for a batch of one
+        # when the incoming gradient is laid out channels-last (it is, from the transposed
+        # queries), in timm's layers as in these; gradcheck would judge torch, not the layer.
+        hw = self.sizes(spec)[-1]
+        return Case(
+            "tiny",
+            (2 * spec.num_heads,),
+            ((2, 2 * spec.num_heads, *hw),),
+            kwargs=_opts(self._options(spec, hw)),
+        )
+
+    def inputs(
+        self, spec: SelfAttnSpec, case: Case, dtype: torch.dtype, device: str, gen: torch.Generator
+    ) -> Inputs:
+        inputs = super().inputs(spec, case, dtype, device, gen)
+        return Inputs(inputs.args, inputs.kwargs, case.options)
+
+    def out_shape(self, spec: SelfAttnSpec, case: Case) -> tuple[int, ...]:
+        b, c, h, w = case.shapes[0]
+        out = case.options.get("out_channels", c)
+        s = case.options.get("stride", 1)
+        assert isinstance(out, int) and isinstance(s, int)
+        return (b, out, h // s, w // s)
+
+    def dynamic_dims(self, spec: SelfAttnSpec, case: Case) -> list[dict[int, str]]:
+        # A map fixed by feat_size exports with H and W static; the batch is dynamic always.
+        return [{0: "batch"} if self.fixed_size(spec) else {0: "batch", 2: "d0", 3: "d1"}]
+
+    def error_inputs(self, spec: SelfAttnSpec) -> list[ErrorInput]:
+        h = spec.num_heads
+        c = 2 * h
+        hw = self.sizes(spec)[-1]
+        fixed = self.fixed_size(spec)
+        opts = self._options(spec, hw)
+
+        def shape_text(shape: tuple[int, ...]) -> str:
+            return ", ".join(map(str, shape))
+
+        def call(
+            shape: tuple[int, ...], dtype: torch.dtype = torch.float32, **kw: Option
+        ) -> Callable[[Callable[..., nn.Module], str], object]:
+            return lambda f, d: f(c, device=d, **{**opts, **kw})(
+                torch.ones(shape, dtype=dtype, device=d)
+            )
+
+        def build(channels: int, **kw: Option) -> Callable[[Callable[..., nn.Module], str], object]:
+            return lambda f, d: f(channels, device=d, **{**opts, **kw})
+
+        rank, width = (2, c, *hw, 1), (2, c - 1, *hw)
+        expected = rf"\(B, {c}, H, W\)"
+        errors = [
+            ErrorInput(
+                "wrong_rank",
+                call(rank),
+                rf"^{{cls}}: expected input of shape {expected}, got \({shape_text(rank)}\)$",
+            ),
+            ErrorInput(
+                "wrong_channels",
+                call(width),
+                rf"^{{cls}}: expected input of shape {expected}, got \({shape_text(width)}\)$",
+            ),
+            ErrorInput("zero_channels", build(0), r"^{cls}: channels must be >= 1, got 0$"),
+            ErrorInput(
+                "integer_input",
+                call((2, c, *hw), torch.int64),
+                r"^{cls}: expected a floating-point input, got torch.int64$",
+            ),
+            ErrorInput(
+                "indivisible_out_channels",
+                build(c, out_channels=c + 1 if h > 1 else 0),
+                rf"^{{cls}}: out_channels must be a positive multiple of {h} heads, got {c + 1 if h > 1 else 0}$",
+            ),
+            ErrorInput("stride_3", build(c, stride=3), r"^{cls}: stride must be 1 or 2, got 3$"),
+        ]
+        errors += self.size_errors(spec, c, hw, call, shape_text)
+        if fixed:
+            errors.append(
+                ErrorInput(
+                    "no_feat_size",
+                    lambda f, d: f(c, device=d),
+                    r"^{cls}: feat_size \(H, W\) is required: ",
+                )
+            )
+        return errors
+
+    def size_errors(
+        self,
+        spec: SelfAttnSpec,
+        c: int,
+        hw: tuple[int, int],
+        call: Callable[..., Callable[[Callable[..., nn.Module], str], object]],
+        shape_text: Callable[[tuple[int, ...]], str],
+    ) -> list[ErrorInput]:
+        """The inputs of a size the layer cannot take: empty maps, and the kind's own rules."""
+        raise NotImplementedError
+
+
+class Lambda(_SelfAttn[LambdaSpec]):
+    name = "lambda"
+
+    def fixed_size(self, spec: LambdaSpec) -> bool:
+        return spec.r is None
+
+    def param_shapes(self, spec: LambdaSpec, case: Case) -> dict[str, tuple[int, ...]]:
+        c = case.ctor[0]
+        _, dk, dv = references.self_attn_widths(spec, c, case.options)
+        heads = spec.num_heads
+        shapes: dict[str, tuple[int, ...]] = {"qkv.weight": (heads * dk + dk + dv, c, 1, 1)}
+        if spec.qkv_bias:
+            shapes["qkv.bias"] = (heads * dk + dk + dv,)
+        shapes |= {
+            "norm_q.weight": (heads * dk,),
+            "norm_q.bias": (heads * dk,),
+            "norm_v.weight": (dv,),
+            "norm_v.bias": (dv,),
+        }
+        if spec.r is None:
+            size = case.options["feat_size"]
+            assert isinstance(size, tuple)
+            return shapes | {"pos_emb": (2 * size[0] - 1, 2 * size[1] - 1, dk)}
+        return shapes | {
+            "conv_lambda.weight": (dk, 1, spec.r, spec.r, 1),
+            "conv_lambda.bias": (dk,),
+        }
+
+    def reference(
+        self, spec: LambdaSpec, params: references.State, inputs: Inputs, *, training: bool = False
+    ) -> Tensor:
+        return references.lambda_layer(inputs.args[0], params, spec, inputs.options, training)
+
+    def size_errors(
+        self,
+        spec: LambdaSpec,
+        c: int,
+        hw: tuple[int, int],
+        call: Callable[..., Callable[[Callable[..., nn.Module], str], object]],
+        shape_text: Callable[[tuple[int, ...]], str],
+    ) -> list[ErrorInput]:
+        if spec.r is None:
+            other = (2, c, hw[0] + 1, hw[1])
+            one_row = (2, c, 1, 5)
+            return [
+                ErrorInput(
+                    "not_feat_size",
+                    call(other),
+                    rf"^{{cls}}: expected input of shape \(B, {c}, {hw[0]}, {hw[1]}\) \(feat_size: .*\), got \({shape_text(other)}\)$",
+                ),
+                ErrorInput(
+                    "stride_2_one_row",
+                    call(one_row, stride=2, feat_size=(1, 5)),
+                    rf"^{{cls}}: expected at least 2 positions in H and W \(stride 2 .*\), got \({shape_text(one_row)}\)$",
+                ),
+            ]
+        empty, one_row = (2, c, 5, 0), (2, c, 1, 5)
+        return [
+            ErrorInput(
+                "empty_spatial",
+                call(empty),
+                rf"^{{cls}}: expected at least one position in H, W, got \({shape_text(empty)}\)$",
+            ),
+            ErrorInput(
+                "stride_2_one_row",
+                call(one_row, stride=2),
+                rf"^{{cls}}: expected at least 2 positions in H and W \(stride 2 .*\), got \({shape_text(one_row)}\)$",
+            ),
+        ]
+
+
 # --- attention kinds (sdpa, mha) ---------------------------------------------------------------------
 
 
@@ -1351,6 +1588,7 @@ KIND_DB: dict[str, Kind[Any]] = {
     for k in (
         *(Channel(), Spatial(), Cbam(), Eca(), Ese(), Ge(), Gc(), Coord(), Scoord()),
         *(Ela(), Strip(), Simam(), Sge(), Triplet(), Bam(), Sdpa(), Mha()),
+        Lambda(),
     )
 }
 

@@ -35,6 +35,7 @@ from .spec import (
     EseSpec,
     GcSpec,
     GeSpec,
+    LambdaSpec,
     MhaSpec,
     ScoordSpec,
     SgeSpec,
@@ -746,3 +747,78 @@ def multi_head_attention(
         return out
     stacked = torch.stack(weights, dim=1)  # (B, heads, Lq, Lk)
     return out, (stacked.sum(1) / heads if spec.return_weights == "mean" else stacked)
+
+
+# --- timm's self-attention layers (lambda, bottleneck, halo) ------------------------------------------
+
+
+def self_attn_widths(
+    spec: LambdaSpec, channels: int, options: Mapping[str, object]
+) -> tuple[int, int, int]:
+    """(out_channels, query/key width per head, value width per head) at ``channels`` with the
+    constructor ``options``: timm's dim_head or make_divisible(out * qk_ratio, 8) // heads."""
+    out = options.get("out_channels") or channels
+    assert isinstance(out, int)
+    qk = spec.dim_head or make_divisible(out * spec.qk_ratio, 8, 8) // spec.num_heads
+    return out, qk, out // spec.num_heads
+
+
+def _project(x: Tensor, params: Params, prefix: str) -> Tensor:
+    """A 1x1 convolution as an einsum over the channels."""
+    out = torch.einsum("bchw,oc->bohw", x, params[f"{prefix}weight"].flatten(1))
+    bias = params.get(f"{prefix}bias")
+    return out if bias is None else out + bias.reshape(1, -1, 1, 1)
+
+
+def _offsets(n: int) -> Tensor:
+    """(n, n): key j's offset from query i, shifted to index a table of 2n - 1 embeddings."""
+    return torch.arange(n)[None, :] - torch.arange(n)[:, None] + n - 1
+
+
+def _pool2(out: Tensor, stride: object) -> Tensor:
+    """Stride 2: the mean of each 2 x 2 window (a last odd row or column dropped)."""
+    if stride != 2:
+        return out
+    b, c = out.shape[:2]
+    h, w = out.shape[-2] // 2, out.shape[-1] // 2
+    return out[..., : 2 * h, : 2 * w].reshape(b, c, h, 2, w, 2).mean((3, 5))
+
+
+def lambda_layer(
+    x: Tensor,
+    params: State,
+    spec: LambdaSpec,
+    options: Mapping[str, object],
+    training: bool = False,
+) -> Tensor:
+    """Bello (2021)'s lambda layer with timm's choices: y_m = q_m (lambda_c + lambda_m), the
+    content lambda sum_n softmax_n(k) v_n^T, the position lambda sum_n E(n - m) v_n^T (E a table
+    of relative offsets, or the taps of an r x r conv around m, with its bias); batchnormed q, v."""
+    b, c, h, w = x.shape
+    out_c, dk, _ = self_attn_widths(spec, c, options)
+    heads = spec.num_heads
+    qkv = _project(x, params, "qkv.")
+    q, k, v = qkv[:, : heads * dk], qkv[:, heads * dk : heads * dk + dk], qkv[:, heads * dk + dk :]
+    q = batch_norm(q, params, "norm_q.", training).reshape(b, heads, dk, h, w)
+    v = batch_norm(v, params, "norm_v.", training)  # b v y x
+    e = torch.exp(k - k.amax((2, 3), keepdim=True))
+    k = e / e.sum((2, 3), keepdim=True)
+    content = torch.einsum("bkyx,bvyx->bkv", k, v)
+    if spec.r is None:
+        table = params["pos_emb"]
+        emb = table[_offsets(h)[:, None, :, None], _offsets(w)[None, :, None, :]]  # y x i j k
+        position = torch.einsum("yxijk,bvij->byxkv", emb, v)
+    else:
+        r, pad = spec.r, spec.r // 2
+        kernel = params["conv_lambda.weight"][:, 0, :, :, 0]  # k a c
+        padded = F.pad(v, (pad, pad, pad, pad))
+        # Tap by tap, patches of the padded values: (B, V, r * r, H, W), then the kernel's taps.
+        patches = torch.stack(
+            [padded[:, :, i : i + h, j : j + w] for i in range(r) for j in range(r)], dim=2
+        )
+        position = torch.einsum("kt,bvtyx->byxkv", kernel.flatten(1), patches)
+        position = position + params["conv_lambda.bias"].reshape(1, 1, 1, -1, 1)
+    out = torch.einsum("bhkyx,bkv->bhvyx", q, content) + torch.einsum(
+        "bhkyx,byxkv->bhvyx", q, position
+    )
+    return _pool2(out.reshape(b, out_c, h, w), options.get("stride", 1))

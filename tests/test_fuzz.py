@@ -283,6 +283,23 @@ variants = st.one_of(
             {}, optional={"kernel_size": st.sampled_from([1, 3, 7]), "no_spatial": st.booleans()}
         ),
     ),
+    # qk_ratio only without dim_head (the spec refuses it with one).
+    _variant(
+        "lambda",
+        st.tuples(
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    "num_heads": st.sampled_from([1, 2, 3]),
+                    "qkv_bias": st.booleans(),
+                    "r": st.none() | st.sampled_from([1, 3, 5]),
+                },
+            ),
+            st.just({})
+            | st.fixed_dictionaries({"dim_head": st.integers(1, 8)})
+            | st.fixed_dictionaries({"dim_head": st.none(), "qk_ratio": st.floats(0.25, 2.0)}),
+        ).map(lambda t: {**t[0], **t[1]}),
+    ),
     # dilation only with dilated convs (the spec refuses it without).
     _variant(
         "bam",

@@ -156,6 +156,15 @@ FIELDS = [
     ("bam", "dilated_convs", 0, -1),
     ("bam", "dilated_convs", 8, 9),
     ("bam", "merge", "product", "concat"),
+    ("lambda", "dims", 2, 3),
+    ("lambda", "num_heads", 64, 0),
+    ("lambda", "dim_head", None, 0),
+    ("lambda", "dim_head", 512, 513),
+    ("lambda", "qk_ratio", 1.0, 0.0),  # qk_ratio other than 1 needs dim_head: null
+    ("lambda", "qk_ratio", 1.0, 0.5),
+    ("lambda", "qkv_bias", True, "true"),
+    ("lambda", "r", None, 8),
+    ("lambda", "r", 31, 33),
     ("sdpa", "causal_alignment", "top_left", "bottom_right"),  # bottom_right needs causal: true
     ("sdpa", "causal_alignment", "top_left", "center"),
     ("mha", "causal_alignment", "top_left", "bottom"),

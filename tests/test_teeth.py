@@ -757,6 +757,51 @@ class BamFrozenChannelNorm(_base("bam")):
         return x * (1 + torch.sigmoid(c + self.spatial_att(x)))
 
 
+# --- timm's self-attention layers ------------------------------------------------------------------
+
+
+def _lambda_forward(self, x, keys_dim=-1, flip_offsets=False):
+    """The generated lambda layer's forward (without its input checks), with the bugs below."""
+    b, _, h, w = x.shape
+    m = h * w
+    q, k, v = torch.split(
+        self.qkv(x), [self.num_heads * self.dim_qk, self.dim_qk, self.dim_v], dim=1
+    )
+    q = self.norm_q(q).reshape(b, self.num_heads, self.dim_qk, m).transpose(-1, -2)
+    v = self.norm_v(v).reshape(b, self.dim_v, m).transpose(-1, -2)
+    k = k.reshape(b, self.dim_qk, m).softmax(dim=keys_dim)
+    out = q @ (k @ v).unsqueeze(1)
+    if self.rel_pos_indices is None:
+        weight = self.conv_lambda.weight[..., 0]
+        v_maps = v.transpose(-1, -2).reshape(b * self.dim_v, 1, h, w)
+        position = F.conv2d(v_maps, weight, self.conv_lambda.bias, padding=weight.shape[-1] // 2)
+        position = position.reshape(b, self.dim_v, self.dim_qk, m).permute(0, 3, 2, 1)
+    else:
+        table = self.pos_emb.flip(0, 1) if flip_offsets else self.pos_emb
+        emb = table[self.rel_pos_indices[0], self.rel_pos_indices[1]]
+        position = emb.transpose(-1, -2) @ v.unsqueeze(1)
+    out = out + (q.unsqueeze(-2) @ position.unsqueeze(1)).squeeze(-2)
+    return self.pool(out.transpose(-1, -2).reshape(b, self.out_channels, h, w))
+
+
+class LambdaKeysOverChannels(_base("lambda_timm")):
+    """Normalises the keys over their K channels where the lambda layer normalises each key
+    channel over the positions."""
+
+    rel_pos_indices = None
+
+    def forward(self, x):
+        return _lambda_forward(self, x, keys_dim=1)
+
+
+class LambdaOffsetsReversed(_base("lambda_rpt")):
+    """Indexes the relative position embedding by the query's offset from the key (m - n) where
+    timm's layer indexes it by the key's offset from the query (n - m)."""
+
+    def forward(self, x):
+        return _lambda_forward(self, x, flip_offsets=True)
+
+
 ACT = "act_b1_c448_21x22"
 F16, BF16, F32, F64 = torch.float16, torch.bfloat16, torch.float32, torch.float64
 
@@ -847,6 +892,9 @@ SEEDED = [
     (BamProduct, "bam", "reference", "b2_c32_7x5", F64, {}),
     (BamUndilated, "bam", "reference", "b2_c64_11x10", F64, {}),
     (BamFrozenChannelNorm, "bam", "train", "b2_c32_7x5", F64, {}),
+    # timm's self-attention layers: the keys' softmax axis, the relative offsets' sign.
+    (LambdaKeysOverChannels, "lambda_timm", "reference", "b2_c16_7x5", F64, {}),
+    (LambdaOffsetsReversed, "lambda_rpt", "reference", "b2_c16_7x5", F64, {}),
 ]
 # The dtype-only bugs pass where they do not bite: the same case in the other dtypes.
 DTYPE_ONLY = [

@@ -140,6 +140,13 @@ CONFIGS: list[tuple[str, dict]] = [
     ("strip", {"gate_layer": "hard_sigmoid"}),
     ("strip", {"has_skip": True}),
     ("strip", {"use_conv": False, "has_skip": True, "gate_layer": "hard_sigmoid"}),
+    # Self-attention layers, on (7, 9) maps (the size _compare draws): the size feat_size fixes.
+    ("lambda", {}),
+    ("lambda", {"stride": 2}),
+    ("lambda", {"r": 3, "dim_head": 8, "qkv_bias": True}),
+    ("lambda", {"num_heads": 2, "dim_head": None, "qk_ratio": 0.5}),
+    ("lambda", {"r": None, "feat_size": (7, 9)}),
+    ("lambda", {"r": None, "feat_size": (7, 9), "stride": 2, "num_heads": 1}),
 ]
 CASES = [(i, attn, kwargs, c) for i, (attn, kwargs) in enumerate(CONFIGS) for c in CHANNELS]
 
@@ -290,6 +297,8 @@ def test_from_timm_equals_timm(
         ("strip_timm", "strip", {}),
         ("strip_pooled", "strip", {"use_conv": False}),
         ("strip_k7_skip", "strip", {"kernel_size": 7, "bias": True, "has_skip": True}),
+        ("lambda_timm", "lambda", {}),
+        ("lambda_rpt", "lambda", {"r": None, "feat_size": (7, 9)}),
     ],
 )
 @pytest.mark.parametrize("channels", [32, 64, 256])
