@@ -20,6 +20,18 @@ VARIANTS: dict[str, tuple[str, str, str, str]] = {
         "BamProduct",
         "BAM as in the authors' released code, which multiplies the two branches where t…",
     ),
+    "bottleneck_d16": (
+        "bottleneck",
+        "bottleneck.yaml",
+        "BottleneckD16",
+        "timm's BottleneckAttn as eca_botnext26ts_256 builds it: 16-wide queries and key…",
+    ),
+    "bottleneck_timm": (
+        "bottleneck",
+        "bottleneck.yaml",
+        "BottleneckTimm",
+        "timm's BottleneckAttn as botnet26t_256 and botnet50ts_256 build it: 4 heads, qu…",
+    ),
     "cbam_3d": (
         "cbam",
         "cbam.yaml",

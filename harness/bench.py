@@ -147,7 +147,11 @@ IMAGE_ROWS: list[tuple[str, tuple[str, dict[str, Any]] | None]] = [
     ("triplet", None),
     ("bam", None),
     ("lambda_timm", ("lambda", {})),
+    ("bottleneck_timm", ("bottleneck", {"feat_size": (28, 28)})),
 ]
+# Constructor options a row's variant needs at the bench's size (the map a position embedding
+# covers), for the generated module and its reference.
+IMAGE_OPTIONS: dict[str, dict[str, Any]] = {"bottleneck_timm": {"feat_size": (28, 28)}}
 IMAGE = (32, 256, 28, 28)
 
 
@@ -174,6 +178,7 @@ def image_case(
     channels = IMAGE[1]
     spec = registry.spec_of(variant)
     kind = kinds.record(spec)
+    options = IMAGE_OPTIONS.get(variant, {})
     theirs = _timm_module(timm, channels) if with_timm else None
     if theirs is not None:
         from .interop import from_timm
@@ -181,11 +186,11 @@ def image_case(
         module = from_timm(variant, theirs, channels=channels).to(device)
         theirs.to(device)
     else:
-        module = registry.build(variant, channels, device=device)
+        module = registry.build(variant, channels, **options, device=device)
     state = {**dict(module.named_parameters()), **dict(module.named_buffers())}
     candidates: dict[str, Candidate] = {
         "generated": module,
-        "reference": lambda x: kind.reference(spec, dict(state), kinds.Inputs([x])),
+        "reference": lambda x: kind.reference(spec, dict(state), kinds.Inputs([x], {}, options)),
         "formulation": lambda x: kind.plain(spec, state, kinds.Inputs([x])),
     }
     if theirs is not None:

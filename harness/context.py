@@ -452,6 +452,15 @@ class LambdaModule(Module):
 
 
 @dataclass(frozen=True)
+class BottleneckModule(Module):
+    doc: str
+    a: SelfAttnOptions
+    pos_cls: str
+    pos_doc: str
+    scale_pos_embed: bool
+
+
+@dataclass(frozen=True)
 class Causality:
     """How causality is applied: SDPA's is_causal (top-left, when no mask is built) or a mask."""
 
@@ -673,6 +682,7 @@ def _helpers(*code: str, masks: bool = False) -> tuple[str, ...]:
         "mean": "_mean(" in text,
         "max_pool": "_max_pool(" in text,
         "make_divisible": "_make_divisible(" in text,
+        "rel_logits": "_rel_logits_1d(" in text,
         "merge_masks": masks,
     }
     return tuple(name for name, used in wanted.items() if used)
@@ -1571,7 +1581,7 @@ def _bam(spec: specs.BamSpec, base: dict[str, Any]) -> BamModule:
 # --- self-attention layers: lambda -------------------------------------------------------------------
 
 
-def _dim_qk(spec: specs.LambdaSpec) -> tuple[str, str]:
+def _dim_qk(spec: specs.LambdaSpec | specs.BottleneckSpec) -> tuple[str, str]:
     """The query/key width per head as an expression of out_channels, and what it is."""
     if spec.dim_head is not None:
         return str(spec.dim_head), "query and key width per head (the spec's dim_head)"
@@ -1662,6 +1672,74 @@ def _lambda(spec: specs.LambdaSpec, base: dict[str, Any]) -> LambdaModule:
             size_checks=tuple(checks),
         ),
         r=spec.r,
+    )
+
+
+def _fixed_size_check() -> tuple[str, str]:
+    return (
+        "tuple(x.shape[2:]) != self.feat_size",
+        "input of shape (B, {self.channels}, {self.feat_size[0]}, {self.feat_size[1]}) "
+        "(feat_size: the position embedding covers that map)",
+    )
+
+
+def _pos_scale_doc(scale_pos_embed: bool) -> str:
+    if scale_pos_embed:
+        return "(q . k + relative position logit) / sqrt(d) (scale_pos_embed)"
+    return "q . k / sqrt(d) + relative position logit"
+
+
+@builder("bottleneck")
+def _bottleneck(spec: specs.BottleneckSpec, base: dict[str, Any]) -> BottleneckModule:
+    cls = base["cls"]
+    dim_qk_expr, dim_qk_comment = _dim_qk(spec)
+    doc = _paragraphs(
+        "Bottleneck self-attention (Srinivas et al., 2021, BoTNet), as timm's BottleneckAttn.",
+        spec.description,
+        _prose(
+            f"Projects ``x`` (1x1 conv ``qkv``) into queries, keys and values for {spec.num_heads} "
+            "heads; every position attends over every position of the map, with logits "
+            f"{_pos_scale_doc(spec.scale_pos_embed)}, the relative logits from ``pos_embed`` (an "
+            "embedding per row offset and per column offset, so the map's size is fixed at "
+            "construction: feat_size); the heads are concatenated, and with stride 2 the map is "
+            "average-pooled 2 x 2."
+        ),
+        _self_attn_args(
+            "(H, W) or one int: the input's size, covered by the position embedding (required)."
+        ),
+        _SELF_ATTN_SHAPE,
+    )
+    pos_doc = _paragraphs(
+        "Relative position logits over a feat_size map (timm's PosEmbedRel).",
+        _prose(
+            "``height_rel`` and ``width_rel`` hold an embedding per row and per column offset; a "
+            "query's logit for a key is its dot product with the embedding of the key's row "
+            "offset plus that of its column offset. forward takes queries (N, H * W, d) and "
+            "returns (N, H * W, H * W)."
+        ),
+    )
+    return BottleneckModule(
+        **base,
+        functional=True,
+        helpers=_helpers(dim_qk_expr, "_rel_logits_1d("),
+        doc=docstring(doc, "    "),
+        a=SelfAttnOptions(
+            cls=cls,
+            num_heads=spec.num_heads,
+            dim_qk_expr=dim_qk_expr,
+            dim_qk_comment=dim_qk_comment,
+            qkv_bias=spec.qkv_bias,
+            feat_size_used=True,
+            feat_size_why="the position embedding covers the whole map",
+            size_checks=(
+                ("x.shape[2] == 0 or x.shape[3] == 0", "at least one position in H, W"),
+                _fixed_size_check(),
+                _stride_check(),
+            ),
+        ),
+        pos_cls=f"{cls}PosEmbed",
+        pos_doc=docstring(pos_doc, "    "),
+        scale_pos_embed=spec.scale_pos_embed,
     )
 
 

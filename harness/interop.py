@@ -495,6 +495,20 @@ def _lambda(m: Any) -> Layout:
     return Layout("lambda", fields, c, options)
 
 
+def _bottleneck(m: Any) -> Layout:
+    c = m.qkv.in_channels
+    fields: dict[str, Any] = {
+        "num_heads": m.num_heads,
+        "dim_head": m.dim_head_qk,
+        "qkv_bias": _conv_bias(m.qkv),
+        "scale_pos_embed": bool(m.scale_pos_embed),
+    }
+    stride = 2 if isinstance(m.pool, nn.AvgPool2d) else 1
+    options = _self_attn_options(c, m.dim_out_v, stride)
+    options["feat_size"] = (m.pos_embed.height, m.pos_embed.width)
+    return Layout("bottleneck", fields, c, options)
+
+
 #: timm class name -> how to read it. Checked against the class's module: timm's own classes only.
 CONVERTERS: dict[str, Callable[[Any, int | None], Layout]] = {
     "SEModule": lambda m, c: _se(m),
@@ -510,6 +524,7 @@ CONVERTERS: dict[str, Callable[[Any, int | None], Layout]] = {
     "EfficientLocalAttn": lambda m, c: _ela(m),
     "StripAttn": lambda m, c: _strip(m),
     "LambdaLayer": lambda m, c: _lambda(m),
+    "BottleneckAttn": lambda m, c: _bottleneck(m),
 }
 
 

@@ -27,6 +27,7 @@ from .spec import (
     AnySpec,
     AttentionOptions,
     BamSpec,
+    BottleneckSpec,
     CbamSpec,
     ChannelOptions,
     ChannelSpec,
@@ -913,7 +914,7 @@ class Bam(_Image[BamSpec]):
 
 # --- timm's self-attention layers (lambda, bottleneck, halo) -----------------------------------------
 
-SelfAttnSpec = TypeVar("SelfAttnSpec", bound=LambdaSpec)
+SelfAttnSpec = TypeVar("SelfAttnSpec", bound=LambdaSpec | BottleneckSpec)
 # Post-activation maps at a magnitude where the keys' softmax and the attention are sharp but not
 # one-hot: tens (at the image kinds' hundreds, logits in the thousands leave a softmax whose
 # rounding flips the winner, which no precision judges fairly).
@@ -1118,20 +1119,7 @@ class Lambda(_SelfAttn[LambdaSpec]):
         shape_text: Callable[[tuple[int, ...]], str],
     ) -> list[ErrorInput]:
         if spec.r is None:
-            other = (2, c, hw[0] + 1, hw[1])
-            one_row = (2, c, 1, 5)
-            return [
-                ErrorInput(
-                    "not_feat_size",
-                    call(other),
-                    rf"^{{cls}}: expected input of shape \(B, {c}, {hw[0]}, {hw[1]}\) \(feat_size: .*\), got \({shape_text(other)}\)$",
-                ),
-                ErrorInput(
-                    "stride_2_one_row",
-                    call(one_row, stride=2, feat_size=(1, 5)),
-                    rf"^{{cls}}: expected at least 2 positions in H and W \(stride 2 .*\), got \({shape_text(one_row)}\)$",
-                ),
-            ]
+            return _fixed_size_errors(c, hw, call, shape_text)
         empty, one_row = (2, c, 5, 0), (2, c, 1, 5)
         return [
             ErrorInput(
@@ -1145,6 +1133,70 @@ class Lambda(_SelfAttn[LambdaSpec]):
                 rf"^{{cls}}: expected at least 2 positions in H and W \(stride 2 .*\), got \({shape_text(one_row)}\)$",
             ),
         ]
+
+
+def _fixed_size_errors(
+    c: int,
+    hw: tuple[int, int],
+    call: Callable[..., Callable[[Callable[..., nn.Module], str], object]],
+    shape_text: Callable[[tuple[int, ...]], str],
+) -> list[ErrorInput]:
+    """A map of another size than feat_size; stride 2 on a map one row high."""
+    other = (2, c, hw[0] + 1, hw[1])
+    one_row = (2, c, 1, 5)
+    return [
+        ErrorInput(
+            "not_feat_size",
+            call(other),
+            rf"^{{cls}}: expected input of shape \(B, {c}, {hw[0]}, {hw[1]}\) \(feat_size: .*\), got \({shape_text(other)}\)$",
+        ),
+        ErrorInput(
+            "stride_2_one_row",
+            call(one_row, stride=2, feat_size=(1, 5)),
+            rf"^{{cls}}: expected at least 2 positions in H and W \(stride 2 .*\), got \({shape_text(one_row)}\)$",
+        ),
+    ]
+
+
+class Bottleneck(_SelfAttn[BottleneckSpec]):
+    name = "bottleneck"
+
+    def fixed_size(self, spec: BottleneckSpec) -> bool:
+        return True
+
+    def param_shapes(self, spec: BottleneckSpec, case: Case) -> dict[str, tuple[int, ...]]:
+        c = case.ctor[0]
+        out, dk, _ = references.self_attn_widths(spec, c, case.options)
+        width = 2 * spec.num_heads * dk + out
+        shapes: dict[str, tuple[int, ...]] = {"qkv.weight": (width, c, 1, 1)}
+        if spec.qkv_bias:
+            shapes["qkv.bias"] = (width,)
+        size = case.options["feat_size"]
+        assert isinstance(size, tuple)
+        return shapes | {
+            "pos_embed.height_rel": (2 * size[0] - 1, dk),
+            "pos_embed.width_rel": (2 * size[1] - 1, dk),
+        }
+
+    def reference(
+        self,
+        spec: BottleneckSpec,
+        params: references.State,
+        inputs: Inputs,
+        *,
+        training: bool = False,
+    ) -> Tensor:
+        return references.bottleneck_attn(inputs.args[0], params, spec, inputs.options)
+
+    def size_errors(
+        self,
+        spec: BottleneckSpec,
+        c: int,
+        hw: tuple[int, int],
+        call: Callable[..., Callable[[Callable[..., nn.Module], str], object]],
+        shape_text: Callable[[tuple[int, ...]], str],
+    ) -> list[ErrorInput]:
+        return _fixed_size_errors(c, hw, call, shape_text)
 
 
 # --- attention kinds (sdpa, mha) ---------------------------------------------------------------------
@@ -1589,6 +1641,7 @@ KIND_DB: dict[str, Kind[Any]] = {
         *(Channel(), Spatial(), Cbam(), Eca(), Ese(), Ge(), Gc(), Coord(), Scoord()),
         *(Ela(), Strip(), Simam(), Sge(), Triplet(), Bam(), Sdpa(), Mha()),
         Lambda(),
+        Bottleneck(),
     )
 }
 

@@ -27,6 +27,7 @@ from torch import Tensor
 
 from .spec import (
     BamSpec,
+    BottleneckSpec,
     CbamSpec,
     ChannelOptions,
     CoordSpec,
@@ -753,7 +754,7 @@ def multi_head_attention(
 
 
 def self_attn_widths(
-    spec: LambdaSpec, channels: int, options: Mapping[str, object]
+    spec: LambdaSpec | BottleneckSpec, channels: int, options: Mapping[str, object]
 ) -> tuple[int, int, int]:
     """(out_channels, query/key width per head, value width per head) at ``channels`` with the
     constructor ``options``: timm's dim_head or make_divisible(out * qk_ratio, 8) // heads."""
@@ -822,3 +823,41 @@ def lambda_layer(
         "bhkyx,byxkv->bhvyx", q, position
     )
     return _pool2(out.reshape(b, out_c, h, w), options.get("stride", 1))
+
+
+def _heads(t: Tensor, heads: int) -> Tensor:
+    """(B, heads * d, H, W) -> (B, heads, H * W, d)."""
+    b, _, h, w = t.shape
+    return t.reshape(b, heads, -1, h * w).transpose(-1, -2)
+
+
+def bottleneck_attn(
+    x: Tensor, params: Params, spec: BottleneckSpec, options: Mapping[str, object]
+) -> Tensor:
+    """BoTNet's attention (Srinivas et al., 2021) with timm's choices: every position attends over
+    the map with logits q . k / sqrt(d) + q . (r_h(dy) + r_w(dx)), r_h and r_w an embedding per
+    row and column offset of the key from the query (or the whole sum scaled: scale_pos_embed)."""
+    b, c, h, w = x.shape
+    out_c, dk, _ = self_attn_widths(spec, c, options)
+    heads = spec.num_heads
+    qkv = _project(x, params, "qkv.")
+    q, k, v = (
+        _heads(t, heads)
+        for t in (
+            qkv[:, : heads * dk],
+            qkv[:, heads * dk : 2 * heads * dk],
+            qkv[:, 2 * heads * dk :],
+        )
+    )
+    eh = params["pos_embed.height_rel"][_offsets(h)]  # (query row, key row, d)
+    ew = params["pos_embed.width_rel"][_offsets(w)]  # (query column, key column, d)
+    qs = q.reshape(b, heads, h, w, dk)
+    rel = (
+        torch.einsum("bnyxd,yid->bnyxi", qs, eh)[..., None]
+        + torch.einsum("bnyxd,xjd->bnyxj", qs, ew)[..., None, :]
+    )
+    scale = dk**-0.5
+    rel = rel.reshape(b, heads, h * w, h * w) * (scale if spec.scale_pos_embed else 1.0)
+    out = attention(q, k, v, [rel], scale=scale)
+    assert isinstance(out, Tensor)
+    return _pool2(out.transpose(-1, -2).reshape(b, out_c, h, w), options.get("stride", 1))

@@ -1131,6 +1131,17 @@ class LambdaSpec(_SelfAttention, _Variant):
         return value
 
 
+class BottleneckSpec(_SelfAttention, _Variant):
+    kind: Literal["bottleneck"] = Field(
+        description=(
+            "Bottleneck self-attention (Srinivas et al., 2021, BoTNet): multi-head attention over "
+            "every position of a fixed-size map, with relative position logits (timm's "
+            "BottleneckAttn)."
+        )
+    )
+    scale_pos_embed: bool = _scale_pos_embed()
+
+
 ImageSpec = (
     ChannelSpec
     | SpatialSpec
@@ -1148,6 +1159,7 @@ ImageSpec = (
     | TripletSpec
     | BamSpec
     | LambdaSpec
+    | BottleneckSpec
 )
 AnySpec = ImageSpec | SdpaSpec | MhaSpec
 SPEC_ADAPTER: TypeAdapter[AnySpec] = TypeAdapter(Annotated[AnySpec, Field(discriminator="kind")])
@@ -1169,6 +1181,7 @@ MODELS: dict[str, type[_Variant]] = {
     "triplet": TripletSpec,
     "bam": BamSpec,
     "lambda": LambdaSpec,
+    "bottleneck": BottleneckSpec,
     "sdpa": SdpaSpec,
     "mha": MhaSpec,
 }

@@ -165,6 +165,12 @@ FIELDS = [
     ("lambda", "qkv_bias", True, "true"),
     ("lambda", "r", None, 8),
     ("lambda", "r", 31, 33),
+    ("bottleneck", "dims", 2, 1),
+    ("bottleneck", "num_heads", 1, 65),
+    ("bottleneck", "dim_head", 16, -1),
+    ("bottleneck", "qk_ratio", 4.0, 4.5),
+    ("bottleneck", "qkv_bias", False, 0),
+    ("bottleneck", "scale_pos_embed", True, "yes"),
     ("sdpa", "causal_alignment", "top_left", "bottom_right"),  # bottom_right needs causal: true
     ("sdpa", "causal_alignment", "top_left", "center"),
     ("mha", "causal_alignment", "top_left", "bottom"),

@@ -802,6 +802,21 @@ class LambdaOffsetsReversed(_base("lambda_rpt")):
         return _lambda_forward(self, x, flip_offsets=True)
 
 
+class BottleneckPositionScaled(_base("bottleneck_timm")):
+    """Scales the relative position logits with the content logits (timm's scale_pos_embed=True)
+    where the spec adds them after scaling."""
+
+    def forward(self, x):
+        b, _, h, w = x.shape
+        width_qk = self.num_heads * self.dim_qk
+        q, k, v = torch.split(self.qkv(x), [width_qk, width_qk, self.num_heads * self.dim_v], 1)
+        q = q.reshape(b * self.num_heads, self.dim_qk, -1).transpose(-1, -2)
+        k = k.reshape(b * self.num_heads, self.dim_qk, -1)
+        v = v.reshape(b * self.num_heads, self.dim_v, -1).transpose(-1, -2)
+        attn = ((q @ k + self.pos_embed(q)) * self.scale).softmax(dim=-1)
+        return self.pool((attn @ v).transpose(-1, -2).reshape(b, self.out_channels, h, w))
+
+
 ACT = "act_b1_c448_21x22"
 F16, BF16, F32, F64 = torch.float16, torch.bfloat16, torch.float32, torch.float64
 
@@ -895,6 +910,7 @@ SEEDED = [
     # timm's self-attention layers: the keys' softmax axis, the relative offsets' sign.
     (LambdaKeysOverChannels, "lambda_timm", "reference", "b2_c16_7x5", F64, {}),
     (LambdaOffsetsReversed, "lambda_rpt", "reference", "b2_c16_7x5", F64, {}),
+    (BottleneckPositionScaled, "bottleneck_timm", "reference", "b2_c16_7x5", F64, {}),
 ]
 # The dtype-only bugs pass where they do not bite: the same case in the other dtypes.
 DTYPE_ONLY = [

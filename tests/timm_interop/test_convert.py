@@ -101,9 +101,10 @@ def test_a_converted_model_computes_what_timm_computed(attn: str, tmp_path: Path
             assert (u - v).abs().max().item() / scale < bound, f"{attn} {mode}"
 
 
-# timm's self-attention models (byoanet), with the input size each needs: (model, (H, W)).
+# timm's self-attention models (byoanet), small and H != W: (model, input (H, W)).
 SELF_ATTENTION_MODELS = [
     ("lambda_resnet26t", (64, 48)),
+    ("botnet26t_256", (64, 96)),  # fixed sizes: a multiple of the stride 32
 ]
 
 

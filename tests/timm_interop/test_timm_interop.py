@@ -147,6 +147,10 @@ CONFIGS: list[tuple[str, dict]] = [
     ("lambda", {"num_heads": 2, "dim_head": None, "qk_ratio": 0.5}),
     ("lambda", {"r": None, "feat_size": (7, 9)}),
     ("lambda", {"r": None, "feat_size": (7, 9), "stride": 2, "num_heads": 1}),
+    ("bottleneck", {"feat_size": (7, 9)}),
+    ("bottleneck", {"feat_size": (7, 9), "stride": 2, "dim_head": 16}),
+    ("bottleneck", {"feat_size": (7, 9), "num_heads": 2, "qk_ratio": 0.5, "qkv_bias": True}),
+    ("bottleneck", {"feat_size": (7, 9), "num_heads": 1, "scale_pos_embed": True}),
 ]
 CASES = [(i, attn, kwargs, c) for i, (attn, kwargs) in enumerate(CONFIGS) for c in CHANNELS]
 
@@ -299,6 +303,8 @@ def test_from_timm_equals_timm(
         ("strip_k7_skip", "strip", {"kernel_size": 7, "bias": True, "has_skip": True}),
         ("lambda_timm", "lambda", {}),
         ("lambda_rpt", "lambda", {"r": None, "feat_size": (7, 9)}),
+        ("bottleneck_timm", "bottleneck", {"feat_size": (7, 9)}),
+        ("bottleneck_d16", "bottleneck", {"feat_size": (7, 9), "dim_head": 16}),
     ],
 )
 @pytest.mark.parametrize("channels", [32, 64, 256])
