@@ -220,6 +220,24 @@ VARIANTS: dict[str, tuple[str, str, str, str]] = {
         "GeTimm",
         "timm's GatherExcite defaults (global extent, no extra parameters, an MLP with C…",
     ),
+    "halo_h3": (
+        "halo",
+        "halo.yaml",
+        "HaloH3",
+        "timm's HaloAttn as sehalonet33ts and halonet50ts build it: 8 x 8 blocks with a …",
+    ),
+    "halo_regnetz": (
+        "halo",
+        "halo.yaml",
+        "HaloRegnetz",
+        "timm's HaloAttn as haloregnetz_b builds it: 7 x 7 blocks (odd: stride 2 average…",
+    ),
+    "halo_timm": (
+        "halo",
+        "halo.yaml",
+        "HaloTimm",
+        "timm's HaloAttn as halonet26t builds it: 8 heads, 8 x 8 blocks with a halo of 2…",
+    ),
     "lambda_rpt": (
         "lambda",
         "lambda.yaml",

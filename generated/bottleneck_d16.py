@@ -143,7 +143,11 @@ class BottleneckD16(nn.Module):
             bias=False,
             **factory,
         )
-        self.pos_embed = BottleneckD16PosEmbed(size, self.dim_qk, **factory)
+        self.pos_embed = BottleneckD16PosEmbed(
+            size,
+            self.dim_qk,
+            **factory,
+        )
         self.pool = nn.AvgPool2d(2, 2) if stride == 2 else nn.Identity()
         self.reset_parameters()
 

@@ -141,8 +141,8 @@ class BottleneckTimm(nn.Module):
         self.stride = stride
         self.feat_size = size
         self.num_heads = 4
-        # query and key width per head: out_channels * 1 rounded to the nearest multiple of 8 (timm's make_divisible), over 4 heads
-        self.dim_qk = _make_divisible(out_channels, 8, 8, 0.0) // 4
+        # query and key width per head: out_channels * 1 rounded to the nearest multiple of 8, one 8 more if that loses over 0.1 of it (timm's make_divisible), over 4 heads
+        self.dim_qk = _make_divisible(out_channels, 8, 8, 0.9) // 4
         self.dim_v = out_channels // 4
         self.scale = self.dim_qk**-0.5
         factory = {"device": device, "dtype": dtype}
@@ -153,7 +153,11 @@ class BottleneckTimm(nn.Module):
             bias=False,
             **factory,
         )
-        self.pos_embed = BottleneckTimmPosEmbed(size, self.dim_qk, **factory)
+        self.pos_embed = BottleneckTimmPosEmbed(
+            size,
+            self.dim_qk,
+            **factory,
+        )
         self.pool = nn.AvgPool2d(2, 2) if stride == 2 else nn.Identity()
         self.reset_parameters()
 

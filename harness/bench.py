@@ -148,6 +148,7 @@ IMAGE_ROWS: list[tuple[str, tuple[str, dict[str, Any]] | None]] = [
     ("bam", None),
     ("lambda_timm", ("lambda", {})),
     ("bottleneck_timm", ("bottleneck", {"feat_size": (28, 28)})),
+    ("halo_regnetz", ("halo", {"block_size": 7, "halo_size": 2, "qk_ratio": 0.33})),
 ]
 # Constructor options a row's variant needs at the bench's size (the map a position embedding
 # covers), for the generated module and its reference.

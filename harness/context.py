@@ -461,6 +461,20 @@ class BottleneckModule(Module):
 
 
 @dataclass(frozen=True)
+class HaloModule(Module):
+    doc: str
+    a: SelfAttnOptions
+    pos_cls: str
+    pos_doc: str
+    scale_pos_embed: bool
+    block_size: int
+    halo_size: int
+    win_size: int
+    pool_on_stride: bool  # stride 2 average-pools the output (else it strides the queries)
+    stride_comment: str
+
+
+@dataclass(frozen=True)
 class Causality:
     """How causality is applied: SDPA's is_causal (top-left, when no mask is built) or a mask."""
 
@@ -1581,16 +1595,16 @@ def _bam(spec: specs.BamSpec, base: dict[str, Any]) -> BamModule:
 # --- self-attention layers: lambda -------------------------------------------------------------------
 
 
-def _dim_qk(spec: specs.LambdaSpec | specs.BottleneckSpec) -> tuple[str, str]:
+def _dim_qk(spec: specs.LambdaSpec | specs.BottleneckSpec | specs.HaloSpec) -> tuple[str, str]:
     """The query/key width per head as an expression of out_channels, and what it is."""
     if spec.dim_head is not None:
         return str(spec.dim_head), "query and key width per head (the spec's dim_head)"
     h, ratio = spec.num_heads, spec.qk_ratio
     scaled = "out_channels" if ratio == 1.0 else f"out_channels * {_scalar_literal(ratio)}"
     return (
-        f"_make_divisible({scaled}, 8, 8, 0.0) // {h}",
+        f"_make_divisible({scaled}, 8, 8, 0.9) // {h}",
         f"query and key width per head: out_channels * {ratio:g} rounded to the nearest multiple of "
-        f"8 (timm's make_divisible), over {h} heads",
+        f"8, one 8 more if that loses over 0.1 of it (timm's make_divisible), over {h} heads",
     )
 
 
@@ -1740,6 +1754,77 @@ def _bottleneck(spec: specs.BottleneckSpec, base: dict[str, Any]) -> BottleneckM
         pos_cls=f"{cls}PosEmbed",
         pos_doc=docstring(pos_doc, "    "),
         scale_pos_embed=spec.scale_pos_embed,
+    )
+
+
+@builder("halo")
+def _halo(spec: specs.HaloSpec, base: dict[str, Any]) -> HaloModule:
+    cls = base["cls"]
+    dim_qk_expr, dim_qk_comment = _dim_qk(spec)
+    bs, halo = spec.block_size, spec.halo_size
+    win = bs + 2 * halo
+    pool_on_stride = spec.avg_down or bs % 2 == 1
+    if spec.avg_down:
+        stride_comment = "Stride 2 average-pools the output 2 x 2 (avg_down)."
+    elif pool_on_stride:
+        stride_comment = f"Stride 2 average-pools the output 2 x 2 (block_size {bs} is odd)."
+    else:
+        stride_comment = "Stride 2 strides the queries: blocks of block_size // 2 queries."
+    checks = [
+        ("x.shape[2] == 0 or x.shape[3] == 0", "at least one position in H, W"),
+        (
+            f"x.shape[2] % {bs} or x.shape[3] % {bs}",
+            f"H and W multiples of the block size {bs}",
+        ),
+    ]
+    if bs == 1:
+        checks.append(_stride_check())
+    doc = _paragraphs(
+        "Halo attention (Vaswani et al., 2021, HaloNet), as timm's HaloAttn.",
+        spec.description,
+        _prose(
+            f"Cuts the map into {bs} x {bs} blocks; the queries of each block (1x1 conv ``q``, "
+            f"{spec.num_heads} heads) attend over the keys and values (1x1 conv ``kv``) of a "
+            f"{win} x {win} window around it, the block and a halo of {halo}, zero-padded at the "
+            f"border, with logits {_pos_scale_doc(spec.scale_pos_embed)} (``pos_embed``: an "
+            "embedding per row and column offset within the window). H and W must be multiples of "
+            f"{bs}. {stride_comment} The heads are concatenated."
+        ),
+        _self_attn_args("ignored (any multiple of the block size works); accepted as timm's is."),
+        _SELF_ATTN_SHAPE,
+    )
+    pos_doc = _paragraphs(
+        "Relative position logits of a block's queries over its window (timm's PosEmbedRel).",
+        _prose(
+            "``height_rel`` and ``width_rel`` hold an embedding per row and per column offset "
+            "within the window; a query's logit for a key is its dot product with the embedding of "
+            "the key's row offset plus that of its column offset. forward takes queries (N, "
+            "blocks, block_size ** 2, d) and returns (N, blocks, block_size ** 2, win_size ** 2)."
+        ),
+    )
+    return HaloModule(
+        **base,
+        functional=True,
+        helpers=_helpers(dim_qk_expr, "_rel_logits_1d("),
+        doc=docstring(doc, "    "),
+        a=SelfAttnOptions(
+            cls=cls,
+            num_heads=spec.num_heads,
+            dim_qk_expr=dim_qk_expr,
+            dim_qk_comment=dim_qk_comment,
+            qkv_bias=spec.qkv_bias,
+            feat_size_used=False,
+            feat_size_why="",
+            size_checks=tuple(checks),
+        ),
+        pos_cls=f"{cls}PosEmbed",
+        pos_doc=docstring(pos_doc, "    "),
+        scale_pos_embed=spec.scale_pos_embed,
+        block_size=bs,
+        halo_size=halo,
+        win_size=win,
+        pool_on_stride=pool_on_stride,
+        stride_comment=stride_comment,
     )
 
 

@@ -509,6 +509,23 @@ def _bottleneck(m: Any) -> Layout:
     return Layout("bottleneck", fields, c, options)
 
 
+def _halo(m: Any) -> Layout:
+    c = m.q.in_channels
+    pooled = isinstance(m.pool, nn.AvgPool2d)
+    stride = 2 if pooled or m.block_stride == 2 else 1
+    fields: dict[str, Any] = {
+        "num_heads": m.num_heads,
+        "dim_head": m.dim_head_qk,
+        "qkv_bias": _conv_bias(m.q),
+        "block_size": m.block_size,
+        "halo_size": m.halo_size,
+        # avg_down shows only where it changed something: stride 2 with an even block size.
+        "avg_down": pooled and m.block_size % 2 == 0,
+        "scale_pos_embed": bool(m.scale_pos_embed),
+    }
+    return Layout("halo", fields, c, _self_attn_options(c, m.dim_out_v, stride))
+
+
 #: timm class name -> how to read it. Checked against the class's module: timm's own classes only.
 CONVERTERS: dict[str, Callable[[Any, int | None], Layout]] = {
     "SEModule": lambda m, c: _se(m),
@@ -525,6 +542,7 @@ CONVERTERS: dict[str, Callable[[Any, int | None], Layout]] = {
     "StripAttn": lambda m, c: _strip(m),
     "LambdaLayer": lambda m, c: _lambda(m),
     "BottleneckAttn": lambda m, c: _bottleneck(m),
+    "HaloAttn": lambda m, c: _halo(m),
 }
 
 

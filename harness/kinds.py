@@ -37,6 +37,7 @@ from .spec import (
     EseSpec,
     GcSpec,
     GeSpec,
+    HaloSpec,
     ImageSpec,
     LambdaSpec,
     MhaSpec,
@@ -914,7 +915,7 @@ class Bam(_Image[BamSpec]):
 
 # --- timm's self-attention layers (lambda, bottleneck, halo) -----------------------------------------
 
-SelfAttnSpec = TypeVar("SelfAttnSpec", bound=LambdaSpec | BottleneckSpec)
+SelfAttnSpec = TypeVar("SelfAttnSpec", bound=LambdaSpec | BottleneckSpec | HaloSpec)
 # Post-activation maps at a magnitude where the keys' softmax and the attention are sharp but not
 # one-hot: tens (at the image kinds' hundreds, logits in the thousands leave a softmax whose
 # rounding flips the winner, which no precision judges fairly).
@@ -1197,6 +1198,78 @@ class Bottleneck(_SelfAttn[BottleneckSpec]):
         shape_text: Callable[[tuple[int, ...]], str],
     ) -> list[ErrorInput]:
         return _fixed_size_errors(c, hw, call, shape_text)
+
+
+class Halo(_SelfAttn[HaloSpec]):
+    name = "halo"
+
+    def sizes(self, spec: HaloSpec) -> list[tuple[int, int]]:
+        # Multiples of the block size, H != W first: two blocks by one, one, two by three (with
+        # stride 2: the queries strided, or the output pooled), one.
+        bs = spec.block_size
+        return [(2 * bs, bs), (bs, bs), (2 * bs, 3 * bs), (bs, bs)]
+
+    def dynamic_dims(self, spec: HaloSpec, case: Case) -> list[dict[int, str]]:
+        # H and W must be multiples of block_size, a guard torch.export cannot state for a plain
+        # dynamic dim: the batch alone is dynamic.
+        return [{0: "batch"}]
+
+    def param_shapes(self, spec: HaloSpec, case: Case) -> dict[str, tuple[int, ...]]:
+        c = case.ctor[0]
+        out, dk, _ = references.self_attn_widths(spec, c, case.options)
+        heads = spec.num_heads
+        win = spec.block_size + 2 * spec.halo_size
+        shapes: dict[str, tuple[int, ...]] = {
+            "q.weight": (heads * dk, c, 1, 1),
+            "kv.weight": (heads * dk + out, c, 1, 1),
+        }
+        if spec.qkv_bias:
+            shapes |= {"q.bias": (heads * dk,), "kv.bias": (heads * dk + out,)}
+        return shapes | {
+            "pos_embed.height_rel": (2 * win - 1, dk),
+            "pos_embed.width_rel": (2 * win - 1, dk),
+        }
+
+    def reference(
+        self, spec: HaloSpec, params: references.State, inputs: Inputs, *, training: bool = False
+    ) -> Tensor:
+        return references.halo_attn(inputs.args[0], params, spec, inputs.options)
+
+    def size_errors(
+        self,
+        spec: HaloSpec,
+        c: int,
+        hw: tuple[int, int],
+        call: Callable[..., Callable[[Callable[..., nn.Module], str], object]],
+        shape_text: Callable[[tuple[int, ...]], str],
+    ) -> list[ErrorInput]:
+        bs = spec.block_size
+        empty, off = (2, c, bs, 0), (2, c, bs + 1, bs)
+        errors = [
+            ErrorInput(
+                "empty_spatial",
+                call(empty),
+                rf"^{{cls}}: expected at least one position in H, W, got \({shape_text(empty)}\)$",
+            ),
+        ]
+        if bs > 1:
+            errors.append(
+                ErrorInput(
+                    "not_block_multiple",
+                    call(off),
+                    rf"^{{cls}}: expected H and W multiples of the block size {bs}, got \({shape_text(off)}\)$",
+                )
+            )
+        else:
+            one_row = (2, c, 1, 5)
+            errors.append(
+                ErrorInput(
+                    "stride_2_one_row",
+                    call(one_row, stride=2),
+                    rf"^{{cls}}: expected at least 2 positions in H and W \(stride 2 .*\), got \({shape_text(one_row)}\)$",
+                )
+            )
+        return errors
 
 
 # --- attention kinds (sdpa, mha) ---------------------------------------------------------------------
@@ -1642,6 +1715,7 @@ KIND_DB: dict[str, Kind[Any]] = {
         *(Ela(), Strip(), Simam(), Sge(), Triplet(), Bam(), Sdpa(), Mha()),
         Lambda(),
         Bottleneck(),
+        Halo(),
     )
 }
 

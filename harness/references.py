@@ -36,6 +36,7 @@ from .spec import (
     EseSpec,
     GcSpec,
     GeSpec,
+    HaloSpec,
     LambdaSpec,
     MhaSpec,
     ScoordSpec,
@@ -754,13 +755,14 @@ def multi_head_attention(
 
 
 def self_attn_widths(
-    spec: LambdaSpec | BottleneckSpec, channels: int, options: Mapping[str, object]
+    spec: LambdaSpec | BottleneckSpec | HaloSpec, channels: int, options: Mapping[str, object]
 ) -> tuple[int, int, int]:
     """(out_channels, query/key width per head, value width per head) at ``channels`` with the
-    constructor ``options``: timm's dim_head or make_divisible(out * qk_ratio, 8) // heads."""
+    constructor ``options``: timm's dim_head or make_divisible(out * qk_ratio, 8) // heads (its
+    default round_limit 0.9)."""
     out = options.get("out_channels") or channels
     assert isinstance(out, int)
-    qk = spec.dim_head or make_divisible(out * spec.qk_ratio, 8, 8) // spec.num_heads
+    qk = spec.dim_head or make_divisible(out * spec.qk_ratio, 8, 8, 0.9) // spec.num_heads
     return out, qk, out // spec.num_heads
 
 
@@ -771,9 +773,11 @@ def _project(x: Tensor, params: Params, prefix: str) -> Tensor:
     return out if bias is None else out + bias.reshape(1, -1, 1, 1)
 
 
-def _offsets(n: int) -> Tensor:
-    """(n, n): key j's offset from query i, shifted to index a table of 2n - 1 embeddings."""
-    return torch.arange(n)[None, :] - torch.arange(n)[:, None] + n - 1
+def _offsets(n: int, keys: int | None = None) -> Tensor:
+    """(n, keys): key j's offset from query i, shifted to index a table of 2 * keys - 1
+    embeddings (keys: n by default)."""
+    keys = n if keys is None else keys
+    return torch.arange(keys)[None, :] - torch.arange(n)[:, None] + keys - 1
 
 
 def _pool2(out: Tensor, stride: object) -> Tensor:
@@ -849,15 +853,65 @@ def bottleneck_attn(
             qkv[:, 2 * heads * dk :],
         )
     )
-    eh = params["pos_embed.height_rel"][_offsets(h)]  # (query row, key row, d)
-    ew = params["pos_embed.width_rel"][_offsets(w)]  # (query column, key column, d)
-    qs = q.reshape(b, heads, h, w, dk)
-    rel = (
-        torch.einsum("bnyxd,yid->bnyxi", qs, eh)[..., None]
-        + torch.einsum("bnyxd,xjd->bnyxj", qs, ew)[..., None, :]
+    rel = _relative_logits(
+        q.reshape(b, heads, h, w, dk),
+        params["pos_embed.height_rel"],
+        params["pos_embed.width_rel"],
+        (h, w),
     )
     scale = dk**-0.5
-    rel = rel.reshape(b, heads, h * w, h * w) * (scale if spec.scale_pos_embed else 1.0)
+    rel = rel * (scale if spec.scale_pos_embed else 1.0)
     out = attention(q, k, v, [rel], scale=scale)
     assert isinstance(out, Tensor)
     return _pool2(out.transpose(-1, -2).reshape(b, out_c, h, w), options.get("stride", 1))
+
+
+def _relative_logits(
+    q: Tensor, height_rel: Tensor, width_rel: Tensor, keys: tuple[int, int]
+) -> Tensor:
+    """q (B, heads, Y, X, d), a grid of Y x X queries, against a grid of keys[0] x keys[1] keys:
+    q . (height_rel[key row offset] + width_rel[key column offset]), (B, heads, Y * X, keys)."""
+    b, n, y, x, _ = q.shape
+    eh = height_rel[_offsets(y, keys[0])]  # (query row, key row, d)
+    ew = width_rel[_offsets(x, keys[1])]  # (query column, key column, d)
+    rel = (
+        torch.einsum("bnyxd,yid->bnyxi", q, eh)[..., None]
+        + torch.einsum("bnyxd,xjd->bnyxj", q, ew)[..., None, :]
+    )
+    return rel.reshape(b, n, y * x, keys[0] * keys[1])
+
+
+def halo_attn(x: Tensor, params: Params, spec: HaloSpec, options: Mapping[str, object]) -> Tensor:
+    """HaloNet's blocked local attention (Vaswani et al., 2021) with timm's choices, block by
+    block: a block's queries attend over its (block + 2 halo)-wide window of the zero-padded keys
+    and values (padding attended, not masked), with relative logits over the window. Stride 2
+    takes every other query (blocks of block_size / 2), or average-pools the output (avg_down, or
+    an odd block_size). Each head's kv channels are its keys, then its values."""
+    b, c, h, w = x.shape
+    _, dk, dv = self_attn_widths(spec, c, options)
+    heads, bs, halo = spec.num_heads, spec.block_size, spec.halo_size
+    win = bs + 2 * halo
+    stride = options.get("stride", 1)
+    pooled = stride == 2 and (spec.avg_down or bs % 2 == 1)
+    qs = 2 if stride == 2 and not pooled else 1
+    bq = bs // qs
+    q = _project(x[:, :, ::qs, ::qs], params, "q.").reshape(b, heads, dk, h // qs, w // qs)
+    kv = F.pad(_project(x, params, "kv."), (halo, halo, halo, halo))
+    kv = kv.reshape(b, heads, dk + dv, h + 2 * halo, w + 2 * halo)
+    scale = dk**-0.5
+    rows = []
+    for by in range(h // bs):
+        row = []
+        for bx in range(w // bs):
+            qb = q[:, :, :, by * bq : (by + 1) * bq, bx * bq : (bx + 1) * bq].permute(0, 1, 3, 4, 2)
+            window = kv[:, :, :, by * bs : by * bs + win, bx * bs : bx * bs + win].flatten(3)
+            kb, vb = window[:, :, :dk].transpose(-1, -2), window[:, :, dk:].transpose(-1, -2)
+            rel = _relative_logits(
+                qb, params["pos_embed.height_rel"], params["pos_embed.width_rel"], (win, win)
+            )
+            rel = rel * (scale if spec.scale_pos_embed else 1.0)
+            ob = attention(qb.reshape(b, heads, bq * bq, dk), kb, vb, [rel], scale=scale)
+            assert isinstance(ob, Tensor)
+            row.append(ob.transpose(-1, -2).reshape(b, heads * dv, bq, bq))
+        rows.append(torch.cat(row, dim=-1))
+    return _pool2(torch.cat(rows, dim=-2), 2 if pooled else 1)

@@ -1142,6 +1142,40 @@ class BottleneckSpec(_SelfAttention, _Variant):
     scale_pos_embed: bool = _scale_pos_embed()
 
 
+class HaloSpec(_SelfAttention, _Variant):
+    kind: Literal["halo"] = Field(
+        description=(
+            "Halo attention (Vaswani et al., 2021, HaloNet): the map cut into blocks, each block's "
+            "queries attending over the block and a halo around it (timm's HaloAttn)."
+        )
+    )
+    num_heads: int = _num_heads(8)
+    block_size: int = Field(
+        8,
+        ge=1,
+        le=64,
+        description="Side of the query blocks; the input's H and W must be multiples of it.",
+    )
+    halo_size: int = Field(
+        3,
+        ge=0,
+        le=32,
+        description=(
+            "Width of the halo: each block attends over a (block_size + 2 * halo_size)-wide window "
+            "around it, zero-padded at the map's border (padded keys and values are zeros, not "
+            "masked, as in timm)."
+        ),
+    )
+    avg_down: bool = Field(
+        False,
+        description=(
+            "With stride 2: average-pool the output 2 x 2 instead of striding the queries (timm "
+            "pools anyway when block_size is odd)."
+        ),
+    )
+    scale_pos_embed: bool = _scale_pos_embed()
+
+
 ImageSpec = (
     ChannelSpec
     | SpatialSpec
@@ -1160,6 +1194,7 @@ ImageSpec = (
     | BamSpec
     | LambdaSpec
     | BottleneckSpec
+    | HaloSpec
 )
 AnySpec = ImageSpec | SdpaSpec | MhaSpec
 SPEC_ADAPTER: TypeAdapter[AnySpec] = TypeAdapter(Annotated[AnySpec, Field(discriminator="kind")])
@@ -1182,6 +1217,7 @@ MODELS: dict[str, type[_Variant]] = {
     "bam": BamSpec,
     "lambda": LambdaSpec,
     "bottleneck": BottleneckSpec,
+    "halo": HaloSpec,
     "sdpa": SdpaSpec,
     "mha": MhaSpec,
 }

@@ -316,6 +316,25 @@ variants = st.one_of(
             | st.fixed_dictionaries({"qk_ratio": st.floats(0.25, 2.0)}),
         ).map(lambda t: {**t[0], **t[1]}),
     ),
+    _variant(
+        "halo",
+        st.tuples(
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    "num_heads": st.sampled_from([1, 2, 3]),
+                    "block_size": st.integers(1, 3),
+                    "halo_size": st.integers(0, 2),
+                    "qkv_bias": st.booleans(),
+                    "avg_down": st.booleans(),
+                    "scale_pos_embed": st.booleans(),
+                },
+            ),
+            st.just({})
+            | st.fixed_dictionaries({"dim_head": st.integers(1, 8)})
+            | st.fixed_dictionaries({"qk_ratio": st.floats(0.25, 2.0)}),
+        ).map(lambda t: {**t[0], **t[1]}),
+    ),
     # dilation only with dilated convs (the spec refuses it without).
     _variant(
         "bam",

@@ -817,6 +817,33 @@ class BottleneckPositionScaled(_base("bottleneck_timm")):
         return self.pool((attn @ v).transpose(-1, -2).reshape(b, self.out_channels, h, w))
 
 
+class HaloPaddingMasked(_base("halo_timm")):
+    """Masks the zero-padded keys at the map's border where timm's layer attends over them (keys
+    and values of zero, their logits the position term alone)."""
+
+    def forward(self, x):
+        b, _, h, w = x.shape
+        rows, cols = h // self.block_size, w // self.block_size
+        blocks, bs = rows * cols, self.block_size_ds
+        q = self.q(x).reshape(-1, self.dim_qk, rows, bs, cols, bs).permute(0, 1, 3, 5, 2, 4)
+        q = q.reshape(b * self.num_heads, self.dim_qk, -1, blocks).transpose(1, 3)
+        pad = [self.halo_size] * 4
+        kv = F.pad(self.kv(x), pad)
+        inside = F.pad(x.new_ones(1, 1, h, w), pad)
+        windows = []
+        for t in (kv, inside):
+            t = t.unfold(2, self.win_size, self.block_size).unfold(
+                3, self.win_size, self.block_size
+            )
+            windows.append(t.reshape(t.shape[0], t.shape[1], blocks, -1))
+        kv = windows[0].reshape(b * self.num_heads, self.dim_qk + self.dim_v, blocks, -1)
+        k, v = torch.split(kv.permute(0, 2, 3, 1), [self.dim_qk, self.dim_v], dim=-1)
+        attn = (q @ k.transpose(-1, -2)) * self.scale + self.pos_embed(q)
+        attn = attn.masked_fill(windows[1][0, 0, :, None, :] == 0, float("-inf")).softmax(dim=-1)
+        out = (attn @ v).transpose(1, 3).reshape(-1, bs, bs, rows, cols)
+        return self.pool(out.permute(0, 3, 1, 4, 2).reshape(b, self.out_channels, h, w))
+
+
 ACT = "act_b1_c448_21x22"
 F16, BF16, F32, F64 = torch.float16, torch.bfloat16, torch.float32, torch.float64
 
@@ -911,6 +938,7 @@ SEEDED = [
     (LambdaKeysOverChannels, "lambda_timm", "reference", "b2_c16_7x5", F64, {}),
     (LambdaOffsetsReversed, "lambda_rpt", "reference", "b2_c16_7x5", F64, {}),
     (BottleneckPositionScaled, "bottleneck_timm", "reference", "b2_c16_7x5", F64, {}),
+    (HaloPaddingMasked, "halo_timm", "reference", "b2_c32_16x8", F64, {}),
 ]
 # The dtype-only bugs pass where they do not bite: the same case in the other dtypes.
 DTYPE_ONLY = [

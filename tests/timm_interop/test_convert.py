@@ -103,19 +103,21 @@ def test_a_converted_model_computes_what_timm_computed(attn: str, tmp_path: Path
 
 # timm's self-attention models (byoanet), small and H != W: (model, input (H, W)).
 SELF_ATTENTION_MODELS = [
-    ("lambda_resnet26t", (64, 48)),
-    ("botnet26t_256", (64, 96)),  # fixed sizes: a multiple of the stride 32
+    ("lambda_resnet26t", (64, 48), {}),
+    ("botnet26t_256", (64, 96), {}),  # fixed sizes: a multiple of the stride 32
+    # Halo maps must be multiples of the block size at both stages (4 x 8 and 2 x 4 here).
+    ("halonet26t", (64, 128), {"self_attn_kwargs": {"block_size": 2, "halo_size": 1}}),
 ]
 
 
-@pytest.mark.parametrize(("name", "size"), SELF_ATTENTION_MODELS)
+@pytest.mark.parametrize(("name", "size", "cfg"), SELF_ATTENTION_MODELS)
 def test_a_converted_self_attention_model_computes_what_timm_computed(
-    name: str, size: tuple[int, int], tmp_path: Path
+    name: str, size: tuple[int, int], cfg: dict, tmp_path: Path
 ):
     """Every self-attention layer of a byoanet model (with its out width, stride and feat_size)
     replaced: the model computes what timm's computed, forward and backward, eval and train."""
     torch.manual_seed(0)
-    model = timm.create_model(name, pretrained=False, num_classes=10, img_size=size)
+    model = timm.create_model(name, pretrained=False, num_classes=10, img_size=size, **cfg)
     model = model.to(torch.float64)
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():

@@ -151,7 +151,24 @@ CONFIGS: list[tuple[str, dict]] = [
     ("bottleneck", {"feat_size": (7, 9), "stride": 2, "dim_head": 16}),
     ("bottleneck", {"feat_size": (7, 9), "num_heads": 2, "qk_ratio": 0.5, "qkv_bias": True}),
     ("bottleneck", {"feat_size": (7, 9), "num_heads": 1, "scale_pos_embed": True}),
+    # Halo on maps of 2 x 3 blocks (_size): blocks of 3 (odd: stride 2 pools) and 1.
+    ("halo", {"block_size": 3, "halo_size": 1, "num_heads": 4}),
+    ("halo", {"block_size": 3, "halo_size": 2, "num_heads": 2, "stride": 2, "qkv_bias": True}),
+    ("halo", {"block_size": 1, "halo_size": 1, "num_heads": 1, "dim_head": 8}),
+    ("halo", {"block_size": 3, "halo_size": 0, "qk_ratio": 0.33, "scale_pos_embed": True}),
+    ("halo", {"block_size": 2, "halo_size": 1, "num_heads": 2, "stride": 2, "avg_down": True}),
+    ("halo", {"block_size": 2, "halo_size": 1, "num_heads": 2, "stride": 2}),
 ]
+
+
+def _size(attn: str, kwargs: dict) -> tuple[int, int]:
+    """The map _compare draws: (7, 9), or for halo 2 x 3 blocks (H and W multiples of a block)."""
+    if attn == "halo":
+        block = kwargs.get("block_size", 8)
+        return (2 * block, 3 * block)
+    return (7, 9)
+
+
 CASES = [(i, attn, kwargs, c) for i, (attn, kwargs) in enumerate(CONFIGS) for c in CHANNELS]
 
 
@@ -257,6 +274,7 @@ def test_from_timm_equals_timm(
         i,
         f"{_name(i, attn, channels)} {mode}",
         errors,
+        size=_size(attn, kwargs),
     )
 
 
@@ -305,6 +323,9 @@ def test_from_timm_equals_timm(
         ("lambda_rpt", "lambda", {"r": None, "feat_size": (7, 9)}),
         ("bottleneck_timm", "bottleneck", {"feat_size": (7, 9)}),
         ("bottleneck_d16", "bottleneck", {"feat_size": (7, 9), "dim_head": 16}),
+        ("halo_timm", "halo", {"block_size": 8, "halo_size": 2}),
+        ("halo_h3", "halo", {"block_size": 8, "halo_size": 3}),
+        ("halo_regnetz", "halo", {"block_size": 7, "halo_size": 2, "qk_ratio": 0.33}),
     ],
 )
 @pytest.mark.parametrize("channels", [32, 64, 256])
@@ -314,7 +335,13 @@ def test_the_committed_timm_variants_load_timm_weights(
     theirs = _timm_module(attn, kwargs, channels, 7).train()
     ours = attnforge.from_timm(variant, theirs, channels=channels)
     _compare(
-        copy.deepcopy(ours), copy.deepcopy(theirs), channels, 7, f"{variant} c{channels}", errors
+        copy.deepcopy(ours),
+        copy.deepcopy(theirs),
+        channels,
+        7,
+        f"{variant} c{channels}",
+        errors,
+        size=_size(attn, kwargs),
     )
     ours.load_state_dict(theirs.state_dict(), strict=True)  # the names are timm's
 
