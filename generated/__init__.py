@@ -32,6 +32,18 @@ VARIANTS: dict[str, tuple[str, str, str, str]] = {
         "BatTimm",
         "timm's BatNonLocalAttn with its defaults (create_attn 'bat'; block size 7, 2 gr…",
     ),
+    "bottleneck_d16": (
+        "bottleneck",
+        "bottleneck.yaml",
+        "BottleneckD16",
+        "timm's BottleneckAttn as eca_botnext26ts_256 builds it: 16-wide queries and key…",
+    ),
+    "bottleneck_timm": (
+        "bottleneck",
+        "bottleneck.yaml",
+        "BottleneckTimm",
+        "timm's BottleneckAttn as botnet26t_256 and botnet50ts_256 build it: 4 heads, qu…",
+    ),
     "cbam_3d": (
         "cbam",
         "cbam.yaml",
@@ -219,6 +231,36 @@ VARIANTS: dict[str, tuple[str, str, str, str]] = {
         "ge.yaml",
         "GeTimm",
         "timm's GatherExcite defaults (global extent, no extra parameters, an MLP with C…",
+    ),
+    "halo_h3": (
+        "halo",
+        "halo.yaml",
+        "HaloH3",
+        "timm's HaloAttn as sehalonet33ts and halonet50ts build it: 8 x 8 blocks with a …",
+    ),
+    "halo_regnetz": (
+        "halo",
+        "halo.yaml",
+        "HaloRegnetz",
+        "timm's HaloAttn as haloregnetz_b builds it: 7 x 7 blocks (odd: stride 2 average…",
+    ),
+    "halo_timm": (
+        "halo",
+        "halo.yaml",
+        "HaloTimm",
+        "timm's HaloAttn as halonet26t builds it: 8 heads, 8 x 8 blocks with a halo of 2…",
+    ),
+    "lambda_rpt": (
+        "lambda",
+        "lambda.yaml",
+        "LambdaRpt",
+        "timm's LambdaLayer as lambda_resnet26rpt_256 builds it (r=None): relative posit…",
+    ),
+    "lambda_timm": (
+        "lambda",
+        "lambda.yaml",
+        "LambdaTimm",
+        "timm's LambdaLayer as lambda_resnet26t and lambda_resnet50ts build it: 4 heads,…",
     ),
     "lcbam_timm": (
         "cbam",

@@ -150,7 +150,13 @@ IMAGE_ROWS: list[tuple[str, tuple[str, dict[str, Any]] | None]] = [
     ("bat_timm", ("bat", {})),
     ("sk_timm", ("sk", {})),
     ("splat_timm", ("splat", {})),
+    ("lambda_timm", ("lambda", {})),
+    ("bottleneck_timm", ("bottleneck", {"feat_size": (28, 28)})),
+    ("halo_regnetz", ("halo", {"block_size": 7, "halo_size": 2, "qk_ratio": 0.33})),
 ]
+# Constructor options a row's variant needs at the bench's size (the map a position embedding
+# covers), for the generated module and its reference.
+IMAGE_OPTIONS: dict[str, dict[str, Any]] = {"bottleneck_timm": {"feat_size": (28, 28)}}
 IMAGE = (32, 256, 28, 28)
 
 
@@ -177,6 +183,7 @@ def image_case(
     channels = IMAGE[1]
     spec = registry.spec_of(variant)
     kind = kinds.record(spec)
+    options = IMAGE_OPTIONS.get(variant, {})
     theirs = _timm_module(timm, channels) if with_timm else None
     if theirs is not None:
         from .interop import from_timm
@@ -184,11 +191,11 @@ def image_case(
         module = from_timm(variant, theirs, channels=channels).to(device)
         theirs.to(device)
     else:
-        module = registry.build(variant, channels, device=device)
+        module = registry.build(variant, channels, **options, device=device)
     state = {**dict(module.named_parameters()), **dict(module.named_buffers())}
     candidates: dict[str, Candidate] = {
         "generated": module,
-        "reference": lambda x: kind.reference(spec, dict(state), kinds.Inputs([x])),
+        "reference": lambda x: kind.reference(spec, dict(state), kinds.Inputs([x], {}, options)),
         "formulation": lambda x: kind.plain(spec, state, kinds.Inputs([x])),
     }
     if theirs is not None:

@@ -499,6 +499,50 @@ class SplatModule(Module):
 
 
 @dataclass(frozen=True)
+class SelfAttnOptions:
+    """What a self-attention layer's constructor and forward check (templates/_self_attn.py.j2)."""
+
+    cls: str
+    num_heads: int
+    dim_qk_expr: str  # the query/key width per head, an expression of out_channels
+    dim_qk_comment: str
+    qkv_bias: bool
+    feat_size_used: bool  # the constructor requires feat_size and keeps it as self.feat_size
+    feat_size_why: str
+    size_checks: tuple[tuple[str, str], ...]  # (test on x, what was expected) in forward
+
+
+@dataclass(frozen=True)
+class LambdaModule(Module):
+    doc: str
+    a: SelfAttnOptions
+    r: int | None
+
+
+@dataclass(frozen=True)
+class BottleneckModule(Module):
+    doc: str
+    a: SelfAttnOptions
+    pos_cls: str
+    pos_doc: str
+    scale_pos_embed: bool
+
+
+@dataclass(frozen=True)
+class HaloModule(Module):
+    doc: str
+    a: SelfAttnOptions
+    pos_cls: str
+    pos_doc: str
+    scale_pos_embed: bool
+    block_size: int
+    halo_size: int
+    win_size: int
+    pool_on_stride: bool  # stride 2 average-pools the output (else it strides the queries)
+    stride_comment: str
+
+
+@dataclass(frozen=True)
 class Causality:
     """How causality is applied: SDPA's is_causal (top-left, when no mask is built) or a mask."""
 
@@ -762,6 +806,7 @@ def _helpers(*code: str, masks: bool = False) -> tuple[str, ...]:
         "mean": "_mean(" in text,
         "max_pool": "_max_pool(" in text,
         "make_divisible": "_make_divisible(" in text,
+        "rel_logits": "_rel_logits_1d(" in text,
         "merge_masks": masks,
     }
     return tuple(name for name, used in wanted.items() if used)
@@ -1933,6 +1978,242 @@ def _splat(spec: specs.SplatSpec, base: dict[str, Any]) -> SplatModule:
         conv_out=conv_out,
         attn=attn,
         checks=_input_checks(base["cls"], 2),
+    )
+
+
+# --- self-attention layers: lambda -------------------------------------------------------------------
+
+
+def _dim_qk(spec: specs.LambdaSpec | specs.BottleneckSpec | specs.HaloSpec) -> tuple[str, str]:
+    """The query/key width per head as an expression of out_channels, and what it is."""
+    if spec.dim_head is not None:
+        return str(spec.dim_head), "query and key width per head (the spec's dim_head)"
+    h, ratio = spec.num_heads, spec.qk_ratio
+    scaled = "out_channels" if ratio == 1.0 else f"out_channels * {_scalar_literal(ratio)}"
+    return (
+        f"_make_divisible({scaled}, 8, 8, 0.9) // {h}",
+        f"query and key width per head: out_channels * {ratio:g} rounded to the nearest multiple of "
+        f"8, one 8 more if that loses over 0.1 of it (timm's make_divisible), over {h} heads",
+    )
+
+
+def _stride_check() -> tuple[str, str]:
+    return (
+        "self.stride == 2 and min(x.shape[2], x.shape[3]) < 2",
+        "at least 2 positions in H and W (stride 2 pools 2 x 2 windows)",
+    )
+
+
+def _self_attn_args(extra: str) -> str:
+    return (
+        "Args:\n    channels: C, the number of input channels.\n"
+        "    out_channels: the output width (default C), a multiple of num_heads.\n"
+        "    stride: 1, or 2 to halve H and W.\n"
+        f"    feat_size: {extra}\n"
+        "    device, dtype: factory kwargs for every parameter and buffer."
+    )
+
+
+_SELF_ATTN_SHAPE = "Shape:\n    x: (B, C, H, W); returns (B, out_channels, H // stride, W // stride), in x's dtype."
+
+
+@builder("lambda")
+def _lambda(spec: specs.LambdaSpec, base: dict[str, Any]) -> LambdaModule:
+    cls = base["cls"]
+    dim_qk_expr, dim_qk_comment = _dim_qk(spec)
+    checks = [
+        ("x.shape[2] == 0 or x.shape[3] == 0", "at least one position in H, W"),
+    ]
+    if spec.r is None:
+        checks.append(
+            (
+                "tuple(x.shape[2:]) != self.feat_size",
+                "input of shape (B, {self.channels}, {self.feat_size[0]}, {self.feat_size[1]}) "
+                "(feat_size: the position embedding covers that map)",
+            )
+        )
+        position = (
+            "a learned embedding per relative offset between positions (2H - 1 x 2W - 1 of them, "
+            "``pos_emb``): the map's size is fixed at construction (feat_size)"
+        )
+        feat = "(H, W) or one int: the input's size, covered by the position embedding (required)."
+    else:
+        position = (
+            f"a {spec.r} x {spec.r} convolution (``conv_lambda``) over the values around each "
+            "position: any input size works"
+        )
+        feat = "ignored (the local position lambdas work at any size); accepted as timm's is."
+    checks.append(_stride_check())
+    doc = _paragraphs(
+        "Lambda layer (Bello, 2021), as timm's LambdaLayer.",
+        spec.description,
+        _prose(
+            f"Projects ``x`` (1x1 conv ``qkv``) into queries ({spec.num_heads} heads, batchnormed "
+            "by ``norm_q``), one set of keys (softmax-normalised over the positions) and values "
+            "(batchnormed by ``norm_v``, out_channels / num_heads wide). The content lambda, keys "
+            "times values summed over the positions, and each position's position lambda, from "
+            f"{position}, are applied to the queries; the heads are concatenated, and with stride "
+            "2 the map is average-pooled 2 x 2. Both norms keep running statistics: training and "
+            "eval differ."
+        ),
+        _self_attn_args(feat),
+        _SELF_ATTN_SHAPE,
+    )
+    return LambdaModule(
+        **base,
+        functional=spec.r is not None,
+        helpers=_helpers(dim_qk_expr),
+        doc=docstring(doc, "    "),
+        a=SelfAttnOptions(
+            cls=cls,
+            num_heads=spec.num_heads,
+            dim_qk_expr=dim_qk_expr,
+            dim_qk_comment=dim_qk_comment,
+            qkv_bias=spec.qkv_bias,
+            feat_size_used=spec.r is None,
+            feat_size_why="the position embedding covers the whole map",
+            size_checks=tuple(checks),
+        ),
+        r=spec.r,
+    )
+
+
+def _fixed_size_check() -> tuple[str, str]:
+    return (
+        "tuple(x.shape[2:]) != self.feat_size",
+        "input of shape (B, {self.channels}, {self.feat_size[0]}, {self.feat_size[1]}) "
+        "(feat_size: the position embedding covers that map)",
+    )
+
+
+def _pos_scale_doc(scale_pos_embed: bool) -> str:
+    if scale_pos_embed:
+        return "(q . k + relative position logit) / sqrt(d) (scale_pos_embed)"
+    return "q . k / sqrt(d) + relative position logit"
+
+
+@builder("bottleneck")
+def _bottleneck(spec: specs.BottleneckSpec, base: dict[str, Any]) -> BottleneckModule:
+    cls = base["cls"]
+    dim_qk_expr, dim_qk_comment = _dim_qk(spec)
+    doc = _paragraphs(
+        "Bottleneck self-attention (Srinivas et al., 2021, BoTNet), as timm's BottleneckAttn.",
+        spec.description,
+        _prose(
+            f"Projects ``x`` (1x1 conv ``qkv``) into queries, keys and values for {spec.num_heads} "
+            "heads; every position attends over every position of the map, with logits "
+            f"{_pos_scale_doc(spec.scale_pos_embed)}, the relative logits from ``pos_embed`` (an "
+            "embedding per row offset and per column offset, so the map's size is fixed at "
+            "construction: feat_size); the heads are concatenated, and with stride 2 the map is "
+            "average-pooled 2 x 2."
+        ),
+        _self_attn_args(
+            "(H, W) or one int: the input's size, covered by the position embedding (required)."
+        ),
+        _SELF_ATTN_SHAPE,
+    )
+    pos_doc = _paragraphs(
+        "Relative position logits over a feat_size map (timm's PosEmbedRel).",
+        _prose(
+            "``height_rel`` and ``width_rel`` hold an embedding per row and per column offset; a "
+            "query's logit for a key is its dot product with the embedding of the key's row "
+            "offset plus that of its column offset. forward takes queries (N, H * W, d) and "
+            "returns (N, H * W, H * W)."
+        ),
+    )
+    return BottleneckModule(
+        **base,
+        functional=True,
+        helpers=_helpers(dim_qk_expr, "_rel_logits_1d("),
+        doc=docstring(doc, "    "),
+        a=SelfAttnOptions(
+            cls=cls,
+            num_heads=spec.num_heads,
+            dim_qk_expr=dim_qk_expr,
+            dim_qk_comment=dim_qk_comment,
+            qkv_bias=spec.qkv_bias,
+            feat_size_used=True,
+            feat_size_why="the position embedding covers the whole map",
+            size_checks=(
+                ("x.shape[2] == 0 or x.shape[3] == 0", "at least one position in H, W"),
+                _fixed_size_check(),
+                _stride_check(),
+            ),
+        ),
+        pos_cls=f"{cls}PosEmbed",
+        pos_doc=docstring(pos_doc, "    "),
+        scale_pos_embed=spec.scale_pos_embed,
+    )
+
+
+@builder("halo")
+def _halo(spec: specs.HaloSpec, base: dict[str, Any]) -> HaloModule:
+    cls = base["cls"]
+    dim_qk_expr, dim_qk_comment = _dim_qk(spec)
+    bs, halo = spec.block_size, spec.halo_size
+    win = bs + 2 * halo
+    pool_on_stride = spec.avg_down or bs % 2 == 1
+    if spec.avg_down:
+        stride_comment = "Stride 2 average-pools the output 2 x 2 (avg_down)."
+    elif pool_on_stride:
+        stride_comment = f"Stride 2 average-pools the output 2 x 2 (block_size {bs} is odd)."
+    else:
+        stride_comment = "Stride 2 strides the queries: blocks of block_size // 2 queries."
+    checks = [
+        ("x.shape[2] == 0 or x.shape[3] == 0", "at least one position in H, W"),
+        (
+            f"x.shape[2] % {bs} or x.shape[3] % {bs}",
+            f"H and W multiples of the block size {bs}",
+        ),
+    ]
+    if bs == 1:
+        checks.append(_stride_check())
+    doc = _paragraphs(
+        "Halo attention (Vaswani et al., 2021, HaloNet), as timm's HaloAttn.",
+        spec.description,
+        _prose(
+            f"Cuts the map into {bs} x {bs} blocks; the queries of each block (1x1 conv ``q``, "
+            f"{spec.num_heads} heads) attend over the keys and values (1x1 conv ``kv``) of a "
+            f"{win} x {win} window around it, the block and a halo of {halo}, zero-padded at the "
+            f"border, with logits {_pos_scale_doc(spec.scale_pos_embed)} (``pos_embed``: an "
+            "embedding per row and column offset within the window). H and W must be multiples of "
+            f"{bs}. {stride_comment} The heads are concatenated."
+        ),
+        _self_attn_args("ignored (any multiple of the block size works); accepted as timm's is."),
+        _SELF_ATTN_SHAPE,
+    )
+    pos_doc = _paragraphs(
+        "Relative position logits of a block's queries over its window (timm's PosEmbedRel).",
+        _prose(
+            "``height_rel`` and ``width_rel`` hold an embedding per row and per column offset "
+            "within the window; a query's logit for a key is its dot product with the embedding of "
+            "the key's row offset plus that of its column offset. forward takes queries (N, "
+            "blocks, block_size ** 2, d) and returns (N, blocks, block_size ** 2, win_size ** 2)."
+        ),
+    )
+    return HaloModule(
+        **base,
+        functional=True,
+        helpers=_helpers(dim_qk_expr, "_rel_logits_1d("),
+        doc=docstring(doc, "    "),
+        a=SelfAttnOptions(
+            cls=cls,
+            num_heads=spec.num_heads,
+            dim_qk_expr=dim_qk_expr,
+            dim_qk_comment=dim_qk_comment,
+            qkv_bias=spec.qkv_bias,
+            feat_size_used=False,
+            feat_size_why="",
+            size_checks=tuple(checks),
+        ),
+        pos_cls=f"{cls}PosEmbed",
+        pos_doc=docstring(pos_doc, "    "),
+        scale_pos_embed=spec.scale_pos_embed,
+        block_size=bs,
+        halo_size=halo,
+        win_size=win,
+        pool_on_stride=pool_on_stride,
+        stride_comment=stride_comment,
     )
 
 

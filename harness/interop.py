@@ -55,6 +55,8 @@ WIDTH_FIELDS = frozenset(
         "beta",
         "min_kernel_size",
         "se_factor",
+        "dim_head",
+        "qk_ratio",
     }
 )
 
@@ -66,9 +68,9 @@ class Layout:
     kind: str
     fields: dict[str, Any]
     channels: int
-    # Keyword-only constructor options the module was built with (the conv blocks' out_channels
-    # and stride): not spec fields, passed when the variant is built.
-    options: dict[str, int] = dataclasses.field(default_factory=dict)
+    # Keyword-only constructor options the module was built with (out_channels, stride,
+    # feat_size): not spec fields, passed to the variant's constructor by from_timm.
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def _name(module: nn.Module | None) -> str:
@@ -697,6 +699,64 @@ def _splat(m: Any) -> Layout:
     return Layout("splat", fields, c, {"out_channels": out, "stride": stride})
 
 
+def _self_attn_options(channels: int, out: int, stride: int) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    if out != channels:
+        options["out_channels"] = out
+    if stride != 1:
+        options["stride"] = stride
+    return options
+
+
+def _lambda(m: Any) -> Layout:
+    where = "LambdaLayer"
+    c = m.qkv.in_channels
+    _norm(m.norm_q, f"{where}.norm_q")
+    _norm(m.norm_v, f"{where}.norm_v")
+    fields: dict[str, Any] = {
+        "num_heads": m.num_heads,
+        "dim_head": m.dim_qk,
+        "qkv_bias": _conv_bias(m.qkv),
+        "r": None if m.conv_lambda is None else m.conv_lambda.kernel_size[0],
+    }
+    stride = 2 if isinstance(m.pool, nn.AvgPool2d) else 1
+    options = _self_attn_options(c, m.num_heads * m.dim_v, stride)
+    if m.conv_lambda is None:
+        options["feat_size"] = tuple(m.feat_size)
+    return Layout("lambda", fields, c, options)
+
+
+def _bottleneck(m: Any) -> Layout:
+    c = m.qkv.in_channels
+    fields: dict[str, Any] = {
+        "num_heads": m.num_heads,
+        "dim_head": m.dim_head_qk,
+        "qkv_bias": _conv_bias(m.qkv),
+        "scale_pos_embed": bool(m.scale_pos_embed),
+    }
+    stride = 2 if isinstance(m.pool, nn.AvgPool2d) else 1
+    options = _self_attn_options(c, m.dim_out_v, stride)
+    options["feat_size"] = (m.pos_embed.height, m.pos_embed.width)
+    return Layout("bottleneck", fields, c, options)
+
+
+def _halo(m: Any) -> Layout:
+    c = m.q.in_channels
+    pooled = isinstance(m.pool, nn.AvgPool2d)
+    stride = 2 if pooled or m.block_stride == 2 else 1
+    fields: dict[str, Any] = {
+        "num_heads": m.num_heads,
+        "dim_head": m.dim_head_qk,
+        "qkv_bias": _conv_bias(m.q),
+        "block_size": m.block_size,
+        "halo_size": m.halo_size,
+        # avg_down shows only where it changed something: stride 2 with an even block size.
+        "avg_down": pooled and m.block_size % 2 == 0,
+        "scale_pos_embed": bool(m.scale_pos_embed),
+    }
+    return Layout("halo", fields, c, _self_attn_options(c, m.dim_out_v, stride))
+
+
 #: timm class name -> how to read it. Checked against the class's module: timm's own classes only.
 CONVERTERS: dict[str, Callable[[Any, int | None], Layout]] = {
     "SEModule": lambda m, c: _se(m),
@@ -715,6 +775,9 @@ CONVERTERS: dict[str, Callable[[Any, int | None], Layout]] = {
     "BatNonLocalAttn": lambda m, c: _bat(m),
     "SelectiveKernel": lambda m, c: _sk(m),
     "SplitAttn": lambda m, c: _splat(m),
+    "LambdaLayer": lambda m, c: _lambda(m),
+    "BottleneckAttn": lambda m, c: _bottleneck(m),
+    "HaloAttn": lambda m, c: _halo(m),
 }
 
 

@@ -30,6 +30,7 @@ from .spec import (
     AttentionOptions,
     BamSpec,
     BatSpec,
+    BottleneckSpec,
     CbamSpec,
     ChannelOptions,
     ChannelSpec,
@@ -39,7 +40,9 @@ from .spec import (
     EseSpec,
     GcSpec,
     GeSpec,
+    HaloSpec,
     ImageSpec,
+    LambdaSpec,
     MhaSpec,
     NlSpec,
     ScoordSpec,
@@ -58,6 +61,16 @@ S = TypeVar("S", bound=AnySpec)
 Img = TypeVar("Img", bound=ImageSpec)
 
 ALL_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
+#: A keyword-only constructor option's value: a width or a stride, or a size per spatial dim.
+Option = int | tuple[int, ...]
+
+
+def int_option(options: dict[str, Option], name: str, default: int) -> int:
+    """An integer constructor option (out_channels, stride), ``default`` where the case has none."""
+    value = options.get(name, default)
+    if not isinstance(value, int):
+        raise TypeError(f"constructor option {name}: expected an int, got {value!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -75,10 +88,10 @@ class Case:
     shapes: tuple[tuple[int, ...], ...]
     masks: tuple[str, ...] = ()
     magnitudes: tuple[float, ...] = ()
-    kwargs: tuple[tuple[str, int], ...] = ()
+    kwargs: tuple[tuple[str, Option], ...] = ()
 
     @property
-    def options(self) -> dict[str, int]:
+    def options(self) -> dict[str, Option]:
         """The keyword-only constructor options."""
         return dict(self.kwargs)
 
@@ -92,11 +105,13 @@ class Case:
 
 @dataclass
 class Inputs:
+    """A call's positional and keyword tensors; ``options``: the case's constructor options
+    (``Case.options``), not passed to ``forward``, for references whose function depends on them
+    (a stride, an output width)."""
+
     args: list[Tensor]
     kwargs: dict[str, Tensor] = field(default_factory=dict)
-    # The case's keyword-only constructor options (``Case.options``: stride, out_channels ...). Not
-    # passed to forward: references whose function depends on them (a strided conv) read them here.
-    options: dict[str, int] = field(default_factory=dict)
+    options: dict[str, Option] = field(default_factory=dict)
 
     def map(self, fn: Callable[[Tensor], Tensor]) -> Inputs:
         return Inputs(
@@ -1083,6 +1098,365 @@ class Bat(_Image[BatSpec]):
         return [dataclasses.replace(exact, applies=lambda case: not case.realistic)]
 
 
+# --- timm's self-attention layers (lambda, bottleneck, halo) -----------------------------------------
+
+SelfAttnSpec = TypeVar("SelfAttnSpec", bound=LambdaSpec | BottleneckSpec | HaloSpec)
+# Post-activation maps at a magnitude where the keys' softmax and the attention are sharp but not
+# one-hot: tens (at the image kinds' hundreds, logits in the thousands leave a softmax whose
+# rounding flips the winner, which no precision judges fairly).
+_SELF_ATTN_MAGNITUDE = 10.0
+
+
+def _opts(options: dict[str, Option]) -> tuple[tuple[str, Option], ...]:
+    return tuple(options.items())
+
+
+class _SelfAttn(_Image[SelfAttnSpec]):
+    """timm's self-attention layers: ``Cls(channels, *, out_channels, stride, feat_size)``, output
+    (B, out_channels, H // stride, W // stride); what sizes an input may have is the kind's."""
+
+    autocast_keeps_dtype = False  # the output is a matmul's (the autocast dtype)
+
+    def gated(self, spec: SelfAttnSpec) -> bool:
+        return False
+
+    def fixed_size(self, spec: SelfAttnSpec) -> bool:
+        """The input's H, W must equal feat_size (a position embedding over the whole map)."""
+        return False
+
+    def sizes(self, spec: SelfAttnSpec) -> list[tuple[int, int]]:
+        """The cases' (H, W), the first H != W: a layer that swaps them cannot pass."""
+        return [(7, 5), (1, 1), (6, 9), (4, 4)]
+
+    def _options(
+        self, spec: SelfAttnSpec, hw: tuple[int, int], **options: Option
+    ) -> dict[str, Option]:
+        return {**options, "feat_size": hw} if self.fixed_size(spec) else options
+
+    def _case(
+        self,
+        spec: SelfAttnSpec,
+        b: int,
+        c: int,
+        hw: tuple[int, int],
+        magnitude: float = 1.0,
+        **options: Option,
+    ) -> Case:
+        o = options.get("out_channels")
+        name = f"b{b}_c{c}_{hw[0]}x{hw[1]}" + (f"_out{o}" if o else "")
+        name += "_s2" if options.get("stride") == 2 else ""
+        return Case(
+            ("act_" if magnitude != 1.0 else "") + name,
+            (c,),
+            ((b, c, *hw),),
+            magnitudes=(magnitude,) if magnitude != 1.0 else (),
+            kwargs=_opts(self._options(spec, hw, **options)),
+        )
+
+    def cases(self, spec: SelfAttnSpec) -> list[Case]:
+        h = spec.num_heads
+        c = 4 * h
+        sizes = self.sizes(spec)
+        cases = [self._case(spec, 2, c, sizes[0])]
+        cases += [self._case(spec, 1, c, hw) for hw in sizes[1:2]]
+        # A wider output, and stride 2 (an odd side: the last row or column is dropped).
+        cases.append(self._case(spec, 2, c, sizes[2], out_channels=6 * h, stride=2))
+        cases += [self._case(spec, 3, 2 * h, hw) for hw in sizes[3:]]
+        cases.append(self._case(spec, 1, 8 * h, sizes[0], _SELF_ATTN_MAGNITUDE))
+        return cases
+
+    def tiny(self, spec: SelfAttnSpec) -> Case:
+        # A batch of two: torch 2.13's CPU batch norm backward in eval is wrong for a batch of one
+        # when the incoming gradient is laid out channels-last (it is, from the transposed
+        # queries), in timm's layers as in these; gradcheck would judge torch, not the layer.
+        hw = self.sizes(spec)[-1]
+        return Case(
+            "tiny",
+            (2 * spec.num_heads,),
+            ((2, 2 * spec.num_heads, *hw),),
+            kwargs=_opts(self._options(spec, hw)),
+        )
+
+    def inputs(
+        self, spec: SelfAttnSpec, case: Case, dtype: torch.dtype, device: str, gen: torch.Generator
+    ) -> Inputs:
+        inputs = super().inputs(spec, case, dtype, device, gen)
+        return Inputs(inputs.args, inputs.kwargs, case.options)
+
+    def out_shape(self, spec: SelfAttnSpec, case: Case) -> tuple[int, ...]:
+        b, c, h, w = case.shapes[0]
+        out = int_option(case.options, "out_channels", c)
+        s = int_option(case.options, "stride", 1)
+        assert isinstance(out, int) and isinstance(s, int)
+        return (b, out, h // s, w // s)
+
+    def dynamic_dims(self, spec: SelfAttnSpec, case: Case) -> list[dict[int, str]]:
+        # A map fixed by feat_size exports with H and W static; the batch is dynamic always.
+        return [{0: "batch"} if self.fixed_size(spec) else {0: "batch", 2: "d0", 3: "d1"}]
+
+    def error_inputs(self, spec: SelfAttnSpec) -> list[ErrorInput]:
+        h = spec.num_heads
+        c = 2 * h
+        hw = self.sizes(spec)[-1]
+        fixed = self.fixed_size(spec)
+        opts = self._options(spec, hw)
+
+        def shape_text(shape: tuple[int, ...]) -> str:
+            return ", ".join(map(str, shape))
+
+        def call(
+            shape: tuple[int, ...], dtype: torch.dtype = torch.float32, **kw: Option
+        ) -> Callable[[Callable[..., nn.Module], str], object]:
+            return lambda f, d: f(c, device=d, **{**opts, **kw})(
+                torch.ones(shape, dtype=dtype, device=d)
+            )
+
+        def build(channels: int, **kw: Option) -> Callable[[Callable[..., nn.Module], str], object]:
+            return lambda f, d: f(channels, device=d, **{**opts, **kw})
+
+        rank, width = (2, c, *hw, 1), (2, c - 1, *hw)
+        expected = rf"\(B, {c}, H, W\)"
+        errors = [
+            ErrorInput(
+                "wrong_rank",
+                call(rank),
+                rf"^{{cls}}: expected input of shape {expected}, got \({shape_text(rank)}\)$",
+            ),
+            ErrorInput(
+                "wrong_channels",
+                call(width),
+                rf"^{{cls}}: expected input of shape {expected}, got \({shape_text(width)}\)$",
+            ),
+            ErrorInput("zero_channels", build(0), r"^{cls}: channels must be >= 1, got 0$"),
+            ErrorInput(
+                "integer_input",
+                call((2, c, *hw), torch.int64),
+                r"^{cls}: expected a floating-point input, got torch.int64$",
+            ),
+            ErrorInput(
+                "indivisible_out_channels",
+                build(c, out_channels=c + 1 if h > 1 else 0),
+                rf"^{{cls}}: out_channels must be a positive multiple of {h} heads, got {c + 1 if h > 1 else 0}$",
+            ),
+            ErrorInput("stride_3", build(c, stride=3), r"^{cls}: stride must be 1 or 2, got 3$"),
+        ]
+        errors += self.size_errors(spec, c, hw, call, shape_text)
+        if fixed:
+            errors.append(
+                ErrorInput(
+                    "no_feat_size",
+                    lambda f, d: f(c, device=d),
+                    r"^{cls}: feat_size \(H, W\) is required: ",
+                )
+            )
+        return errors
+
+    def size_errors(
+        self,
+        spec: SelfAttnSpec,
+        c: int,
+        hw: tuple[int, int],
+        call: Callable[..., Callable[[Callable[..., nn.Module], str], object]],
+        shape_text: Callable[[tuple[int, ...]], str],
+    ) -> list[ErrorInput]:
+        """The inputs of a size the layer cannot take: empty maps, and the kind's own rules."""
+        raise NotImplementedError
+
+
+class Lambda(_SelfAttn[LambdaSpec]):
+    name = "lambda"
+
+    def fixed_size(self, spec: LambdaSpec) -> bool:
+        return spec.r is None
+
+    def param_shapes(self, spec: LambdaSpec, case: Case) -> dict[str, tuple[int, ...]]:
+        c = case.ctor[0]
+        _, dk, dv = references.self_attn_widths(spec, c, case.options)
+        heads = spec.num_heads
+        shapes: dict[str, tuple[int, ...]] = {"qkv.weight": (heads * dk + dk + dv, c, 1, 1)}
+        if spec.qkv_bias:
+            shapes["qkv.bias"] = (heads * dk + dk + dv,)
+        shapes |= {
+            "norm_q.weight": (heads * dk,),
+            "norm_q.bias": (heads * dk,),
+            "norm_v.weight": (dv,),
+            "norm_v.bias": (dv,),
+        }
+        if spec.r is None:
+            size = case.options["feat_size"]
+            assert isinstance(size, tuple)
+            return shapes | {"pos_emb": (2 * size[0] - 1, 2 * size[1] - 1, dk)}
+        return shapes | {
+            "conv_lambda.weight": (dk, 1, spec.r, spec.r, 1),
+            "conv_lambda.bias": (dk,),
+        }
+
+    def reference(
+        self, spec: LambdaSpec, params: references.State, inputs: Inputs, *, training: bool = False
+    ) -> Tensor:
+        return references.lambda_layer(inputs.args[0], params, spec, inputs.options, training)
+
+    def size_errors(
+        self,
+        spec: LambdaSpec,
+        c: int,
+        hw: tuple[int, int],
+        call: Callable[..., Callable[[Callable[..., nn.Module], str], object]],
+        shape_text: Callable[[tuple[int, ...]], str],
+    ) -> list[ErrorInput]:
+        if spec.r is None:
+            return _fixed_size_errors(c, hw, call, shape_text)
+        empty, one_row = (2, c, 5, 0), (2, c, 1, 5)
+        return [
+            ErrorInput(
+                "empty_spatial",
+                call(empty),
+                rf"^{{cls}}: expected at least one position in H, W, got \({shape_text(empty)}\)$",
+            ),
+            ErrorInput(
+                "stride_2_one_row",
+                call(one_row, stride=2),
+                rf"^{{cls}}: expected at least 2 positions in H and W \(stride 2 .*\), got \({shape_text(one_row)}\)$",
+            ),
+        ]
+
+
+def _fixed_size_errors(
+    c: int,
+    hw: tuple[int, int],
+    call: Callable[..., Callable[[Callable[..., nn.Module], str], object]],
+    shape_text: Callable[[tuple[int, ...]], str],
+) -> list[ErrorInput]:
+    """A map of another size than feat_size; stride 2 on a map one row high."""
+    other = (2, c, hw[0] + 1, hw[1])
+    one_row = (2, c, 1, 5)
+    return [
+        ErrorInput(
+            "not_feat_size",
+            call(other),
+            rf"^{{cls}}: expected input of shape \(B, {c}, {hw[0]}, {hw[1]}\) \(feat_size: .*\), got \({shape_text(other)}\)$",
+        ),
+        ErrorInput(
+            "stride_2_one_row",
+            call(one_row, stride=2, feat_size=(1, 5)),
+            rf"^{{cls}}: expected at least 2 positions in H and W \(stride 2 .*\), got \({shape_text(one_row)}\)$",
+        ),
+    ]
+
+
+class Bottleneck(_SelfAttn[BottleneckSpec]):
+    name = "bottleneck"
+
+    def fixed_size(self, spec: BottleneckSpec) -> bool:
+        return True
+
+    def param_shapes(self, spec: BottleneckSpec, case: Case) -> dict[str, tuple[int, ...]]:
+        c = case.ctor[0]
+        out, dk, _ = references.self_attn_widths(spec, c, case.options)
+        width = 2 * spec.num_heads * dk + out
+        shapes: dict[str, tuple[int, ...]] = {"qkv.weight": (width, c, 1, 1)}
+        if spec.qkv_bias:
+            shapes["qkv.bias"] = (width,)
+        size = case.options["feat_size"]
+        assert isinstance(size, tuple)
+        return shapes | {
+            "pos_embed.height_rel": (2 * size[0] - 1, dk),
+            "pos_embed.width_rel": (2 * size[1] - 1, dk),
+        }
+
+    def reference(
+        self,
+        spec: BottleneckSpec,
+        params: references.State,
+        inputs: Inputs,
+        *,
+        training: bool = False,
+    ) -> Tensor:
+        return references.bottleneck_attn(inputs.args[0], params, spec, inputs.options)
+
+    def size_errors(
+        self,
+        spec: BottleneckSpec,
+        c: int,
+        hw: tuple[int, int],
+        call: Callable[..., Callable[[Callable[..., nn.Module], str], object]],
+        shape_text: Callable[[tuple[int, ...]], str],
+    ) -> list[ErrorInput]:
+        return _fixed_size_errors(c, hw, call, shape_text)
+
+
+class Halo(_SelfAttn[HaloSpec]):
+    name = "halo"
+
+    def sizes(self, spec: HaloSpec) -> list[tuple[int, int]]:
+        # Multiples of the block size, H != W first: two blocks by one, one, two by three (with
+        # stride 2: the queries strided, or the output pooled), one.
+        bs = spec.block_size
+        return [(2 * bs, bs), (bs, bs), (2 * bs, 3 * bs), (bs, bs)]
+
+    def dynamic_dims(self, spec: HaloSpec, case: Case) -> list[dict[int, str]]:
+        # H and W must be multiples of block_size, a guard torch.export cannot state for a plain
+        # dynamic dim: the batch alone is dynamic.
+        return [{0: "batch"}]
+
+    def param_shapes(self, spec: HaloSpec, case: Case) -> dict[str, tuple[int, ...]]:
+        c = case.ctor[0]
+        out, dk, _ = references.self_attn_widths(spec, c, case.options)
+        heads = spec.num_heads
+        win = spec.block_size + 2 * spec.halo_size
+        shapes: dict[str, tuple[int, ...]] = {
+            "q.weight": (heads * dk, c, 1, 1),
+            "kv.weight": (heads * dk + out, c, 1, 1),
+        }
+        if spec.qkv_bias:
+            shapes |= {"q.bias": (heads * dk,), "kv.bias": (heads * dk + out,)}
+        return shapes | {
+            "pos_embed.height_rel": (2 * win - 1, dk),
+            "pos_embed.width_rel": (2 * win - 1, dk),
+        }
+
+    def reference(
+        self, spec: HaloSpec, params: references.State, inputs: Inputs, *, training: bool = False
+    ) -> Tensor:
+        return references.halo_attn(inputs.args[0], params, spec, inputs.options)
+
+    def size_errors(
+        self,
+        spec: HaloSpec,
+        c: int,
+        hw: tuple[int, int],
+        call: Callable[..., Callable[[Callable[..., nn.Module], str], object]],
+        shape_text: Callable[[tuple[int, ...]], str],
+    ) -> list[ErrorInput]:
+        bs = spec.block_size
+        empty, off = (2, c, bs, 0), (2, c, bs + 1, bs)
+        errors = [
+            ErrorInput(
+                "empty_spatial",
+                call(empty),
+                rf"^{{cls}}: expected at least one position in H, W, got \({shape_text(empty)}\)$",
+            ),
+        ]
+        if bs > 1:
+            errors.append(
+                ErrorInput(
+                    "not_block_multiple",
+                    call(off),
+                    rf"^{{cls}}: expected H and W multiples of the block size {bs}, got \({shape_text(off)}\)$",
+                )
+            )
+        else:
+            one_row = (2, c, 1, 5)
+            errors.append(
+                ErrorInput(
+                    "stride_2_one_row",
+                    call(one_row, stride=2),
+                    rf"^{{cls}}: expected at least 2 positions in H and W \(stride 2 .*\), got \({shape_text(one_row)}\)$",
+                )
+            )
+        return errors
+
+
 # --- attention kinds (sdpa, mha) ---------------------------------------------------------------------
 
 
@@ -1644,11 +2018,11 @@ class _ConvBlock(_Image[Img]):
 
     def out_shape(self, spec: Img, case: Case) -> tuple[int, ...]:
         b, c, *spatial = case.shapes[0]
-        stride = case.options.get("stride", 1)
+        stride = int_option(case.options, "stride", 1)
         k, d = self.out_geometry(spec)
         pad = self.padding(spec, stride)
         size = [(n + 2 * pad - d * (k - 1) - 1) // stride + 1 for n in spatial]
-        return (b, case.options.get("out_channels", c), *size)
+        return (b, int_option(case.options, "out_channels", c), *size)
 
     def cases(self, spec: Img) -> list[Case]:
         c = self.case_channels(spec, 16)
@@ -1712,7 +2086,7 @@ class Sk(_ConvBlock[SkSpec]):
 
     def param_shapes(self, spec: SkSpec, case: Case) -> dict[str, tuple[int, ...]]:
         c = case.ctor[0]
-        out = case.options.get("out_channels", c)
+        out = int_option(case.options, "out_channels", c)
         groups = min(out, spec.groups)
         per_path = c // self._split(spec)
         rd = references.hidden_width(out, spec.reduction, spec.divisor, 1, 0.9)
@@ -1731,13 +2105,15 @@ class Sk(_ConvBlock[SkSpec]):
     def reference(
         self, spec: SkSpec, params: references.State, inputs: Inputs, *, training: bool = False
     ) -> Tensor:
-        stride = inputs.options.get("stride", 1)
+        stride = int_option(inputs.options, "stride", 1)
         return references.selective_kernel(
             inputs.args[0], params, spec, training=training, stride=stride
         )
 
     def plain(self, spec: SkSpec, params: references.Params, inputs: Inputs) -> Tensor:
-        return anchors.timm_sk(inputs.args[0], params, spec, inputs.options.get("stride", 1))
+        return anchors.timm_sk(
+            inputs.args[0], params, spec, int_option(inputs.options, "stride", 1)
+        )
 
     def anchors(self, spec: SkSpec) -> list[Anchor]:
         return [_timm_anchor("timm SelectiveKernel formulation", self, spec)]
@@ -1815,7 +2191,7 @@ class Splat(_ConvBlock[SplatSpec]):
 
     def param_shapes(self, spec: SplatSpec, case: Case) -> dict[str, tuple[int, ...]]:
         c = case.ctor[0]
-        out = case.options.get("out_channels", c)
+        out = int_option(case.options, "out_channels", c)
         r, g, k = spec.radix, spec.groups, spec.kernel_size
         rd = self._hidden(spec, c)
         shapes: dict[str, tuple[int, ...]] = {
@@ -1835,13 +2211,15 @@ class Splat(_ConvBlock[SplatSpec]):
     def reference(
         self, spec: SplatSpec, params: references.State, inputs: Inputs, *, training: bool = False
     ) -> Tensor:
-        stride = inputs.options.get("stride", 1)
+        stride = int_option(inputs.options, "stride", 1)
         return references.split_attention(
             inputs.args[0], params, spec, training=training, stride=stride
         )
 
     def plain(self, spec: SplatSpec, params: references.Params, inputs: Inputs) -> Tensor:
-        return anchors.timm_splat(inputs.args[0], params, spec, inputs.options.get("stride", 1))
+        return anchors.timm_splat(
+            inputs.args[0], params, spec, int_option(inputs.options, "stride", 1)
+        )
 
     def anchors(self, spec: SplatSpec) -> list[Anchor]:
         return [_timm_anchor("timm SplitAttn formulation", self, spec)]
@@ -1886,6 +2264,9 @@ KIND_DB: dict[str, Kind[Any]] = {
         *(Ela(), Strip(), Simam(), Sge(), Triplet(), Bam(), Nl(), Bat(), Sdpa(), Mha()),
         Sk(),
         Splat(),
+        Lambda(),
+        Bottleneck(),
+        Halo(),
     )
 }
 

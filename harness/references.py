@@ -28,6 +28,7 @@ from torch import Tensor
 from .spec import (
     BamSpec,
     BatSpec,
+    BottleneckSpec,
     CbamSpec,
     ChannelOptions,
     CoordSpec,
@@ -36,6 +37,8 @@ from .spec import (
     EseSpec,
     GcSpec,
     GeSpec,
+    HaloSpec,
+    LambdaSpec,
     MhaSpec,
     NlSpec,
     ScoordSpec,
@@ -1047,3 +1050,169 @@ def multi_head_attention(
         return out
     stacked = torch.stack(weights, dim=1)  # (B, heads, Lq, Lk)
     return out, (stacked.sum(1) / heads if spec.return_weights == "mean" else stacked)
+
+
+# --- timm's self-attention layers (lambda, bottleneck, halo) ------------------------------------------
+
+
+def self_attn_widths(
+    spec: LambdaSpec | BottleneckSpec | HaloSpec, channels: int, options: Mapping[str, object]
+) -> tuple[int, int, int]:
+    """(out_channels, query/key width per head, value width per head) at ``channels`` with the
+    constructor ``options``: timm's dim_head or make_divisible(out * qk_ratio, 8) // heads (its
+    default round_limit 0.9)."""
+    out = options.get("out_channels") or channels
+    assert isinstance(out, int)
+    qk = spec.dim_head or make_divisible(out * spec.qk_ratio, 8, 8, 0.9) // spec.num_heads
+    return out, qk, out // spec.num_heads
+
+
+def _project(x: Tensor, params: Params, prefix: str) -> Tensor:
+    """A 1x1 convolution as an einsum over the channels."""
+    out = torch.einsum("bchw,oc->bohw", x, params[f"{prefix}weight"].flatten(1))
+    bias = params.get(f"{prefix}bias")
+    return out if bias is None else out + bias.reshape(1, -1, 1, 1)
+
+
+def _offsets(n: int, keys: int | None = None) -> Tensor:
+    """(n, keys): key j's offset from query i, shifted to index a table of 2 * keys - 1
+    embeddings (keys: n by default)."""
+    keys = n if keys is None else keys
+    return torch.arange(keys)[None, :] - torch.arange(n)[:, None] + keys - 1
+
+
+def _pool2(out: Tensor, stride: object) -> Tensor:
+    """Stride 2: the mean of each 2 x 2 window (a last odd row or column dropped)."""
+    if stride != 2:
+        return out
+    b, c = out.shape[:2]
+    h, w = out.shape[-2] // 2, out.shape[-1] // 2
+    return out[..., : 2 * h, : 2 * w].reshape(b, c, h, 2, w, 2).mean((3, 5))
+
+
+def lambda_layer(
+    x: Tensor,
+    params: State,
+    spec: LambdaSpec,
+    options: Mapping[str, object],
+    training: bool = False,
+) -> Tensor:
+    """Bello (2021)'s lambda layer with timm's choices: y_m = q_m (lambda_c + lambda_m), the
+    content lambda sum_n softmax_n(k) v_n^T, the position lambda sum_n E(n - m) v_n^T (E a table
+    of relative offsets, or the taps of an r x r conv around m, with its bias); batchnormed q, v."""
+    b, c, h, w = x.shape
+    out_c, dk, _ = self_attn_widths(spec, c, options)
+    heads = spec.num_heads
+    qkv = _project(x, params, "qkv.")
+    q, k, v = qkv[:, : heads * dk], qkv[:, heads * dk : heads * dk + dk], qkv[:, heads * dk + dk :]
+    q = batch_norm(q, params, "norm_q.", training).reshape(b, heads, dk, h, w)
+    v = batch_norm(v, params, "norm_v.", training)  # b v y x
+    e = torch.exp(k - k.amax((2, 3), keepdim=True))
+    k = e / e.sum((2, 3), keepdim=True)
+    content = torch.einsum("bkyx,bvyx->bkv", k, v)
+    if spec.r is None:
+        table = params["pos_emb"]
+        emb = table[_offsets(h)[:, None, :, None], _offsets(w)[None, :, None, :]]  # y x i j k
+        position = torch.einsum("yxijk,bvij->byxkv", emb, v)
+    else:
+        r, pad = spec.r, spec.r // 2
+        kernel = params["conv_lambda.weight"][:, 0, :, :, 0]  # k a c
+        padded = F.pad(v, (pad, pad, pad, pad))
+        # Tap by tap, patches of the padded values: (B, V, r * r, H, W), then the kernel's taps.
+        patches = torch.stack(
+            [padded[:, :, i : i + h, j : j + w] for i in range(r) for j in range(r)], dim=2
+        )
+        position = torch.einsum("kt,bvtyx->byxkv", kernel.flatten(1), patches)
+        position = position + params["conv_lambda.bias"].reshape(1, 1, 1, -1, 1)
+    out = torch.einsum("bhkyx,bkv->bhvyx", q, content) + torch.einsum(
+        "bhkyx,byxkv->bhvyx", q, position
+    )
+    return _pool2(out.reshape(b, out_c, h, w), options.get("stride", 1))
+
+
+def _heads(t: Tensor, heads: int) -> Tensor:
+    """(B, heads * d, H, W) -> (B, heads, H * W, d)."""
+    b, _, h, w = t.shape
+    return t.reshape(b, heads, -1, h * w).transpose(-1, -2)
+
+
+def bottleneck_attn(
+    x: Tensor, params: Params, spec: BottleneckSpec, options: Mapping[str, object]
+) -> Tensor:
+    """BoTNet's attention (Srinivas et al., 2021) with timm's choices: every position attends over
+    the map with logits q . k / sqrt(d) + q . (r_h(dy) + r_w(dx)), r_h and r_w an embedding per
+    row and column offset of the key from the query (or the whole sum scaled: scale_pos_embed)."""
+    b, c, h, w = x.shape
+    out_c, dk, _ = self_attn_widths(spec, c, options)
+    heads = spec.num_heads
+    qkv = _project(x, params, "qkv.")
+    q, k, v = (
+        _heads(t, heads)
+        for t in (
+            qkv[:, : heads * dk],
+            qkv[:, heads * dk : 2 * heads * dk],
+            qkv[:, 2 * heads * dk :],
+        )
+    )
+    rel = _relative_logits(
+        q.reshape(b, heads, h, w, dk),
+        params["pos_embed.height_rel"],
+        params["pos_embed.width_rel"],
+        (h, w),
+    )
+    scale = dk**-0.5
+    rel = rel * (scale if spec.scale_pos_embed else 1.0)
+    out = attention(q, k, v, [rel], scale=scale)
+    assert isinstance(out, Tensor)
+    return _pool2(out.transpose(-1, -2).reshape(b, out_c, h, w), options.get("stride", 1))
+
+
+def _relative_logits(
+    q: Tensor, height_rel: Tensor, width_rel: Tensor, keys: tuple[int, int]
+) -> Tensor:
+    """q (B, heads, Y, X, d), a grid of Y x X queries, against a grid of keys[0] x keys[1] keys:
+    q . (height_rel[key row offset] + width_rel[key column offset]), (B, heads, Y * X, keys)."""
+    b, n, y, x, _ = q.shape
+    eh = height_rel[_offsets(y, keys[0])]  # (query row, key row, d)
+    ew = width_rel[_offsets(x, keys[1])]  # (query column, key column, d)
+    rel = (
+        torch.einsum("bnyxd,yid->bnyxi", q, eh)[..., None]
+        + torch.einsum("bnyxd,xjd->bnyxj", q, ew)[..., None, :]
+    )
+    return rel.reshape(b, n, y * x, keys[0] * keys[1])
+
+
+def halo_attn(x: Tensor, params: Params, spec: HaloSpec, options: Mapping[str, object]) -> Tensor:
+    """HaloNet's blocked local attention (Vaswani et al., 2021) with timm's choices, block by
+    block: a block's queries attend over its (block + 2 halo)-wide window of the zero-padded keys
+    and values (padding attended, not masked), with relative logits over the window. Stride 2
+    takes every other query (blocks of block_size / 2), or average-pools the output (avg_down, or
+    an odd block_size). Each head's kv channels are its keys, then its values."""
+    b, c, h, w = x.shape
+    _, dk, dv = self_attn_widths(spec, c, options)
+    heads, bs, halo = spec.num_heads, spec.block_size, spec.halo_size
+    win = bs + 2 * halo
+    stride = options.get("stride", 1)
+    pooled = stride == 2 and (spec.avg_down or bs % 2 == 1)
+    qs = 2 if stride == 2 and not pooled else 1
+    bq = bs // qs
+    q = _project(x[:, :, ::qs, ::qs], params, "q.").reshape(b, heads, dk, h // qs, w // qs)
+    kv = F.pad(_project(x, params, "kv."), (halo, halo, halo, halo))
+    kv = kv.reshape(b, heads, dk + dv, h + 2 * halo, w + 2 * halo)
+    scale = dk**-0.5
+    rows = []
+    for by in range(h // bs):
+        row = []
+        for bx in range(w // bs):
+            qb = q[:, :, :, by * bq : (by + 1) * bq, bx * bq : (bx + 1) * bq].permute(0, 1, 3, 4, 2)
+            window = kv[:, :, :, by * bs : by * bs + win, bx * bs : bx * bs + win].flatten(3)
+            kb, vb = window[:, :, :dk].transpose(-1, -2), window[:, :, dk:].transpose(-1, -2)
+            rel = _relative_logits(
+                qb, params["pos_embed.height_rel"], params["pos_embed.width_rel"], (win, win)
+            )
+            rel = rel * (scale if spec.scale_pos_embed else 1.0)
+            ob = attention(qb.reshape(b, heads, bq * bq, dk), kb, vb, [rel], scale=scale)
+            assert isinstance(ob, Tensor)
+            row.append(ob.transpose(-1, -2).reshape(b, heads * dv, bq, bq))
+        rows.append(torch.cat(row, dim=-1))
+    return _pool2(torch.cat(rows, dim=-2), 2 if pooled else 1)

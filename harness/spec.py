@@ -1387,6 +1387,142 @@ class SplatSpec(_Planar, _Variant):
     )
 
 
+def _num_heads(default: int) -> Any:
+    return Field(
+        default,
+        ge=1,
+        le=64,
+        description=(
+            "Attention heads; the output width (out_channels, default C) must be divisible by it. "
+            "Each head's value width is out_channels / num_heads."
+        ),
+    )
+
+
+def _dim_head(default: int | None) -> Any:
+    return Field(
+        default,
+        ge=1,
+        le=512,
+        description=(
+            "Query and key width per head. null: timm's make_divisible(out_channels * qk_ratio, 8) "
+            "// num_heads, from the output width at construction."
+        ),
+    )
+
+
+def _qk_ratio() -> Any:
+    return Field(
+        1.0,
+        gt=0.0,
+        le=4.0,
+        description="With dim_head null: the query and key width relative to the output width.",
+    )
+
+
+def _qkv_bias() -> Any:
+    return Field(False, description="Biases on the query, key and value projections.")
+
+
+def _scale_pos_embed() -> Any:
+    return Field(
+        False,
+        description=(
+            "Scale the relative position logits with the content logits: (q k + pos) / sqrt(d) "
+            "(timm's scale_pos_embed); false: q k / sqrt(d) + pos."
+        ),
+    )
+
+
+class _SelfAttention(_Planar):
+    """timm's self-attention layers (lambda, bottleneck, halo): heads, head widths, biases."""
+
+    planar_reason: ClassVar[str] = "the layer attends over the positions of a 2D feature map"
+
+    num_heads: int = _num_heads(4)
+    dim_head: int | None = _dim_head(None)
+    qk_ratio: float = _qk_ratio()
+    qkv_bias: bool = _qkv_bias()
+
+    @model_validator(mode="after")
+    def _qk_ratio_needs_no_dim_head(self) -> _SelfAttention:
+        if self.dim_head is not None and self.qk_ratio != 1.0:
+            raise ValueError("qk_ratio applies only with dim_head: null")
+        return self
+
+
+class LambdaSpec(_SelfAttention, _Variant):
+    kind: Literal["lambda"] = Field(
+        description=(
+            "Lambda layer (Bello, 2021): content and position lambdas, linear functions computed "
+            "from the context, applied to each query (timm's LambdaLayer)."
+        )
+    )
+    dim_head: int | None = _dim_head(16)
+    r: int | None = Field(
+        9,
+        ge=1,
+        le=31,
+        description=(
+            "Side of the local lambda convolution that makes the position lambdas (odd, so the "
+            "map keeps its size); any input size works. null: a relative position embedding "
+            "over the whole map, whose size is fixed at construction (feat_size)."
+        ),
+    )
+
+    @field_validator("r")
+    @classmethod
+    def _odd_r(cls, value: int | None) -> int | None:
+        if value is not None and value % 2 == 0:
+            raise ValueError(f"r must be odd (an even one changes the map's size), got {value}")
+        return value
+
+
+class BottleneckSpec(_SelfAttention, _Variant):
+    kind: Literal["bottleneck"] = Field(
+        description=(
+            "Bottleneck self-attention (Srinivas et al., 2021, BoTNet): multi-head attention over "
+            "every position of a fixed-size map, with relative position logits (timm's "
+            "BottleneckAttn)."
+        )
+    )
+    scale_pos_embed: bool = _scale_pos_embed()
+
+
+class HaloSpec(_SelfAttention, _Variant):
+    kind: Literal["halo"] = Field(
+        description=(
+            "Halo attention (Vaswani et al., 2021, HaloNet): the map cut into blocks, each block's "
+            "queries attending over the block and a halo around it (timm's HaloAttn)."
+        )
+    )
+    num_heads: int = _num_heads(8)
+    block_size: int = Field(
+        8,
+        ge=1,
+        le=64,
+        description="Side of the query blocks; the input's H and W must be multiples of it.",
+    )
+    halo_size: int = Field(
+        3,
+        ge=0,
+        le=32,
+        description=(
+            "Width of the halo: each block attends over a (block_size + 2 * halo_size)-wide window "
+            "around it, zero-padded at the map's border (padded keys and values are zeros, not "
+            "masked, as in timm)."
+        ),
+    )
+    avg_down: bool = Field(
+        False,
+        description=(
+            "With stride 2: average-pool the output 2 x 2 instead of striding the queries (timm "
+            "pools anyway when block_size is odd)."
+        ),
+    )
+    scale_pos_embed: bool = _scale_pos_embed()
+
+
 ImageSpec = (
     ChannelSpec
     | SpatialSpec
@@ -1407,6 +1543,9 @@ ImageSpec = (
     | BatSpec
     | SkSpec
     | SplatSpec
+    | LambdaSpec
+    | BottleneckSpec
+    | HaloSpec
 )
 AnySpec = ImageSpec | SdpaSpec | MhaSpec
 SPEC_ADAPTER: TypeAdapter[AnySpec] = TypeAdapter(Annotated[AnySpec, Field(discriminator="kind")])
@@ -1431,6 +1570,9 @@ MODELS: dict[str, type[_Variant]] = {
     "bat": BatSpec,
     "sk": SkSpec,
     "splat": SplatSpec,
+    "lambda": LambdaSpec,
+    "bottleneck": BottleneckSpec,
+    "halo": HaloSpec,
     "sdpa": SdpaSpec,
     "mha": MhaSpec,
 }

@@ -334,6 +334,58 @@ variants = st.one_of(
             {}, optional={"kernel_size": st.sampled_from([1, 3, 7]), "no_spatial": st.booleans()}
         ),
     ),
+    # qk_ratio only without dim_head (the spec refuses it with one).
+    _variant(
+        "lambda",
+        st.tuples(
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    "num_heads": st.sampled_from([1, 2, 3]),
+                    "qkv_bias": st.booleans(),
+                    "r": st.none() | st.sampled_from([1, 3, 5]),
+                },
+            ),
+            st.just({})
+            | st.fixed_dictionaries({"dim_head": st.integers(1, 8)})
+            | st.fixed_dictionaries({"dim_head": st.none(), "qk_ratio": st.floats(0.25, 2.0)}),
+        ).map(lambda t: {**t[0], **t[1]}),
+    ),
+    _variant(
+        "bottleneck",
+        st.tuples(
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    "num_heads": st.sampled_from([1, 2, 3]),
+                    "qkv_bias": st.booleans(),
+                    "scale_pos_embed": st.booleans(),
+                },
+            ),
+            st.just({})
+            | st.fixed_dictionaries({"dim_head": st.integers(1, 8)})
+            | st.fixed_dictionaries({"qk_ratio": st.floats(0.25, 2.0)}),
+        ).map(lambda t: {**t[0], **t[1]}),
+    ),
+    _variant(
+        "halo",
+        st.tuples(
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    "num_heads": st.sampled_from([1, 2, 3]),
+                    "block_size": st.integers(1, 3),
+                    "halo_size": st.integers(0, 2),
+                    "qkv_bias": st.booleans(),
+                    "avg_down": st.booleans(),
+                    "scale_pos_embed": st.booleans(),
+                },
+            ),
+            st.just({})
+            | st.fixed_dictionaries({"dim_head": st.integers(1, 8)})
+            | st.fixed_dictionaries({"qk_ratio": st.floats(0.25, 2.0)}),
+        ).map(lambda t: {**t[0], **t[1]}),
+    ),
     # dilation only with dilated convs (the spec refuses it without).
     _variant(
         "bam",
@@ -407,12 +459,13 @@ variants = st.one_of(
 _packages = itertools.count()
 
 
-def _case(spec) -> tuple[tuple, kinds.Inputs, tuple[int, ...]]:
-    """The kind record's smallest case: constructor arguments, inputs, expected output shape."""
+def _case(spec) -> tuple[tuple, dict, kinds.Inputs, tuple[int, ...]]:
+    """The kind record's smallest case: constructor arguments and keyword options, inputs,
+    expected output shape."""
     kind = kinds.record(spec)
     case = kind.tiny(spec)
     inputs = kind.inputs(spec, case, torch.float32, "cpu", torch.Generator().manual_seed(0))
-    return case.ctor, inputs, kind.out_shape(spec, case)
+    return case.ctor, case.options, inputs, kind.out_shape(spec, case)
 
 
 def _formatter_agrees(package: Path) -> bool:
@@ -460,8 +513,8 @@ def test_valid_specs_generate_modules_that_import_and_keep_shapes(variant):
             if isinstance(v, type) and k.lower() == spec.name.replace("_", "")
         )
         assert spec.spec.description in cls.__doc__.replace("\n    ", "\n")
-        ctor, inputs, expected = _case(spec.spec)
-        out = output(cls(*ctor).eval()(*inputs.args, **inputs.kwargs))
+        ctor, options, inputs, expected = _case(spec.spec)
+        out = output(cls(*ctor, **options).eval()(*inputs.args, **inputs.kwargs))
         assert tuple(out.shape) == tuple(expected)
         assert formatted, "the templates laid this variant out differently from ruff"
 

@@ -1023,6 +1023,93 @@ class SplatBnFrozen(_base("splat_resnest")):
         return (splits * torch.softmax(s.unflatten(1, (2, -1)), 1)).sum(1)
 
 
+# --- timm's self-attention layers ------------------------------------------------------------------
+
+
+def _lambda_forward(self, x, keys_dim=-1, flip_offsets=False):
+    """The generated lambda layer's forward (without its input checks), with the bugs below."""
+    b, _, h, w = x.shape
+    m = h * w
+    q, k, v = torch.split(
+        self.qkv(x), [self.num_heads * self.dim_qk, self.dim_qk, self.dim_v], dim=1
+    )
+    q = self.norm_q(q).reshape(b, self.num_heads, self.dim_qk, m).transpose(-1, -2)
+    v = self.norm_v(v).reshape(b, self.dim_v, m).transpose(-1, -2)
+    k = k.reshape(b, self.dim_qk, m).softmax(dim=keys_dim)
+    out = q @ (k @ v).unsqueeze(1)
+    if self.rel_pos_indices is None:
+        weight = self.conv_lambda.weight[..., 0]
+        v_maps = v.transpose(-1, -2).reshape(b * self.dim_v, 1, h, w)
+        position = F.conv2d(v_maps, weight, self.conv_lambda.bias, padding=weight.shape[-1] // 2)
+        position = position.reshape(b, self.dim_v, self.dim_qk, m).permute(0, 3, 2, 1)
+    else:
+        table = self.pos_emb.flip(0, 1) if flip_offsets else self.pos_emb
+        emb = table[self.rel_pos_indices[0], self.rel_pos_indices[1]]
+        position = emb.transpose(-1, -2) @ v.unsqueeze(1)
+    out = out + (q.unsqueeze(-2) @ position.unsqueeze(1)).squeeze(-2)
+    return self.pool(out.transpose(-1, -2).reshape(b, self.out_channels, h, w))
+
+
+class LambdaKeysOverChannels(_base("lambda_timm")):
+    """Normalises the keys over their K channels where the lambda layer normalises each key
+    channel over the positions."""
+
+    rel_pos_indices = None
+
+    def forward(self, x):
+        return _lambda_forward(self, x, keys_dim=1)
+
+
+class LambdaOffsetsReversed(_base("lambda_rpt")):
+    """Indexes the relative position embedding by the query's offset from the key (m - n) where
+    timm's layer indexes it by the key's offset from the query (n - m)."""
+
+    def forward(self, x):
+        return _lambda_forward(self, x, flip_offsets=True)
+
+
+class BottleneckPositionScaled(_base("bottleneck_timm")):
+    """Scales the relative position logits with the content logits (timm's scale_pos_embed=True)
+    where the spec adds them after scaling."""
+
+    def forward(self, x):
+        b, _, h, w = x.shape
+        width_qk = self.num_heads * self.dim_qk
+        q, k, v = torch.split(self.qkv(x), [width_qk, width_qk, self.num_heads * self.dim_v], 1)
+        q = q.reshape(b * self.num_heads, self.dim_qk, -1).transpose(-1, -2)
+        k = k.reshape(b * self.num_heads, self.dim_qk, -1)
+        v = v.reshape(b * self.num_heads, self.dim_v, -1).transpose(-1, -2)
+        attn = ((q @ k + self.pos_embed(q)) * self.scale).softmax(dim=-1)
+        return self.pool((attn @ v).transpose(-1, -2).reshape(b, self.out_channels, h, w))
+
+
+class HaloPaddingMasked(_base("halo_timm")):
+    """Masks the zero-padded keys at the map's border where timm's layer attends over them (keys
+    and values of zero, their logits the position term alone)."""
+
+    def forward(self, x):
+        b, _, h, w = x.shape
+        rows, cols = h // self.block_size, w // self.block_size
+        blocks, bs = rows * cols, self.block_size_ds
+        q = self.q(x).reshape(-1, self.dim_qk, rows, bs, cols, bs).permute(0, 1, 3, 5, 2, 4)
+        q = q.reshape(b * self.num_heads, self.dim_qk, -1, blocks).transpose(1, 3)
+        pad = [self.halo_size] * 4
+        kv = F.pad(self.kv(x), pad)
+        inside = F.pad(x.new_ones(1, 1, h, w), pad)
+        windows = []
+        for t in (kv, inside):
+            t = t.unfold(2, self.win_size, self.block_size).unfold(
+                3, self.win_size, self.block_size
+            )
+            windows.append(t.reshape(t.shape[0], t.shape[1], blocks, -1))
+        kv = windows[0].reshape(b * self.num_heads, self.dim_qk + self.dim_v, blocks, -1)
+        k, v = torch.split(kv.permute(0, 2, 3, 1), [self.dim_qk, self.dim_v], dim=-1)
+        attn = (q @ k.transpose(-1, -2)) * self.scale + self.pos_embed(q)
+        attn = attn.masked_fill(windows[1][0, 0, :, None, :] == 0, float("-inf")).softmax(dim=-1)
+        out = (attn @ v).transpose(1, 3).reshape(-1, bs, bs, rows, cols)
+        return self.pool(out.permute(0, 3, 1, 4, 2).reshape(b, self.out_channels, h, w))
+
+
 ACT = "act_b1_c448_21x22"
 F16, BF16, F32, F64 = torch.float16, torch.bfloat16, torch.float32, torch.float64
 
@@ -1145,6 +1232,11 @@ SEEDED = [
     (SplatSplitsInterleaved, "splat_timm", "reference", "b2_c32_7x5", F64, {}),
     (SplatPoolsBeforeConv, "splat_timm", "reference", "b2_c32_7x5", F64, {}),
     (SplatBnFrozen, "splat_resnest", "train", "b2_c32_7x5", F64, {}),
+    # timm's self-attention layers: the keys' softmax axis, the relative offsets' sign.
+    (LambdaKeysOverChannels, "lambda_timm", "reference", "b2_c16_7x5", F64, {}),
+    (LambdaOffsetsReversed, "lambda_rpt", "reference", "b2_c16_7x5", F64, {}),
+    (BottleneckPositionScaled, "bottleneck_timm", "reference", "b2_c16_7x5", F64, {}),
+    (HaloPaddingMasked, "halo_timm", "reference", "b2_c32_16x8", F64, {}),
 ]
 # The dtype-only bugs pass where they do not bite: the same case in the other dtypes.
 DTYPE_ONLY = [

@@ -149,6 +149,46 @@ def test_resnest14d_converts_with_its_batchnorms_and_strides(tmp_path: Path):
             assert (u - v).abs().max().item() / scale < 1e-10, mode
 
 
+# timm's self-attention models (byoanet), small and H != W: (model, input (H, W)).
+SELF_ATTENTION_MODELS = [
+    ("lambda_resnet26t", (64, 48), {}),
+    ("botnet26t_256", (64, 96), {}),  # fixed sizes: a multiple of the stride 32
+    # Halo maps must be multiples of the block size at both stages (4 x 8 and 2 x 4 here).
+    ("halonet26t", (64, 128), {"self_attn_kwargs": {"block_size": 2, "halo_size": 1}}),
+]
+
+
+@pytest.mark.parametrize(("name", "size", "cfg"), SELF_ATTENTION_MODELS)
+def test_a_converted_self_attention_model_computes_what_timm_computed(
+    name: str, size: tuple[int, int], cfg: dict, tmp_path: Path
+):
+    """Every self-attention layer of a byoanet model (with its out width, stride and feat_size)
+    replaced: the model computes what timm's computed, forward and backward, eval and train."""
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False, num_classes=10, img_size=size, **cfg)
+    model = model.to(torch.float64)
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=gen, dtype=torch.float64) * 0.05)
+        for n, b in model.named_buffers():
+            if n.endswith("running_var"):
+                b.copy_(torch.rand(b.shape, generator=gen, dtype=torch.float64) + 0.5)
+    theirs = copy.deepcopy(model)
+    x = torch.randn(2, 3, *size, dtype=torch.float64)
+    done = convert_timm_model(model, tmp_path, package=f"conv_{name}")
+    converters = attnforge.interop.CONVERTERS
+    attn = {p for p, m in theirs.named_modules() if type(m).__name__ in converters}
+    assert attn and set(done.replaced) == attn
+    for mode in ("eval", "train"):
+        model.train(mode == "train"), theirs.train(mode == "train")
+        ours, ref = _outputs(model, x), _outputs(theirs, x)
+        assert len(ours) == len(ref)
+        for u, v in zip(ours, ref, strict=True):
+            scale = max(1.0, v.abs().max().item())
+            assert (u - v).abs().max().item() / scale < 1e-10, f"{name} {mode}"
+
+
 def test_identical_configurations_share_one_variant_and_widths_come_from_the_example(
     tmp_path: Path,
 ):

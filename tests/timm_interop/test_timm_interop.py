@@ -198,7 +198,27 @@ CONFIGS: list[tuple[str, dict]] = [
     ("splat", {"rd_channels": 8, "radix": 1}),
     ("splat", {"act_layer": nn.SiLU}),
     ("splat", {"radix": 1, "groups": 2, "stride": 2}),
+    # Self-attention layers, on (7, 9) maps (the size _compare draws): the size feat_size fixes.
+    ("lambda", {}),
+    ("lambda", {"stride": 2}),
+    ("lambda", {"r": 3, "dim_head": 8, "qkv_bias": True}),
+    ("lambda", {"num_heads": 2, "dim_head": None, "qk_ratio": 0.5}),
+    ("lambda", {"r": None, "feat_size": (7, 9)}),
+    ("lambda", {"r": None, "feat_size": (7, 9), "stride": 2, "num_heads": 1}),
+    ("bottleneck", {"feat_size": (7, 9)}),
+    ("bottleneck", {"feat_size": (7, 9), "stride": 2, "dim_head": 16}),
+    ("bottleneck", {"feat_size": (7, 9), "num_heads": 2, "qk_ratio": 0.5, "qkv_bias": True}),
+    ("bottleneck", {"feat_size": (7, 9), "num_heads": 1, "scale_pos_embed": True}),
+    # Halo on maps of 2 x 3 blocks (_size): blocks of 3 (odd: stride 2 pools) and 1.
+    ("halo", {"block_size": 3, "halo_size": 1, "num_heads": 4}),
+    ("halo", {"block_size": 3, "halo_size": 2, "num_heads": 2, "stride": 2, "qkv_bias": True}),
+    ("halo", {"block_size": 1, "halo_size": 1, "num_heads": 1, "dim_head": 8}),
+    ("halo", {"block_size": 3, "halo_size": 0, "qk_ratio": 0.33, "scale_pos_embed": True}),
+    ("halo", {"block_size": 2, "halo_size": 1, "num_heads": 2, "stride": 2, "avg_down": True}),
+    ("halo", {"block_size": 2, "halo_size": 1, "num_heads": 2, "stride": 2}),
 ]
+
+
 CASES = [(i, attn, kwargs, c) for i, (attn, kwargs) in enumerate(CONFIGS) for c in CHANNELS]
 
 
@@ -217,10 +237,12 @@ def _timm_module(attn: str, kwargs: dict, channels: int, seed: int) -> nn.Module
 
 
 def _size(attn: str, kwargs: dict) -> tuple[int, int]:
-    """The input's H x W: 7 x 9, or for BAT 2n x 3n (multiples of its block size n)."""
-    if attn != "bat":
+    """The input's H x W: 7 x 9, or 2n x 3n where H and W must be multiples of a block size n
+    (BAT's block_size, default 7; halo's, default 8)."""
+    blocks = {"bat": 7, "halo": 8}
+    if attn not in blocks:
         return (7, 9)
-    n = kwargs.get("block_size", 7)
+    n = kwargs.get("block_size", blocks[attn])
     return (2 * n, 3 * n)
 
 
@@ -372,6 +394,13 @@ def test_from_timm_equals_timm(
         ("splat_timm", "splat", {"out_channels": 96, "stride": 2}),
         ("splat_resnest", "splat", {"norm_layer": nn.BatchNorm2d}),
         ("splat_resnest_4s2x", "splat", {"radix": 4, "groups": 2, "norm_layer": nn.BatchNorm2d}),
+        ("lambda_timm", "lambda", {}),
+        ("lambda_rpt", "lambda", {"r": None, "feat_size": (7, 9)}),
+        ("bottleneck_timm", "bottleneck", {"feat_size": (7, 9)}),
+        ("bottleneck_d16", "bottleneck", {"feat_size": (7, 9), "dim_head": 16}),
+        ("halo_timm", "halo", {"block_size": 8, "halo_size": 2}),
+        ("halo_h3", "halo", {"block_size": 8, "halo_size": 3}),
+        ("halo_regnetz", "halo", {"block_size": 7, "halo_size": 2, "qk_ratio": 0.33}),
     ],
 )
 @pytest.mark.parametrize("channels", [32, 64, 256])
