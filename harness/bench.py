@@ -151,13 +151,20 @@ IMAGE_ROWS: list[tuple[str, tuple[str, dict[str, Any]] | None]] = [
     ("sk_timm", ("sk", {})),
     ("splat_timm", ("splat", {})),
     ("lambda_timm", ("lambda", {})),
-    ("bottleneck_timm", ("bottleneck", {"feat_size": (28, 28)})),
+    ("bottleneck_timm", ("bottleneck", {"feat_size": (14, 14)})),
     ("halo_regnetz", ("halo", {"block_size": 7, "halo_size": 2, "qk_ratio": 0.33})),
 ]
 # Constructor options a row's variant needs at the bench's size (the map a position embedding
 # covers), for the generated module and its reference.
-IMAGE_OPTIONS: dict[str, dict[str, Any]] = {"bottleneck_timm": {"feat_size": (28, 28)}}
+IMAGE_OPTIONS: dict[str, dict[str, Any]] = {"bottleneck_timm": {"feat_size": (14, 14)}}
 IMAGE = (32, 256, 28, 28)
+# The self-attention layers at a stage where timm's models run them (14 x 14, BoTNet's last), and
+# a batch of 8: their references hold every (query, key) pair's relative-position logits, which at
+# 32 x 784 x 784 positions per head would take ~20 GB.
+IMAGE_SHAPES: dict[str, tuple[int, ...]] = {
+    "bottleneck_timm": (8, 256, 14, 14),
+    "halo_regnetz": (8, 256, 14, 14),
+}
 
 
 def _timm_module(timm: tuple[str, dict[str, Any]] | None, channels: int) -> nn.Module | None:
@@ -180,7 +187,8 @@ def image_case(
 ) -> BenchCase:
     """A gating row: the generated module, its reference, its kind's plain formulation and (with
     timm installed) timm's module, all with the same weights and running statistics."""
-    channels = IMAGE[1]
+    shape = IMAGE_SHAPES.get(variant, IMAGE)
+    channels = shape[1]
     spec = registry.spec_of(variant)
     kind = kinds.record(spec)
     options = IMAGE_OPTIONS.get(variant, {})
@@ -202,9 +210,9 @@ def image_case(
         candidates["timm"] = theirs
 
     def inputs(grad: bool) -> tuple[Tensor, ...]:
-        return (torch.randn(IMAGE, device=device, requires_grad=grad),)
+        return (torch.randn(shape, device=device, requires_grad=grad),)
 
-    return BenchCase(spec.kind, variant, str(IMAGE), candidates, inputs)
+    return BenchCase(spec.kind, variant, str(shape), candidates, inputs)
 
 
 def _cases(device: str) -> list[BenchCase]:

@@ -886,7 +886,8 @@ def _same_convs(name: str, block: nn.Module, module: nn.Module) -> None:
         other = theirs.get(path)
         if not (isinstance(conv, nn.Conv2d) and isinstance(other, nn.Conv2d)):
             continue
-        for attr in ("stride", "padding", "dilation", "groups"):
+        # Dilation before padding: a padding follows from the dilation, so that is the cause to name.
+        for attr in ("stride", "dilation", "padding", "groups"):
             if getattr(conv, attr) != getattr(other, attr):
                 raise ValueError(
                     f"{name}: {path}.{attr} is {getattr(conv, attr)}, {getattr(other, attr)} in "
