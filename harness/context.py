@@ -12,7 +12,7 @@ import dataclasses
 import math
 import textwrap
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from fractions import Fraction
 from typing import Any, TypeVar
@@ -1984,6 +1984,27 @@ def _splat(spec: specs.SplatSpec, base: dict[str, Any]) -> SplatModule:
 # --- self-attention layers: lambda -------------------------------------------------------------------
 
 
+def _self_attn_options(
+    spec: specs.LambdaSpec | specs.BottleneckSpec | specs.HaloSpec,
+    cls: str,
+    dim_qk_expr: str,
+    dim_qk_comment: str,
+    feat_size_used: bool,
+    size_checks: Sequence[tuple[str, str]],
+) -> SelfAttnOptions:
+    """What the three self-attention layers' constructors and forwards check alike."""
+    return SelfAttnOptions(
+        cls=cls,
+        num_heads=spec.num_heads,
+        dim_qk_expr=dim_qk_expr,
+        dim_qk_comment=dim_qk_comment,
+        qkv_bias=spec.qkv_bias,
+        feat_size_used=feat_size_used,
+        feat_size_why="the position embedding covers the whole map" if feat_size_used else "",
+        size_checks=tuple(size_checks),
+    )
+
+
 def _dim_qk(spec: specs.LambdaSpec | specs.BottleneckSpec | specs.HaloSpec) -> tuple[str, str]:
     """The query/key width per head as an expression of out_channels, and what it is."""
     if spec.dim_head is not None:
@@ -2064,16 +2085,7 @@ def _lambda(spec: specs.LambdaSpec, base: dict[str, Any]) -> LambdaModule:
         functional=spec.r is not None,
         helpers=_helpers(dim_qk_expr),
         doc=docstring(doc, "    "),
-        a=SelfAttnOptions(
-            cls=cls,
-            num_heads=spec.num_heads,
-            dim_qk_expr=dim_qk_expr,
-            dim_qk_comment=dim_qk_comment,
-            qkv_bias=spec.qkv_bias,
-            feat_size_used=spec.r is None,
-            feat_size_why="the position embedding covers the whole map",
-            size_checks=tuple(checks),
-        ),
+        a=_self_attn_options(spec, cls, dim_qk_expr, dim_qk_comment, spec.r is None, checks),
         r=spec.r,
     )
 
@@ -2126,15 +2138,13 @@ def _bottleneck(spec: specs.BottleneckSpec, base: dict[str, Any]) -> BottleneckM
         functional=True,
         helpers=_helpers(dim_qk_expr, "_rel_logits_1d("),
         doc=docstring(doc, "    "),
-        a=SelfAttnOptions(
-            cls=cls,
-            num_heads=spec.num_heads,
-            dim_qk_expr=dim_qk_expr,
-            dim_qk_comment=dim_qk_comment,
-            qkv_bias=spec.qkv_bias,
-            feat_size_used=True,
-            feat_size_why="the position embedding covers the whole map",
-            size_checks=(
+        a=_self_attn_options(
+            spec,
+            cls,
+            dim_qk_expr,
+            dim_qk_comment,
+            True,
+            (
                 ("x.shape[2] == 0 or x.shape[3] == 0", "at least one position in H, W"),
                 _fixed_size_check(),
                 _stride_check(),
@@ -2196,16 +2206,7 @@ def _halo(spec: specs.HaloSpec, base: dict[str, Any]) -> HaloModule:
         functional=True,
         helpers=_helpers(dim_qk_expr, "_rel_logits_1d("),
         doc=docstring(doc, "    "),
-        a=SelfAttnOptions(
-            cls=cls,
-            num_heads=spec.num_heads,
-            dim_qk_expr=dim_qk_expr,
-            dim_qk_comment=dim_qk_comment,
-            qkv_bias=spec.qkv_bias,
-            feat_size_used=False,
-            feat_size_why="",
-            size_checks=tuple(checks),
-        ),
+        a=_self_attn_options(spec, cls, dim_qk_expr, dim_qk_comment, False, checks),
         pos_cls=f"{cls}PosEmbed",
         pos_doc=docstring(pos_doc, "    "),
         scale_pos_embed=spec.scale_pos_embed,

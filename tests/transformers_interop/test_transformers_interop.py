@@ -72,6 +72,16 @@ FAMILIES: dict[str, tuple[Any, Any, Any, Any]] = {
     "bloom": (transformers.BloomConfig, modeling_bloom.BloomAttention, None, modeling_bloom),
 }
 _SMALL = {"vocab_size": 32, "intermediate_size": 32, "num_hidden_layers": 2}
+# Gemma 2: sliding layers (even) and full ones (odd), a soft-cap of 5, a scale of 24 ** -0.5.
+_GEMMA2 = {
+    "hidden_size": 64,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 16,
+    "sliding_window": 4,
+    "attn_logit_softcapping": 5.0,
+    "query_pre_attn_scalar": 24,
+}
 # (family, config kwargs, layer index). Sequences are 11 long: windows of 3 and 4 cut them.
 CONFIGS: list[tuple[str, dict[str, Any], int]] = [
     ("llama", {"hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 4}, 0),
@@ -151,32 +161,8 @@ CONFIGS: list[tuple[str, dict[str, Any], int]] = [
         1,
     ),
     # Gemma 2: layer 0 slides, layer 1 attends fully; scale query_pre_attn_scalar ** -0.5.
-    (
-        "gemma2",
-        {
-            "hidden_size": 64,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
-            "head_dim": 16,
-            "sliding_window": 4,
-            "attn_logit_softcapping": 5.0,
-            "query_pre_attn_scalar": 24,
-        },
-        0,
-    ),
-    (
-        "gemma2",
-        {
-            "hidden_size": 64,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
-            "head_dim": 16,
-            "sliding_window": 4,
-            "attn_logit_softcapping": 5.0,
-            "query_pre_attn_scalar": 24,
-        },
-        1,
-    ),
+    ("gemma2", _GEMMA2, 0),
+    ("gemma2", _GEMMA2, 1),
     (
         "gemma2",
         {
