@@ -471,8 +471,9 @@ def _scoord(m: Any) -> Layout:
     return Layout("scoord", fields, c)
 
 
-def _conv1x1(conv: Any, where: str) -> None:
-    """A plain 1x1 Conv2d with a bias (stride 1, no padding, groups or dilation), as NonLocalAttn's."""
+def _conv1x1(conv: Any, where: str, *, bias: bool = True) -> None:
+    """A plain 1x1 Conv2d (stride 1, no padding, groups or dilation), with a bias or without one:
+    NonLocalAttn's convs have one, the ConvNormAct convs of BatNonLocalAttn none."""
     plain = (
         isinstance(conv, nn.Conv2d)
         and conv.kernel_size == (1, 1)
@@ -480,10 +481,11 @@ def _conv1x1(conv: Any, where: str) -> None:
         and conv.padding == (0, 0)
         and conv.dilation == (1, 1)
         and conv.groups == 1
-        and _conv_bias(conv)
+        and _conv_bias(conv) == bias
     )
     if not plain:
-        raise ValueError(f"{where}: {conv} is not the 1x1 conv with a bias timm builds")
+        which = "with a bias" if bias else "without bias"
+        raise ValueError(f"{where}: {conv} is not the 1x1 conv {which} timm builds")
 
 
 def _nl(m: Any) -> Layout:
@@ -508,17 +510,7 @@ def _conv_norm_act(m: Any, where: str) -> tuple[str, str]:
     LayerNormAct2d (no dropout, no anti-aliasing): its norm and its activation ("none" for
     nn.Identity)."""
     conv, bn = m.conv, m.bn
-    plain_conv = (
-        isinstance(conv, nn.Conv2d)
-        and conv.kernel_size == (1, 1)
-        and conv.stride == (1, 1)
-        and conv.padding == (0, 0)
-        and conv.dilation == (1, 1)
-        and conv.groups == 1
-        and not _conv_bias(conv)
-    )
-    if not plain_conv:
-        raise ValueError(f"{where}.conv: {conv} is not the 1x1 conv without bias timm builds")
+    _conv1x1(conv, f"{where}.conv", bias=False)
     if getattr(m, "aa", None) is not None and not isinstance(m.aa, nn.Identity):
         raise ValueError(f"{where}.aa: anti-aliasing {_name(m.aa)} is not supported")
     if isinstance(bn, nn.BatchNorm2d):
